@@ -1,0 +1,326 @@
+//! The C ABI between the `invoker` daemon (the *host*) and a function library (the *library*).
+//!
+//! Everything that crosses the boundary is defined here, and only `#[repr(C)]` types,
+//! `extern "C"` function pointers, raw pointers with lengths and plain integers cross it.
+//! Function authors never use this crate directly: `invoker-sdk` generates everything.
+//!
+//! # The rules
+//! - **Root symbol.** A library exports one function, [`ROOT_SYMBOL`], of type [`RootFn`]. It
+//!   returns a pointer to a [`LibraryDescriptor`] that lives as long as the library is loaded.
+//!   The descriptor starts with `abi_version` and `size`, whose layout never changes, so a
+//!   host can refuse any other version before reading further. New fields are only ever
+//!   appended to a struct that carries a `size`; a reader checks `size` before reading them.
+//! - **Ownership.** Whoever allocates a buffer frees it. Inputs ([`InMessage`]) are lent by the
+//!   host for the duration of one call (for a stream item: until the next `poll_next` or
+//!   `drop` of that stream). Outputs ([`OutMessage`]) are owned by the library and carry their
+//!   own `release` function, which the host calls exactly once when it has copied them.
+//! - **Panics** never unwind across the boundary: every `extern "C"` function on either side
+//!   catches them and reports [`status::PANIC`].
+//! - **Streams** are poll-based ([`InputStream`], [`OutputStream`]) with `async-ffi`'s
+//!   [`FfiContext`] carrying a C waker vtable, so backpressure and cancellation (dropping a
+//!   stream releases it) hold and a library needs no async runtime of its own. A stream's
+//!   state may move between threads but is never used from two threads at once.
+//! - **Status codes** are plain `u32`s (see [`status`]), never Rust enums, so an unexpected
+//!   value is an error the host can report rather than undefined behaviour.
+
+#![forbid(unsafe_code)]
+
+use std::ffi::c_void;
+
+pub use async_ffi::FfiContext;
+
+/// The ABI version this crate describes. A host loads only libraries built with the same one.
+pub const ABI_VERSION: u32 = 1;
+
+/// The name of the one symbol every function library exports (without the trailing NUL).
+pub const ROOT_SYMBOL: &str = "invoker_library";
+
+/// The root symbol's type: returns the library's descriptor, valid while the library is loaded.
+pub type RootFn = unsafe extern "C" fn() -> *const LibraryDescriptor;
+
+/// A borrowed run of bytes (UTF-8 where the field says so). Never owns its memory.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct Slice {
+    /// First byte; may be dangling (but never null) when `len` is 0.
+    pub ptr: *const u8,
+    /// Number of bytes.
+    pub len: usize,
+}
+
+impl Slice {
+    /// An empty slice.
+    pub const EMPTY: Slice = Slice {
+        ptr: std::ptr::NonNull::<u8>::dangling().as_ptr(),
+        len: 0,
+    };
+
+    /// Borrows a byte slice.
+    pub const fn new(bytes: &[u8]) -> Slice {
+        Slice {
+            ptr: bytes.as_ptr(),
+            len: bytes.len(),
+        }
+    }
+
+    /// Borrows a string.
+    pub const fn from_str(s: &str) -> Slice {
+        Slice::new(s.as_bytes())
+    }
+}
+
+/// One header value. A header with several values appears once per value, in order.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct Header {
+    /// UTF-8 name, as the sender spelled it.
+    pub name: Slice,
+    /// UTF-8 value.
+    pub value: Slice,
+}
+
+/// A message lent by the host to the library.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct InMessage {
+    /// The payload bytes.
+    pub payload: Slice,
+    /// The message's headers.
+    pub headers: *const Header,
+    /// Number of headers.
+    pub headers_len: usize,
+    /// Index of the payload's media type in the input port's `media_types`; the host has
+    /// already checked that it is one of them.
+    pub media_type: u32,
+}
+
+/// A message owned by the library and handed to the host, which calls `release` exactly once
+/// (when `release` is not null) after it has copied what it needs.
+///
+/// Also carries error text: for [`status::FUNCTION_ERROR`], [`status::PANIC`] and
+/// [`status::BAD_INPUT`], `payload` is a UTF-8 message.
+#[repr(C)]
+#[derive(Debug)]
+pub struct OutMessage {
+    /// The payload bytes (or an error message).
+    pub payload: Slice,
+    /// Headers the function set.
+    pub headers: *const Header,
+    /// Number of headers.
+    pub headers_len: usize,
+    /// The library's allocation behind `payload` and `headers`.
+    pub owner: *mut c_void,
+    /// Frees `owner`. Null when there is nothing to free.
+    pub release: Option<unsafe extern "C" fn(owner: *mut c_void)>,
+}
+
+impl OutMessage {
+    /// A message with nothing in it and nothing to release; the value a host passes in.
+    pub const EMPTY: OutMessage = OutMessage {
+        payload: Slice::EMPTY,
+        headers: std::ptr::null(),
+        headers_len: 0,
+        owner: std::ptr::null_mut(),
+        release: None,
+    };
+}
+
+/// Status codes returned across the boundary.
+pub mod status {
+    /// An output message was written.
+    pub const READY: u32 = 0;
+    /// A request/reply function completed without output.
+    pub const EMPTY: u32 = 1;
+    /// A stream has no more items.
+    pub const END: u32 = 2;
+    /// A stream has no item yet; the waker in the context will be woken.
+    pub const PENDING: u32 = 3;
+    /// The function returned an error; the message is in the output's payload.
+    pub const FUNCTION_ERROR: u32 = 4;
+    /// The function panicked; the panic message is in the output's payload.
+    pub const PANIC: u32 = 5;
+    /// An input could not be decoded into the function's input type; the output's payload says why.
+    pub const BAD_INPUT: u32 = 6;
+}
+
+/// Function shapes.
+pub mod shape {
+    /// Zero or one input, zero or one output: `invoke` is set.
+    pub const REQUEST_REPLY: u32 = 1;
+    /// Streams in, streams out: `open` is set.
+    pub const STREAMING: u32 = 2;
+}
+
+/// A stream of messages from the host to the library (a function's `Input<X>`).
+#[repr(C)]
+#[derive(Debug)]
+pub struct InputStream {
+    /// The host's state.
+    pub state: *mut c_void,
+    /// Polls for the next message: returns [`status::READY`] (with `out` filled, lent until the
+    /// next call to `poll_next` or `drop`), [`status::END`] or [`status::PENDING`].
+    pub poll_next: unsafe extern "C" fn(
+        state: *mut c_void,
+        cx: &mut FfiContext<'_>,
+        out: *mut InMessage,
+    ) -> u32,
+    /// Releases the stream. Called exactly once; `state` is not used afterwards.
+    pub drop: unsafe extern "C" fn(state: *mut c_void),
+}
+
+/// A stream of messages from the library to the host (one output of a streaming function).
+#[repr(C)]
+#[derive(Debug)]
+pub struct OutputStream {
+    /// The library's state.
+    pub state: *mut c_void,
+    /// Polls for the next item, encoded as the output port's `media_types[media_type]`.
+    /// Returns [`status::READY`] (with `out` filled), [`status::END`], [`status::PENDING`], or
+    /// an error status with its message in `out`; after an error the stream is finished.
+    pub poll_next: unsafe extern "C" fn(
+        state: *mut c_void,
+        cx: &mut FfiContext<'_>,
+        media_type: u32,
+        out: *mut OutMessage,
+    ) -> u32,
+    /// Releases the stream (and with it, the function's own stream). Called exactly once.
+    pub drop: unsafe extern "C" fn(state: *mut c_void),
+}
+
+/// Log levels for [`HostContext::log`].
+pub mod level {
+    /// Errors.
+    pub const ERROR: u32 = 1;
+    /// Warnings.
+    pub const WARN: u32 = 2;
+    /// Information.
+    pub const INFO: u32 = 3;
+    /// Debugging detail.
+    pub const DEBUG: u32 = 4;
+    /// Tracing detail.
+    pub const TRACE: u32 = 5;
+}
+
+/// The call's context, as callbacks into the host. Lent for the duration of `invoke` or `open`.
+#[repr(C)]
+#[derive(Debug)]
+pub struct HostContext {
+    /// `size_of::<HostContext>()` as the host knows it; a library reads a field only if the
+    /// field ends within `size`.
+    pub size: u32,
+    /// The host's state, passed back to every callback.
+    pub data: *const c_void,
+    /// The function's name.
+    pub function_name: Slice,
+    /// This invoker instance's id.
+    pub instance_id: Slice,
+    /// Writes header number `index` of the call's input message into `out`; returns false when
+    /// there is no such header.
+    pub header: unsafe extern "C" fn(data: *const c_void, index: usize, out: *mut Header) -> bool,
+    /// Looks up a user configuration value; returns false when the key is not set.
+    pub config: unsafe extern "C" fn(data: *const c_void, key: Slice, out: *mut Slice) -> bool,
+    /// Logs a UTF-8 message at a [`level`], tagged with the call.
+    pub log: unsafe extern "C" fn(data: *const c_void, level: u32, message: Slice),
+    /// Adds `value` to the named custom metric.
+    pub metric: unsafe extern "C" fn(data: *const c_void, name: Slice, value: f64),
+    /// Milliseconds left until the call's deadline, or -1 when it has none.
+    pub deadline_millis: unsafe extern "C" fn(data: *const c_void) -> i64,
+    /// Whether the call has been cancelled.
+    pub is_cancelled: unsafe extern "C" fn(data: *const c_void) -> bool,
+}
+
+/// One input or output of a function.
+#[repr(C)]
+#[derive(Debug)]
+pub struct Port {
+    /// The port's name (`in`, `out`, or the parameter's name).
+    pub name: Slice,
+    /// Media type essences (`type/subtype`) the port accepts or produces, in preference order.
+    pub media_types: *const Slice,
+    /// Number of media types.
+    pub media_types_len: usize,
+}
+
+/// Signature of a request/reply function's entry point.
+///
+/// `input` is null for a function without input. `media_type` indexes the output port's
+/// media types. Returns [`status::READY`] (with `out` filled), [`status::EMPTY`], or an error
+/// status with its message in `out`.
+pub type InvokeFn = unsafe extern "C" fn(
+    ctx: *const HostContext,
+    input: *const InMessage,
+    media_type: u32,
+    out: *mut OutMessage,
+) -> u32;
+
+/// Signature of a streaming function's entry point.
+///
+/// Takes ownership of `inputs_len` input streams (the library drops each) and writes
+/// `outputs_len` output streams (the host drops each). Returns [`status::READY`], or an error
+/// status with its message in `error`, in which case no output stream was written and the
+/// inputs have been dropped.
+pub type OpenFn = unsafe extern "C" fn(
+    ctx: *const HostContext,
+    inputs: *mut InputStream,
+    inputs_len: usize,
+    outputs: *mut OutputStream,
+    outputs_len: usize,
+    error: *mut OutMessage,
+) -> u32;
+
+/// Describes one exported function.
+#[repr(C)]
+#[derive(Debug)]
+pub struct FunctionDescriptor {
+    /// `size_of::<FunctionDescriptor>()` as the library knows it.
+    pub size: u32,
+    /// A [`shape`] constant.
+    pub shape: u32,
+    /// The handler name.
+    pub name: Slice,
+    /// Inputs (a request/reply function has 0 or 1).
+    pub inputs: *const Port,
+    /// Number of inputs.
+    pub inputs_len: usize,
+    /// Outputs (a request/reply function has 0 or 1).
+    pub outputs: *const Port,
+    /// Number of outputs.
+    pub outputs_len: usize,
+    /// Whether the function reads the context (the host may skip building one otherwise).
+    pub uses_context: bool,
+    /// Entry point of a request/reply function.
+    pub invoke: Option<InvokeFn>,
+    /// Entry point of a streaming function.
+    pub open: Option<OpenFn>,
+}
+
+/// Signature of the optional init hook: called once after loading, before any call, with the
+/// user configuration as key/value headers. Returns [`status::READY`] or an error status with
+/// its message in `error`.
+pub type InitFn =
+    unsafe extern "C" fn(config: *const Header, config_len: usize, error: *mut OutMessage) -> u32;
+
+/// Signature of the optional shutdown hook: called once at exit, after calls have drained.
+pub type ShutdownFn = unsafe extern "C" fn();
+
+/// Describes a library: the value behind [`ROOT_SYMBOL`].
+#[repr(C)]
+#[derive(Debug)]
+pub struct LibraryDescriptor {
+    /// [`ABI_VERSION`] of the ABI crate the library was built with. Never moves.
+    pub abi_version: u32,
+    /// `size_of::<LibraryDescriptor>()` as the library knows it. Never moves.
+    pub size: u32,
+    /// The SDK's version, UTF-8.
+    pub sdk_version: Slice,
+    /// Pointers to the function descriptors.
+    pub functions: *const *const FunctionDescriptor,
+    /// Number of functions.
+    pub functions_len: usize,
+    /// Whether the library was built with `panic = "unwind"` (so panics can be caught).
+    pub panic_unwind: bool,
+    /// Optional init hook.
+    pub init: Option<InitFn>,
+    /// Optional shutdown hook.
+    pub shutdown: Option<ShutdownFn>,
+}

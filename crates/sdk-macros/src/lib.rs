@@ -1,0 +1,403 @@
+//! `#[invoker_sdk::function]`: exports a plain Rust function through the invoker's C ABI.
+//!
+//! The attribute keeps the function as written and adds, beside it, a hidden marker type that
+//! implements `invoker_sdk::private::RequestReply` or `Streaming`, plus a registration in the
+//! library's function table. All `unsafe` lives in `invoker_sdk::private`; nothing generated
+//! here contains any.
+
+use proc_macro::TokenStream;
+use proc_macro2::{Span, TokenStream as TokenStream2};
+use quote::{format_ident, quote};
+use syn::{
+    FnArg, GenericArgument, ItemFn, Pat, PathArguments, ReturnType, Type, TypeImplTrait,
+    TypeParamBound, parse_macro_input, spanned::Spanned,
+};
+
+const SUPPORTED: &str = "supported signatures: request/reply `fn f([&Context,] [X]) [-> Y | -> Result<Y, E>]` \
+where X and Y are payload types (String, numbers, bool, Vec<u8>, Bytes, Json<T>, Form<T>, Message<T>) and Y may be `()`; \
+streaming `fn f([&Context,] Input<X>, ...) -> impl Stream<Item = Y>` or `-> impl Stream<Item = Result<Y, E>>`, \
+or a tuple of such streams for several outputs; a supplier is a streaming function with no Input";
+
+/// Exports a function from a function library.
+///
+/// See the `invoker_sdk` crate documentation for the supported signatures.
+#[proc_macro_attribute]
+pub fn function(attr: TokenStream, item: TokenStream) -> TokenStream {
+    let item_fn = parse_macro_input!(item as ItemFn);
+    let attr = TokenStream2::from(attr);
+    let expanded = expand(attr, &item_fn).unwrap_or_else(|e| {
+        let error = e.to_compile_error();
+        quote! { #item_fn #error }
+    });
+    expanded.into()
+}
+
+fn err<T>(span: Span, message: impl std::fmt::Display) -> syn::Result<T> {
+    Err(syn::Error::new(span, message))
+}
+
+/// The last path segment's name and its generic arguments, if the type is a path.
+fn last_segment(ty: &Type) -> Option<(String, Vec<&Type>)> {
+    let Type::Path(path) = ty else { return None };
+    let segment = path.path.segments.last()?;
+    let args = match &segment.arguments {
+        PathArguments::AngleBracketed(args) => args
+            .args
+            .iter()
+            .filter_map(|a| match a {
+                GenericArgument::Type(t) => Some(t),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    Some((segment.ident.to_string(), args))
+}
+
+fn is_unit(ty: &Type) -> bool {
+    matches!(ty, Type::Tuple(t) if t.elems.is_empty())
+}
+
+/// `Result<Y, E>` (or an alias named `Result`): the `Y`.
+fn result_ok_type(ty: &Type) -> Option<&Type> {
+    match last_segment(ty) {
+        Some((name, args)) if name == "Result" && !args.is_empty() => Some(args[0]),
+        _ => None,
+    }
+}
+
+fn is_context(ty: &Type) -> bool {
+    match ty {
+        Type::Reference(r) => {
+            r.mutability.is_none()
+                && matches!(last_segment(&r.elem), Some((name, args)) if name == "Context" && args.is_empty())
+        }
+        _ => false,
+    }
+}
+
+/// `Input<X>`: the `X`.
+fn input_item(ty: &Type) -> Option<&Type> {
+    match last_segment(ty) {
+        Some((name, args)) if name == "Input" && args.len() == 1 => Some(args[0]),
+        _ => None,
+    }
+}
+
+/// `impl Stream<Item = T>`: the `T`.
+fn stream_item(ty: &Type) -> Option<&Type> {
+    let Type::ImplTrait(TypeImplTrait { bounds, .. }) = ty else {
+        return None;
+    };
+    bounds.iter().find_map(|bound| {
+        let TypeParamBound::Trait(t) = bound else {
+            return None;
+        };
+        let segment = t.path.segments.last()?;
+        if segment.ident != "Stream" {
+            return None;
+        }
+        let PathArguments::AngleBracketed(args) = &segment.arguments else {
+            return None;
+        };
+        args.args.iter().find_map(|a| match a {
+            GenericArgument::AssocType(assoc) if assoc.ident == "Item" => Some(&assoc.ty),
+            _ => None,
+        })
+    })
+}
+
+struct Param<'a> {
+    name: String,
+    ty: &'a Type,
+}
+
+fn expand(attr: TokenStream2, item: &ItemFn) -> syn::Result<TokenStream2> {
+    if !attr.is_empty() {
+        return err(Span::call_site(), "#[function] takes no arguments");
+    }
+    let sig = &item.sig;
+    if sig.asyncness.is_some() {
+        return err(
+            sig.asyncness.map_or_else(Span::call_site, |a| a.span),
+            format!("async functions are not supported; {SUPPORTED}"),
+        );
+    }
+    if !sig.generics.params.is_empty() {
+        return err(
+            sig.ident.span(),
+            format!("generic functions cannot be exported; {SUPPORTED}"),
+        );
+    }
+    let mut uses_context = false;
+    let mut params = Vec::new();
+    for (i, arg) in sig.inputs.iter().enumerate() {
+        let FnArg::Typed(pat_type) = arg else {
+            return err(
+                Span::call_site(),
+                format!("methods cannot be exported; {SUPPORTED}"),
+            );
+        };
+        if is_context(&pat_type.ty) {
+            if i != 0 {
+                return err(pat_type.ty.span(), "&Context must be the first parameter");
+            }
+            uses_context = true;
+            continue;
+        }
+        let name = match &*pat_type.pat {
+            Pat::Ident(ident) => ident.ident.to_string().trim_start_matches('_').to_owned(),
+            _ => format!("in{}", params.len()),
+        };
+        params.push(Param {
+            name: if name.is_empty() {
+                format!("in{}", params.len())
+            } else {
+                name
+            },
+            ty: &pat_type.ty,
+        });
+    }
+    let streaming_inputs = params.iter().filter(|p| input_item(p.ty).is_some()).count();
+    let returns_stream = match &sig.output {
+        ReturnType::Type(_, ty) => {
+            stream_item(ty).is_some()
+                || matches!(&**ty, Type::Tuple(t) if !t.elems.is_empty() && t.elems.iter().all(|e| stream_item(e).is_some()))
+        }
+        ReturnType::Default => false,
+    };
+    if streaming_inputs > 0 || returns_stream {
+        if streaming_inputs != params.len() {
+            return err(
+                sig.inputs.span(),
+                format!("a streaming function takes only Input<X> parameters; {SUPPORTED}"),
+            );
+        }
+        expand_streaming(item, uses_context, &params)
+    } else {
+        expand_request_reply(item, uses_context, &params)
+    }
+}
+
+fn expand_request_reply(
+    item: &ItemFn,
+    uses_context: bool,
+    params: &[Param],
+) -> syn::Result<TokenStream2> {
+    let sig = &item.sig;
+    if params.len() > 1 {
+        return err(
+            sig.inputs.span(),
+            format!("a request/reply function takes at most one input; {SUPPORTED}"),
+        );
+    }
+    let ident = &sig.ident;
+    let name = ident.to_string().trim_start_matches("r#").to_owned();
+    let marker = format_ident!("__InvokerFunction_{}", ident);
+    let registration = format_ident!("__INVOKER_FUNCTION_{}", ident.to_string().to_uppercase());
+    let sdk = quote!(::invoker_sdk);
+    let private = quote!(::invoker_sdk::private);
+
+    let ctx_arg = uses_context.then(|| quote!(__ctx,));
+    let (input_types, input_decl, input_arg, input_port) = match params.first() {
+        Some(p) => {
+            let ty = p.ty;
+            let port = &p.name;
+            (
+                quote!(<#ty as #sdk::FromPayload>::MEDIA_TYPES),
+                quote!(let __arg: #ty = #private::decode(__input)?;),
+                quote!(__arg),
+                quote!(&[(#port, <#ty as #sdk::FromPayload>::MEDIA_TYPES)]),
+            )
+        }
+        None => (quote!(&[]), quote!(let _ = __input;), quote!(), quote!(&[])),
+    };
+
+    // What the function returns: nothing, Y, Result<(), E> or Result<Y, E>.
+    let (output_ty, fallible) = match &sig.output {
+        ReturnType::Default => (None, false),
+        ReturnType::Type(_, ty) if is_unit(ty) => (None, false),
+        ReturnType::Type(_, ty) => match result_ok_type(ty) {
+            Some(ok) if is_unit(ok) => (None, true),
+            Some(ok) => (Some(ok), true),
+            None => (Some(&**ty), false),
+        },
+    };
+    let unwrap = if fallible {
+        quote!(let __value = #private::fallible(__ret)?;)
+    } else {
+        quote!(let __value = __ret;)
+    };
+    let (output_types, finish, output_port) = match output_ty {
+        Some(ty) => (
+            quote!(<#ty as #sdk::IntoPayload>::MEDIA_TYPES),
+            quote!(#private::encode::<#ty>(__value, __media_type).map(::core::option::Option::Some)),
+            quote!(&[("out", <#ty as #sdk::IntoPayload>::MEDIA_TYPES)]),
+        ),
+        None => (
+            quote!(&[]),
+            quote!({
+                let () = __value;
+                let _ = __media_type;
+                ::core::result::Result::Ok(::core::option::Option::None)
+            }),
+            quote!(&[]),
+        ),
+    };
+    let ctx_param = if uses_context {
+        quote!(__ctx)
+    } else {
+        quote!(_)
+    };
+
+    Ok(quote! {
+        #item
+
+        #[doc(hidden)]
+        #[allow(non_camel_case_types)]
+        struct #marker;
+
+        impl #private::RequestReply for #marker {
+            const INPUT_MEDIA_TYPES: &'static [&'static str] = #input_types;
+            const OUTPUT_MEDIA_TYPES: &'static [&'static str] = #output_types;
+
+            fn call(
+                #ctx_param: &#sdk::Context,
+                __input: ::core::option::Option<&#sdk::Payload<'_>>,
+                __media_type: &'static str,
+            ) -> ::core::result::Result<::core::option::Option<#sdk::Outgoing>, #private::CallError> {
+                #input_decl
+                let __ret = #ident(#ctx_arg #input_arg);
+                #unwrap
+                #finish
+            }
+        }
+
+        #[#private::linkme::distributed_slice(#private::FUNCTIONS)]
+        #[linkme(crate = #private::linkme)]
+        #[doc(hidden)]
+        #[allow(non_upper_case_globals)]
+        static #registration: #private::FunctionSpec = #private::FunctionSpec {
+            name: #name,
+            inputs: #input_port,
+            outputs: #output_port,
+            uses_context: #uses_context,
+            entry: #private::Entry::Invoke(#private::invoke_shim::<#marker>),
+        };
+    })
+}
+
+fn expand_streaming(
+    item: &ItemFn,
+    uses_context: bool,
+    params: &[Param],
+) -> syn::Result<TokenStream2> {
+    let sig = &item.sig;
+    let ident = &sig.ident;
+    let name = ident.to_string().trim_start_matches("r#").to_owned();
+    let marker = format_ident!("__InvokerFunction_{}", ident);
+    let registration = format_ident!("__INVOKER_FUNCTION_{}", ident.to_string().to_uppercase());
+    let sdk = quote!(::invoker_sdk);
+    let private = quote!(::invoker_sdk::private);
+
+    let mut input_ports = Vec::new();
+    let mut input_args = Vec::new();
+    for (i, p) in params.iter().enumerate() {
+        let Some(item_ty) = input_item(p.ty) else {
+            return err(p.ty.span(), format!("expected Input<X>; {SUPPORTED}"));
+        };
+        let port = &p.name;
+        input_ports.push(quote!((#port, <#item_ty as #sdk::FromPayload>::MEDIA_TYPES)));
+        input_args.push(quote!(__inputs.take::<#item_ty>(#i)));
+    }
+    let inputs_len = params.len();
+
+    let ReturnType::Type(_, ret) = &sig.output else {
+        return err(
+            sig.ident.span(),
+            format!("a streaming function returns `impl Stream<Item = Y>`; {SUPPORTED}"),
+        );
+    };
+    let outputs: Vec<&Type> = match &**ret {
+        Type::Tuple(t) => t.elems.iter().collect(),
+        other => vec![other],
+    };
+    let mut output_ports = Vec::new();
+    let mut output_types = Vec::new();
+    let mut wraps = Vec::new();
+    let bindings: Vec<_> = (0..outputs.len())
+        .map(|i| format_ident!("__out{}", i))
+        .collect();
+    for (i, out) in outputs.iter().enumerate() {
+        let Some(item_ty) = stream_item(out) else {
+            return err(
+                out.span(),
+                format!("expected `impl Stream<Item = Y>`; {SUPPORTED}"),
+            );
+        };
+        let binding = &bindings[i];
+        let (payload_ty, wrap) = match result_ok_type(item_ty) {
+            Some(ok) => (ok, quote!(#private::output_fallible(#binding))),
+            None => (item_ty, quote!(#private::output(#binding))),
+        };
+        let port = if outputs.len() == 1 {
+            "out".to_owned()
+        } else {
+            format!("out{i}")
+        };
+        output_ports.push(quote!((#port, <#payload_ty as #sdk::IntoPayload>::MEDIA_TYPES)));
+        output_types.push(quote!(<#payload_ty as #sdk::IntoPayload>::MEDIA_TYPES));
+        wraps.push(wrap);
+    }
+    let destructure = if matches!(&**ret, Type::Tuple(_)) {
+        quote!(let (#(#bindings,)*) = __ret;)
+    } else {
+        let b = &bindings[0];
+        quote!(let #b = __ret;)
+    };
+    let ctx_arg = uses_context.then(|| quote!(__ctx,));
+    let ctx_param = if uses_context {
+        quote!(__ctx)
+    } else {
+        quote!(_)
+    };
+    let inputs_param = if inputs_len > 0 {
+        quote!(__inputs)
+    } else {
+        quote!(_)
+    };
+
+    Ok(quote! {
+        #item
+
+        #[doc(hidden)]
+        #[allow(non_camel_case_types)]
+        struct #marker;
+
+        impl #private::Streaming for #marker {
+            const INPUTS: usize = #inputs_len;
+            const OUTPUT_MEDIA_TYPES: &'static [&'static [&'static str]] = &[#(#output_types),*];
+
+            fn open(
+                #ctx_param: &#sdk::Context,
+                #inputs_param: &mut #private::Inputs,
+            ) -> ::core::result::Result<::std::vec::Vec<#private::BoxOutput>, #private::CallError> {
+                let __ret = #ident(#ctx_arg #(#input_args),*);
+                #destructure
+                ::core::result::Result::Ok(::std::vec![#(#wraps),*])
+            }
+        }
+
+        #[#private::linkme::distributed_slice(#private::FUNCTIONS)]
+        #[linkme(crate = #private::linkme)]
+        #[doc(hidden)]
+        #[allow(non_upper_case_globals)]
+        static #registration: #private::FunctionSpec = #private::FunctionSpec {
+            name: #name,
+            inputs: &[#(#input_ports),*],
+            outputs: &[#(#output_ports),*],
+            uses_context: #uses_context,
+            entry: #private::Entry::Open(#private::open_shim::<#marker>),
+        };
+    })
+}

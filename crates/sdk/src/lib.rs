@@ -1,0 +1,131 @@
+//! Write a plain Rust function; run it behind riff's gRPC function protocols with `invoker`.
+//!
+//! A function crate depends on `invoker-sdk`, is built as a `cdylib`, and marks each function
+//! it exports with [`#[invoker_sdk::function]`](function). The `invoker` daemon loads the
+//! library, decodes each incoming message into the function's input type, calls it, and
+//! encodes what it returns. You never write `unsafe`, `extern "C"` or `#[no_mangle]`.
+//!
+//! ```toml
+//! [package]
+//! name = "greeter"
+//! edition = "2024"
+//!
+//! [lib]
+//! crate-type = ["cdylib"]
+//!
+//! [dependencies]
+//! invoker-sdk = { path = "../invoker/crates/sdk" }  # until the SDK is published
+//! futures-util = "0.3"                                 # only for streaming functions
+//! serde = { version = "1", features = ["derive"] }     # only for Json/Form types
+//! ```
+//!
+//! # Request/reply
+//! A function that takes at most one input and returns at most one output is called once per
+//! message. It may return a `Result` whose error is any `Display` type; the error's text
+//! reaches the caller.
+//!
+//! ```
+//! #[invoker_sdk::function]
+//! fn hello(name: String) -> Result<String, String> {
+//!     if name == "Riff" {
+//!         return Err("error condition".into());
+//!     }
+//!     Ok(format!("Hello {name}"))
+//! }
+//!
+//! #[invoker_sdk::function]
+//! fn double(x: i64) -> i64 {
+//!     x * 2
+//! }
+//! ```
+//!
+//! All eight shapes work, each with or without a leading `&Context`:
+//! `f(X) -> Result<Y, E>`, `f(X) -> Y`, `f(X)`, `f(X) -> Result<(), E>`, `f() -> Result<Y, E>`,
+//! `f() -> Y`, `f()`, `f() -> Result<(), E>`.
+//!
+//! # JSON
+//! [`Json<T>`] carries any serde type as `application/json` (and accepts HTML form posts);
+//! [`Form<T>`] carries `application/x-www-form-urlencoded`.
+//!
+//! ```
+//! use invoker_sdk::Json;
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Deserialize)]
+//! struct Person { name: String }
+//!
+//! #[derive(Serialize)]
+//! struct Greeting { greeting: String }
+//!
+//! #[invoker_sdk::function]
+//! fn greet_json(Json(person): Json<Person>) -> Json<Greeting> {
+//!     Json(Greeting { greeting: format!("Hello {}", person.name) })
+//! }
+//! ```
+//!
+//! # Streaming
+//! A function that takes [`Input<X>`] parameters and returns `impl Stream<Item = Y>` (or
+//! `impl Stream<Item = Result<Y, E>>`, which ends the call at the first error) is called once
+//! per call with the call's input stream. A function with no input that returns a stream is a
+//! supplier: it starts when the call opens and stops when the caller goes away. Backpressure
+//! holds: your stream is polled only as fast as the caller reads. Use [`time`] for timers;
+//! the library needs no async runtime of its own.
+//!
+//! ```
+//! use invoker_sdk::{Input, stream::{Stream, StreamExt}};
+//!
+//! #[invoker_sdk::function]
+//! fn running_average(numbers: Input<f64>) -> impl Stream<Item = f64> {
+//!     numbers.scan((0.0, 0.0), |(sum, count), x| {
+//!         *sum += x;
+//!         *count += 1.0;
+//!         std::future::ready(Some(*sum / *count))
+//!     })
+//! }
+//! ```
+//!
+//! # Media types
+//! Each payload type names the media types it accepts and produces, in preference order;
+//! the invoker negotiates `Content-Type` and `Accept` against them.
+//!
+//! | type | decodes from | encodes as |
+//! |---|---|---|
+//! | `String` | `text/plain` | `text/plain` |
+//! | integers, floats, `bool` | `text/plain`, `application/json` | `text/plain`, `application/json` |
+//! | `Vec<u8>`, `Bytes` | `application/octet-stream`, `text/plain` | `application/octet-stream` |
+//! | [`Json<T>`] | `application/json`, `application/x-www-form-urlencoded` | `application/json` |
+//! | [`Form<T>`] | `application/x-www-form-urlencoded` | `application/x-www-form-urlencoded` |
+//! | [`Message<T>`] | as `T`, plus the message's headers | as `T`, plus headers you set |
+//!
+//! Implement [`FromPayload`] or [`IntoPayload`] for your own types to add more.
+//!
+//! # Panics
+//! A panic in your function is caught at the library boundary (so build with the default
+//! `panic = "unwind"`): the call ends with `INTERNAL` and the panic message, and the invoker
+//! goes on serving.
+
+mod context;
+mod input;
+mod message;
+mod payload;
+pub mod time;
+
+#[doc(hidden)]
+pub mod private;
+
+pub use bytes::Bytes;
+pub use context::Context;
+pub use input::Input;
+pub use invoker_sdk_macros::function;
+pub use message::{Headers, Message};
+pub use payload::{
+    APPLICATION_JSON, FORM_URLENCODED, Form, FromPayload, IntoPayload, Json, OCTET_STREAM,
+    Outgoing, Payload, PayloadError, TEXT_PLAIN,
+};
+
+pub(crate) use private::abi_str;
+
+/// Streams: the `Stream` trait and its combinators, re-exported from `futures-util`.
+pub mod stream {
+    pub use futures_util::stream::*;
+}

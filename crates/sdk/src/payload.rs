@@ -1,0 +1,269 @@
+//! Payload types: how a Rust type is decoded from, and encoded to, a message's bytes.
+
+use std::fmt;
+
+use bytes::Bytes;
+use serde::{Serialize, de::DeserializeOwned};
+
+use crate::Headers;
+
+/// `text/plain` (UTF-8).
+pub const TEXT_PLAIN: &str = "text/plain";
+/// `application/json`.
+pub const APPLICATION_JSON: &str = "application/json";
+/// `application/octet-stream`.
+pub const OCTET_STREAM: &str = "application/octet-stream";
+/// `application/x-www-form-urlencoded`.
+pub const FORM_URLENCODED: &str = "application/x-www-form-urlencoded";
+
+/// Why a payload could not be decoded or encoded. Its text reaches the caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PayloadError(String);
+
+impl PayloadError {
+    /// An error with this message.
+    pub fn new(message: impl Into<String>) -> Self {
+        PayloadError(message.into())
+    }
+}
+
+impl fmt::Display for PayloadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for PayloadError {}
+
+/// An incoming message, as a [`FromPayload`] implementation sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Payload<'a> {
+    pub(crate) bytes: &'a [u8],
+    pub(crate) media_type: &'static str,
+    pub(crate) headers: &'a [invoker_abi::Header],
+}
+
+impl<'a> Payload<'a> {
+    /// The payload bytes.
+    pub fn bytes(&self) -> &'a [u8] {
+        self.bytes
+    }
+
+    /// The payload's media type essence: one of the type's `MEDIA_TYPES`.
+    pub fn media_type(&self) -> &'static str {
+        self.media_type
+    }
+
+    /// The payload as UTF-8 text.
+    pub fn text(&self) -> Result<&'a str, PayloadError> {
+        std::str::from_utf8(self.bytes)
+            .map_err(|e| PayloadError::new(format!("payload is not valid UTF-8: {e}")))
+    }
+
+    /// The message's headers.
+    pub fn headers(&self) -> Headers {
+        Headers::from_abi(self.headers)
+    }
+}
+
+/// An outgoing message being built by an [`IntoPayload`] implementation.
+#[derive(Debug, Default)]
+pub struct Outgoing {
+    pub(crate) payload: Vec<u8>,
+    pub(crate) headers: Vec<(String, String)>,
+}
+
+impl Outgoing {
+    /// The payload written so far.
+    pub fn payload_mut(&mut self) -> &mut Vec<u8> {
+        &mut self.payload
+    }
+
+    /// Adds a header to the message.
+    pub fn add_header(&mut self, name: impl Into<String>, value: impl Into<String>) {
+        self.headers.push((name.into(), value.into()));
+    }
+}
+
+/// A type a function can take as input: it names the media types it can be decoded from, in
+/// preference order, and decodes a payload of one of them.
+///
+/// Implemented for `String`, the integer and float types, `bool`, `Vec<u8>`, [`Bytes`],
+/// [`Json<T>`], [`Form<T>`] and [`Message<T>`](crate::Message). Implement it for your own
+/// type to accept another media type.
+pub trait FromPayload: Sized {
+    /// Media type essences (`type/subtype`) this type decodes, preferred first.
+    const MEDIA_TYPES: &'static [&'static str];
+
+    /// Decodes a payload whose media type is one of [`Self::MEDIA_TYPES`].
+    fn from_payload(payload: &Payload<'_>) -> Result<Self, PayloadError>;
+}
+
+/// A type a function can return as output: it names the media types it can be encoded as, in
+/// preference order, and encodes itself as one of them.
+pub trait IntoPayload {
+    /// Media type essences (`type/subtype`) this type encodes to, preferred first.
+    const MEDIA_TYPES: &'static [&'static str];
+
+    /// Encodes the value as `media_type`, one of [`Self::MEDIA_TYPES`], into `out`.
+    fn into_payload(self, media_type: &str, out: &mut Outgoing) -> Result<(), PayloadError>;
+}
+
+impl FromPayload for String {
+    const MEDIA_TYPES: &'static [&'static str] = &[TEXT_PLAIN];
+
+    fn from_payload(payload: &Payload<'_>) -> Result<Self, PayloadError> {
+        payload.text().map(str::to_owned)
+    }
+}
+
+impl IntoPayload for String {
+    const MEDIA_TYPES: &'static [&'static str] = &[TEXT_PLAIN];
+
+    fn into_payload(self, _media_type: &str, out: &mut Outgoing) -> Result<(), PayloadError> {
+        out.payload = self.into_bytes();
+        Ok(())
+    }
+}
+
+impl IntoPayload for &'static str {
+    const MEDIA_TYPES: &'static [&'static str] = &[TEXT_PLAIN];
+
+    fn into_payload(self, _media_type: &str, out: &mut Outgoing) -> Result<(), PayloadError> {
+        out.payload.extend_from_slice(self.as_bytes());
+        Ok(())
+    }
+}
+
+/// Numbers and booleans: `text/plain` (`3`, `2.5`, `true`) or `application/json`.
+macro_rules! scalar {
+    ($($ty:ty),*) => {$(
+        impl FromPayload for $ty {
+            const MEDIA_TYPES: &'static [&'static str] = &[TEXT_PLAIN, APPLICATION_JSON];
+
+            fn from_payload(payload: &Payload<'_>) -> Result<Self, PayloadError> {
+                if payload.media_type == APPLICATION_JSON {
+                    return serde_json::from_slice(payload.bytes).map_err(|e| {
+                        PayloadError::new(format!("expected a JSON {}: {e}", stringify!($ty)))
+                    });
+                }
+                let text = payload.text()?.trim();
+                text.parse().map_err(|_| {
+                    PayloadError::new(format!("'{text}' is not a valid {}", stringify!($ty)))
+                })
+            }
+        }
+
+        impl IntoPayload for $ty {
+            const MEDIA_TYPES: &'static [&'static str] = &[TEXT_PLAIN, APPLICATION_JSON];
+
+            fn into_payload(self, media_type: &str, out: &mut Outgoing) -> Result<(), PayloadError> {
+                if media_type == APPLICATION_JSON {
+                    return serde_json::to_writer(&mut out.payload, &self)
+                        .map_err(|e| PayloadError::new(e.to_string()));
+                }
+                use std::io::Write as _;
+                write!(out.payload, "{}", self).map_err(|e| PayloadError::new(e.to_string()))
+            }
+        }
+    )*};
+}
+
+scalar!(
+    i8, i16, i32, i64, i128, isize, u8, u16, u32, u64, u128, usize, f32, f64, bool
+);
+
+impl FromPayload for Vec<u8> {
+    const MEDIA_TYPES: &'static [&'static str] = &[OCTET_STREAM, TEXT_PLAIN];
+
+    fn from_payload(payload: &Payload<'_>) -> Result<Self, PayloadError> {
+        Ok(payload.bytes.to_vec())
+    }
+}
+
+impl IntoPayload for Vec<u8> {
+    const MEDIA_TYPES: &'static [&'static str] = &[OCTET_STREAM];
+
+    fn into_payload(self, _media_type: &str, out: &mut Outgoing) -> Result<(), PayloadError> {
+        out.payload = self;
+        Ok(())
+    }
+}
+
+impl FromPayload for Bytes {
+    const MEDIA_TYPES: &'static [&'static str] = &[OCTET_STREAM, TEXT_PLAIN];
+
+    fn from_payload(payload: &Payload<'_>) -> Result<Self, PayloadError> {
+        Ok(Bytes::copy_from_slice(payload.bytes))
+    }
+}
+
+impl IntoPayload for Bytes {
+    const MEDIA_TYPES: &'static [&'static str] = &[OCTET_STREAM];
+
+    fn into_payload(self, _media_type: &str, out: &mut Outgoing) -> Result<(), PayloadError> {
+        out.payload = Vec::from(self);
+        Ok(())
+    }
+}
+
+/// A JSON payload of any serde type: decoded from `application/json` (or from an
+/// `application/x-www-form-urlencoded` form, whose fields become the object's fields), encoded
+/// as compact `application/json`.
+///
+/// ```
+/// use invoker_sdk::Json;
+/// #[derive(serde::Deserialize)]
+/// struct Person { name: String }
+///
+/// fn name_of(Json(person): Json<Person>) -> String { person.name }
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Json<T>(pub T);
+
+impl<T: DeserializeOwned> FromPayload for Json<T> {
+    const MEDIA_TYPES: &'static [&'static str] = &[APPLICATION_JSON, FORM_URLENCODED];
+
+    fn from_payload(payload: &Payload<'_>) -> Result<Self, PayloadError> {
+        if payload.media_type == FORM_URLENCODED {
+            return Form::<T>::from_payload(payload).map(|Form(value)| Json(value));
+        }
+        serde_json::from_slice(payload.bytes)
+            .map(Json)
+            .map_err(|e| PayloadError::new(format!("invalid JSON: {e}")))
+    }
+}
+
+impl<T: Serialize> IntoPayload for Json<T> {
+    const MEDIA_TYPES: &'static [&'static str] = &[APPLICATION_JSON];
+
+    fn into_payload(self, _media_type: &str, out: &mut Outgoing) -> Result<(), PayloadError> {
+        serde_json::to_writer(&mut out.payload, &self.0)
+            .map_err(|e| PayloadError::new(format!("cannot encode as JSON: {e}")))
+    }
+}
+
+/// An `application/x-www-form-urlencoded` payload of a serde type (a flat struct or map).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Form<T>(pub T);
+
+impl<T: DeserializeOwned> FromPayload for Form<T> {
+    const MEDIA_TYPES: &'static [&'static str] = &[FORM_URLENCODED];
+
+    fn from_payload(payload: &Payload<'_>) -> Result<Self, PayloadError> {
+        serde_urlencoded::from_bytes(payload.bytes)
+            .map(Form)
+            .map_err(|e| PayloadError::new(format!("invalid form: {e}")))
+    }
+}
+
+impl<T: Serialize> IntoPayload for Form<T> {
+    const MEDIA_TYPES: &'static [&'static str] = &[FORM_URLENCODED];
+
+    fn into_payload(self, _media_type: &str, out: &mut Outgoing) -> Result<(), PayloadError> {
+        let text = serde_urlencoded::to_string(&self.0)
+            .map_err(|e| PayloadError::new(format!("cannot encode as a form: {e}")))?;
+        out.payload = text.into_bytes();
+        Ok(())
+    }
+}

@@ -1,0 +1,659 @@
+//! What `#[function]` expands to calls into this module. Not part of the public API.
+//!
+//! All `unsafe` of a function library lives here: the `extern "C"` shims that the generated
+//! code instantiates, and the root symbol. Every shim catches panics.
+
+use std::any::Any;
+use std::ffi::c_void;
+use std::fmt::Display;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::Poll;
+
+use async_ffi::FfiContext;
+use futures_util::Stream;
+use invoker_abi::{
+    ABI_VERSION, FunctionDescriptor, Header, HostContext, InMessage, InputStream, InvokeFn,
+    LibraryDescriptor, OpenFn, OutMessage, OutputStream, Port, Slice, shape, status,
+};
+
+pub use linkme;
+
+use crate::payload::{FromPayload, IntoPayload, Outgoing, Payload};
+use crate::{Context, Input};
+
+/// Every function exported by this library, collected at link time.
+#[linkme::distributed_slice]
+pub static FUNCTIONS: [FunctionSpec];
+
+/// A function as the macro describes it; turned into ABI descriptors on first use.
+pub struct FunctionSpec {
+    /// Handler name.
+    pub name: &'static str,
+    /// Inputs: (name, media types).
+    pub inputs: &'static [(&'static str, &'static [&'static str])],
+    /// Outputs: (name, media types).
+    pub outputs: &'static [(&'static str, &'static [&'static str])],
+    /// Whether the function takes `&Context`.
+    pub uses_context: bool,
+    /// The entry point.
+    pub entry: Entry,
+}
+
+/// A function's entry point.
+pub enum Entry {
+    /// A request/reply function.
+    Invoke(InvokeFn),
+    /// A streaming function.
+    Open(OpenFn),
+}
+
+/// Why a call failed, as the shims report it.
+#[derive(Debug)]
+pub enum CallError {
+    /// The function returned an error.
+    Function(String),
+    /// An input could not be decoded.
+    BadInput(String),
+}
+
+/// Turns a function's `Result` into the shim's.
+pub fn fallible<Y, E: Display>(result: Result<Y, E>) -> Result<Y, CallError> {
+    result.map_err(|e| CallError::Function(e.to_string()))
+}
+
+/// Decodes a request/reply function's input.
+pub fn decode<X: FromPayload>(input: Option<&Payload<'_>>) -> Result<X, CallError> {
+    let payload = input.ok_or_else(|| {
+        CallError::BadInput("Invoker: Bad Input Signal: the function needs an input".into())
+    })?;
+    crate::input::decode(payload).map_err(CallError::BadInput)
+}
+
+/// Encodes a function's output.
+pub fn encode<Y: IntoPayload>(value: Y, media_type: &str) -> Result<Outgoing, CallError> {
+    let mut out = Outgoing::default();
+    value.into_payload(media_type, &mut out).map_err(|e| {
+        CallError::Function(format!(
+            "Invoker: cannot encode the function's output as {media_type}: {e}"
+        ))
+    })?;
+    Ok(out)
+}
+
+/// A request/reply function, implemented by the code `#[function]` generates.
+pub trait RequestReply {
+    /// The input type's media types (empty for a function without input).
+    const INPUT_MEDIA_TYPES: &'static [&'static str];
+    /// The output type's media types (empty for a function without output).
+    const OUTPUT_MEDIA_TYPES: &'static [&'static str];
+    /// Calls the user's function.
+    fn call(
+        ctx: &Context,
+        input: Option<&Payload<'_>>,
+        media_type: &'static str,
+    ) -> Result<Option<Outgoing>, CallError>;
+}
+
+/// A streaming function, implemented by the code `#[function]` generates.
+pub trait Streaming {
+    /// The number of inputs.
+    const INPUTS: usize;
+    /// The media types of each output, in output order.
+    const OUTPUT_MEDIA_TYPES: &'static [&'static [&'static str]];
+    /// Opens the user's function over its inputs.
+    fn open(ctx: &Context, inputs: &mut Inputs) -> Result<Vec<BoxOutput>, CallError>;
+}
+
+/// The input streams handed to a streaming function's `open`.
+pub struct Inputs {
+    streams: Vec<Option<InputStream>>,
+    failure: Arc<Failure>,
+}
+
+impl Inputs {
+    /// Takes input number `index` as the function's `Input<X>`.
+    pub fn take<X>(&mut self, index: usize) -> Input<X> {
+        match self.streams.get_mut(index).and_then(Option::take) {
+            Some(raw) => Input::new(raw, self.failure.clone()),
+            // The shim checked the count, and the generated code takes each index once.
+            None => unreachable!("input {index} taken twice or missing"),
+        }
+    }
+}
+
+impl Drop for Inputs {
+    fn drop(&mut self) {
+        for raw in self.streams.iter_mut().filter_map(Option::take) {
+            // SAFETY: an input stream not taken by the function is dropped once, here.
+            unsafe { (raw.drop)(raw.state) }
+        }
+    }
+}
+
+/// A decode failure shared by a call's inputs and outputs: an input that cannot be decoded
+/// ends the call through whichever output notices first.
+#[derive(Debug, Default)]
+pub struct Failure {
+    set: AtomicBool,
+    message: Mutex<Option<String>>,
+}
+
+impl Failure {
+    pub(crate) fn is_set(&self) -> bool {
+        self.set.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn set(&self, message: String) {
+        if let Ok(mut slot) = self.message.lock() {
+            slot.get_or_insert(message);
+        }
+        self.set.store(true, Ordering::Release);
+    }
+
+    fn message(&self) -> String {
+        self.message
+            .lock()
+            .ok()
+            .and_then(|slot| slot.clone())
+            .unwrap_or_else(|| "Invoker: Bad Input Signal".to_owned())
+    }
+}
+
+/// One output stream of a streaming function, with its items' encoding.
+pub trait ErasedOutput: Send {
+    /// Polls the next item, encoded as `media_type`.
+    fn poll_item(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        media_type: &str,
+    ) -> Poll<Option<Result<Outgoing, CallError>>>;
+}
+
+/// A boxed output stream.
+pub type BoxOutput = Box<dyn ErasedOutput>;
+
+struct Plain<S>(Pin<Box<S>>);
+
+impl<S> ErasedOutput for Plain<S>
+where
+    S: Stream + Send,
+    S::Item: IntoPayload,
+{
+    fn poll_item(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        media_type: &str,
+    ) -> Poll<Option<Result<Outgoing, CallError>>> {
+        self.0
+            .as_mut()
+            .poll_next(cx)
+            .map(|item| item.map(|y| encode(y, media_type)))
+    }
+}
+
+struct Fallible<S>(Pin<Box<S>>);
+
+impl<S, Y, E> ErasedOutput for Fallible<S>
+where
+    S: Stream<Item = Result<Y, E>> + Send,
+    Y: IntoPayload,
+    E: Display,
+{
+    fn poll_item(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        media_type: &str,
+    ) -> Poll<Option<Result<Outgoing, CallError>>> {
+        self.0.as_mut().poll_next(cx).map(|item| {
+            item.map(|result| match result {
+                Ok(y) => encode(y, media_type),
+                Err(e) => Err(CallError::Function(e.to_string())),
+            })
+        })
+    }
+}
+
+/// Wraps a stream of payloads as an output.
+pub fn output<S>(stream: S) -> BoxOutput
+where
+    S: Stream + Send + 'static,
+    S::Item: IntoPayload,
+{
+    Box::new(Plain(Box::pin(stream)))
+}
+
+/// Wraps a stream of `Result`s as an output: the first error ends the call.
+pub fn output_fallible<S, Y, E>(stream: S) -> BoxOutput
+where
+    S: Stream<Item = Result<Y, E>> + Send + 'static,
+    Y: IntoPayload,
+    E: Display,
+{
+    Box::new(Fallible(Box::pin(stream)))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shims
+
+/// What a library allocates for an [`OutMessage`]: freed by [`release_owner`].
+struct Owner {
+    payload: Vec<u8>,
+    header_strings: Vec<(String, String)>,
+    headers: Vec<Header>,
+}
+
+unsafe extern "C" fn release_owner(owner: *mut c_void) {
+    let drop_it = || {
+        // SAFETY: `owner` came from `Box::into_raw` in `write_message`, and the host releases
+        // each message exactly once.
+        drop(unsafe { Box::from_raw(owner.cast::<Owner>()) });
+    };
+    // Dropping plain data does not panic; if it ever did, it must not unwind into the host.
+    let _ = catch_unwind(AssertUnwindSafe(drop_it));
+}
+
+/// Writes an owned message into `out`.
+///
+/// # Safety
+/// `out` must be valid for writes.
+unsafe fn write_message(out: *mut OutMessage, payload: Vec<u8>, headers: Vec<(String, String)>) {
+    let mut owner = Box::new(Owner {
+        payload,
+        header_strings: headers,
+        headers: Vec::new(),
+    });
+    owner.headers = owner
+        .header_strings
+        .iter()
+        .map(|(n, v)| Header {
+            name: Slice::from_str(n),
+            value: Slice::from_str(v),
+        })
+        .collect();
+    let message = OutMessage {
+        payload: Slice::new(&owner.payload),
+        headers: owner.headers.as_ptr(),
+        headers_len: owner.headers.len(),
+        owner: Box::into_raw(owner).cast(),
+        release: Some(release_owner),
+    };
+    // SAFETY: the caller guarantees `out` is writable; moving the box did not move the heap
+    // buffers the slices point into.
+    unsafe { out.write(message) }
+}
+
+/// Writes an error text into `out` and returns its status.
+///
+/// # Safety
+/// `out` must be valid for writes.
+unsafe fn write_error(out: *mut OutMessage, code: u32, message: String) -> u32 {
+    // SAFETY: forwarded from the caller.
+    unsafe { write_message(out, message.into_bytes(), Vec::new()) };
+    code
+}
+
+/// # Safety
+/// `out` must be valid for writes.
+unsafe fn write_call_error(out: *mut OutMessage, error: CallError) -> u32 {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        match error {
+            CallError::Function(message) => write_error(out, status::FUNCTION_ERROR, message),
+            CallError::BadInput(message) => write_error(out, status::BAD_INPUT, message),
+        }
+    }
+}
+
+/// The text of a panic payload.
+fn panic_message(panic: &(dyn Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic with a non-string payload".to_owned()
+    }
+}
+
+/// Reads a UTF-8 string lent by the host.
+///
+/// # Safety
+/// `s` must point to `s.len` bytes of valid UTF-8 that outlive `'a`.
+pub(crate) unsafe fn abi_str<'a>(s: Slice) -> &'a str {
+    // SAFETY: forwarded from the caller; the host hands out only UTF-8 here.
+    unsafe { std::str::from_utf8_unchecked(abi_bytes(s)) }
+}
+
+/// Reads bytes lent by the host.
+///
+/// # Safety
+/// `s` must point to `s.len` readable bytes that outlive `'a`.
+pub(crate) unsafe fn abi_bytes<'a>(s: Slice) -> &'a [u8] {
+    if s.len == 0 {
+        return &[];
+    }
+    // SAFETY: forwarded from the caller.
+    unsafe { std::slice::from_raw_parts(s.ptr, s.len) }
+}
+
+/// Decodes a message lent by the host as `X`.
+///
+/// # Safety
+/// `msg` must be a message the host lent (valid pointers, valid for the duration of the call).
+pub(crate) unsafe fn decode_in_message<X: FromPayload>(msg: &InMessage) -> Result<X, String> {
+    // SAFETY: forwarded from the caller.
+    let payload = unsafe { payload_of(msg, X::MEDIA_TYPES) }?;
+    crate::input::decode(&payload)
+}
+
+/// # Safety
+/// As [`decode_in_message`].
+unsafe fn payload_of<'a>(
+    msg: &'a InMessage,
+    media_types: &'static [&'static str],
+) -> Result<Payload<'a>, String> {
+    let media_type = media_types
+        .get(msg.media_type as usize)
+        .ok_or_else(|| format!("Invoker: media type #{} out of range", msg.media_type))?;
+    let headers = if msg.headers_len == 0 {
+        &[][..]
+    } else {
+        // SAFETY: the host lends `headers_len` headers at `headers`.
+        unsafe { std::slice::from_raw_parts(msg.headers, msg.headers_len) }
+    };
+    Ok(Payload {
+        // SAFETY: the host lends the payload for the call.
+        bytes: unsafe { abi_bytes(msg.payload) },
+        media_type,
+        headers,
+    })
+}
+
+/// The `extern "C"` entry point of a request/reply function `H`.
+///
+/// # Safety
+/// Called by the host per the ABI: `ctx` valid, `input` null or valid, `out` writable.
+pub unsafe extern "C" fn invoke_shim<H: RequestReply>(
+    ctx: *const HostContext,
+    input: *const InMessage,
+    media_type: u32,
+    out: *mut OutMessage,
+) -> u32 {
+    let run = || {
+        let Some(out_type) = H::OUTPUT_MEDIA_TYPES
+            .get(media_type as usize)
+            .copied()
+            .or(H::OUTPUT_MEDIA_TYPES.is_empty().then_some(""))
+        else {
+            return Err(CallError::Function(format!(
+                "Invoker: output media type #{media_type} out of range"
+            )));
+        };
+        // SAFETY: the host passes a context valid for this call.
+        let ctx = unsafe { Context::from_raw(ctx) };
+        // SAFETY: the host passes null or a message lent for this call.
+        let payload = match unsafe { input.as_ref() } {
+            None => None,
+            // SAFETY: as above.
+            Some(msg) => Some(
+                unsafe { payload_of(msg, H::INPUT_MEDIA_TYPES) }.map_err(CallError::BadInput)?,
+            ),
+        };
+        H::call(&ctx, payload.as_ref(), out_type)
+    };
+    let result = catch_unwind(AssertUnwindSafe(run));
+    // SAFETY: `out` is writable per the ABI.
+    unsafe {
+        match result {
+            Ok(Ok(Some(message))) => {
+                write_message(out, message.payload, message.headers);
+                status::READY
+            }
+            Ok(Ok(None)) => status::EMPTY,
+            Ok(Err(error)) => write_call_error(out, error),
+            Err(panic) => write_error(out, status::PANIC, panic_message(&*panic)),
+        }
+    }
+}
+
+/// The state behind an [`OutputStream`] handed to the host.
+struct OutputState {
+    output: BoxOutput,
+    media_types: &'static [&'static str],
+    failure: Arc<Failure>,
+    done: bool,
+}
+
+unsafe extern "C" fn output_poll(
+    state: *mut c_void,
+    cx: &mut FfiContext<'_>,
+    media_type: u32,
+    out: *mut OutMessage,
+) -> u32 {
+    // SAFETY: `state` is the `OutputState` this library created in `open_shim`; the host
+    // polls it from one thread at a time and not after `output_drop`.
+    let state = unsafe { &mut *state.cast::<OutputState>() };
+    if state.done {
+        return status::END;
+    }
+    if state.failure.is_set() {
+        state.done = true;
+        // SAFETY: `out` is writable per the ABI.
+        return unsafe { write_error(out, status::BAD_INPUT, state.failure.message()) };
+    }
+    let Some(out_type) = state.media_types.get(media_type as usize).copied() else {
+        state.done = true;
+        let message = format!("Invoker: output media type #{media_type} out of range");
+        // SAFETY: `out` is writable per the ABI.
+        return unsafe { write_error(out, status::FUNCTION_ERROR, message) };
+    };
+    let polled = catch_unwind(AssertUnwindSafe(|| {
+        cx.with_context(|cx| state.output.poll_item(cx, out_type))
+    }));
+    // SAFETY: `out` is writable per the ABI.
+    unsafe {
+        match polled {
+            Ok(Poll::Ready(Some(Ok(message)))) => {
+                write_message(out, message.payload, message.headers);
+                status::READY
+            }
+            Ok(Poll::Ready(Some(Err(error)))) => {
+                state.done = true;
+                write_call_error(out, error)
+            }
+            Ok(Poll::Ready(None)) | Ok(Poll::Pending) if state.failure.is_set() => {
+                state.done = true;
+                write_error(out, status::BAD_INPUT, state.failure.message())
+            }
+            Ok(Poll::Ready(None)) => {
+                state.done = true;
+                status::END
+            }
+            Ok(Poll::Pending) => status::PENDING,
+            Err(panic) => {
+                state.done = true;
+                write_error(out, status::PANIC, panic_message(&*panic))
+            }
+        }
+    }
+}
+
+unsafe extern "C" fn output_drop(state: *mut c_void) {
+    // SAFETY: `state` came from `Box::into_raw` in `open_shim`; the host drops it once.
+    let state = unsafe { Box::from_raw(state.cast::<OutputState>()) };
+    // The function's stream may run arbitrary code when dropped: keep a panic on this side.
+    if catch_unwind(AssertUnwindSafe(move || drop(state))).is_err() {
+        // Nothing to report to: the host asked for the stream to go away, and it has.
+    }
+}
+
+/// The `extern "C"` entry point of a streaming function `H`.
+///
+/// # Safety
+/// Called by the host per the ABI: `ctx` valid; `inputs` points to `inputs_len` streams whose
+/// ownership passes to this call; `outputs` has room for `outputs_len` streams; `error` writable.
+pub unsafe extern "C" fn open_shim<H: Streaming>(
+    ctx: *const HostContext,
+    inputs: *mut InputStream,
+    inputs_len: usize,
+    outputs: *mut OutputStream,
+    outputs_len: usize,
+    error: *mut OutMessage,
+) -> u32 {
+    let failure = Arc::new(Failure::default());
+    // Take ownership of the inputs first, so they are released whatever happens next.
+    let mut owned = Inputs {
+        streams: (0..inputs_len)
+            // SAFETY: the host passes `inputs_len` initialised streams and gives them to us.
+            .map(|i| Some(unsafe { inputs.add(i).read() }))
+            .collect(),
+        failure: failure.clone(),
+    };
+    let outputs_expected = H::OUTPUT_MEDIA_TYPES.len();
+    if inputs_len != H::INPUTS || outputs_len != outputs_expected {
+        let message = format!(
+            "Invoker: the function takes {} inputs and {} outputs, not {inputs_len} and {outputs_len}",
+            H::INPUTS,
+            outputs_expected
+        );
+        // SAFETY: `error` is writable per the ABI.
+        return unsafe { write_error(error, status::FUNCTION_ERROR, message) };
+    }
+    let opened = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: the host passes a context valid for this call.
+        let ctx = unsafe { Context::from_raw(ctx) };
+        H::open(&ctx, &mut owned)
+    }));
+    drop(owned);
+    let streams = match opened {
+        Ok(Ok(streams)) => streams,
+        // SAFETY: `error` is writable per the ABI.
+        Ok(Err(e)) => return unsafe { write_call_error(error, e) },
+        // SAFETY: as above.
+        Err(panic) => return unsafe { write_error(error, status::PANIC, panic_message(&*panic)) },
+    };
+    if streams.len() != outputs_len {
+        let message = format!(
+            "Invoker: the function opened {} outputs, not {outputs_len}",
+            streams.len()
+        );
+        // SAFETY: `error` is writable per the ABI.
+        return unsafe { write_error(error, status::FUNCTION_ERROR, message) };
+    }
+    let typed = streams
+        .into_iter()
+        .zip(H::OUTPUT_MEDIA_TYPES.iter().copied());
+    for (i, (output, media_types)) in typed.enumerate() {
+        let state = Box::new(OutputState {
+            output,
+            media_types,
+            failure: failure.clone(),
+            done: false,
+        });
+        let stream = OutputStream {
+            state: Box::into_raw(state).cast(),
+            poll_next: output_poll,
+            drop: output_drop,
+        };
+        // SAFETY: `outputs` has room for `outputs_len` streams and `i < outputs_len`.
+        unsafe { outputs.add(i).write(stream) };
+    }
+    status::READY
+}
+
+// ---------------------------------------------------------------------------------------------
+// The root symbol
+
+/// The descriptors, built once from [`FUNCTIONS`]; kept for the life of the library.
+struct Descriptors {
+    library: LibraryDescriptor,
+    _pointers: Vec<*const FunctionDescriptor>,
+    _functions: Vec<Box<FunctionDescriptor>>,
+    _ports: Vec<Vec<Port>>,
+    _media_types: Vec<Vec<Slice>>,
+}
+
+// SAFETY: the descriptors are immutable after construction and only point into `'static`
+// data or into the vectors they own.
+unsafe impl Send for Descriptors {}
+// SAFETY: as above.
+unsafe impl Sync for Descriptors {}
+
+fn build_descriptors() -> Descriptors {
+    let mut media_types = Vec::new();
+    let mut ports = Vec::new();
+    let mut functions = Vec::new();
+    let mut port_list = |list: &'static [(&'static str, &'static [&'static str])]| {
+        let port_vec: Vec<Port> = list
+            .iter()
+            .map(|(name, types)| {
+                let slices: Vec<Slice> = types.iter().map(|t| Slice::from_str(t)).collect();
+                let port = Port {
+                    name: Slice::from_str(name),
+                    media_types: slices.as_ptr(),
+                    media_types_len: slices.len(),
+                };
+                media_types.push(slices);
+                port
+            })
+            .collect();
+        let raw = (port_vec.as_ptr(), port_vec.len());
+        ports.push(port_vec);
+        raw
+    };
+    for spec in FUNCTIONS.iter() {
+        let (inputs, inputs_len) = port_list(spec.inputs);
+        let (outputs, outputs_len) = port_list(spec.outputs);
+        let (shape, invoke, open) = match spec.entry {
+            Entry::Invoke(f) => (shape::REQUEST_REPLY, Some(f), None),
+            Entry::Open(f) => (shape::STREAMING, None, Some(f)),
+        };
+        functions.push(Box::new(FunctionDescriptor {
+            size: size_of::<FunctionDescriptor>() as u32,
+            shape,
+            name: Slice::from_str(spec.name),
+            inputs,
+            inputs_len,
+            outputs,
+            outputs_len,
+            uses_context: spec.uses_context,
+            invoke,
+            open,
+        }));
+    }
+    let pointers: Vec<*const FunctionDescriptor> =
+        functions.iter().map(|f| &**f as *const _).collect();
+    let library = LibraryDescriptor {
+        abi_version: ABI_VERSION,
+        size: size_of::<LibraryDescriptor>() as u32,
+        sdk_version: Slice::from_str(env!("CARGO_PKG_VERSION")),
+        functions: pointers.as_ptr(),
+        functions_len: pointers.len(),
+        panic_unwind: cfg!(panic = "unwind"),
+        init: None,
+        shutdown: None,
+    };
+    Descriptors {
+        library,
+        _pointers: pointers,
+        _functions: functions,
+        _ports: ports,
+        _media_types: media_types,
+    }
+}
+
+/// The library's root symbol.
+///
+/// # Safety
+/// Always safe to call; `unsafe` only because it is part of the C ABI.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn invoker_library() -> *const LibraryDescriptor {
+    static DESCRIPTORS: OnceLock<Descriptors> = OnceLock::new();
+    match catch_unwind(|| &DESCRIPTORS.get_or_init(build_descriptors).library as *const _) {
+        Ok(library) => library,
+        Err(_) => std::ptr::null(),
+    }
+}

@@ -1,0 +1,600 @@
+//! The host side of the library boundary: the one module of the daemon with `unsafe`.
+//!
+//! Everything read from a library is validated and copied into owned Rust values at load time
+//! ([`load`]); afterwards the rest of the daemon only sees the safe types of
+//! [`crate::function`]. Each call into the library goes through a function here, with the
+//! library kept alive by an `Arc` in every value that can still reach into it.
+
+use std::ffi::c_void;
+use std::mem::ManuallyDrop;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use async_ffi::{ContextExt, FfiContext};
+use bytes::Bytes;
+use futures_util::Stream;
+use invoker_abi::{
+    ABI_VERSION, FunctionDescriptor, Header, HostContext, InMessage, InputStream, InvokeFn,
+    LibraryDescriptor, OpenFn, OutMessage, OutputStream as RawOutputStream, Port, ROOT_SYMBOL,
+    RootFn, Slice, shape, status,
+};
+
+use super::{
+    CallContext, FunctionError, FunctionInfo, InputMessage, LoadError, OutputMessage, PortInfo,
+    Shape,
+};
+
+/// A loaded library. Never unloaded: a library may have left threads (timers), thread-locals
+/// or wakers behind that still point into its code, so `dlclose` is never safe to call.
+pub(crate) struct LoadedLibrary {
+    _library: ManuallyDrop<libloading::Library>,
+    path: PathBuf,
+}
+
+impl LoadedLibrary {
+    /// The path the library was loaded from.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// A function's entry point.
+#[derive(Clone, Copy)]
+pub(crate) enum Entry {
+    Invoke(InvokeFn),
+    Open(OpenFn),
+}
+
+/// What loading a library yields: the library and its validated functions.
+pub(crate) struct Loaded {
+    pub(crate) library: Arc<LoadedLibrary>,
+    pub(crate) sdk_version: String,
+    pub(crate) functions: Vec<(FunctionInfo, Entry)>,
+}
+
+/// Loads a library and validates its descriptor.
+pub(crate) fn load(path: &Path) -> Result<Loaded, LoadError> {
+    let display = path.display().to_string();
+    let display_path = display.clone();
+    // SAFETY: loading a library runs its initialisers. That is the point of the daemon: the
+    // operator named this file as the function to run, and trusts it like any executable.
+    let library =
+        unsafe { libloading::Library::new(path) }.map_err(|e| LoadError::NotALibrary {
+            path: display.clone(),
+            reason: e.to_string(),
+        })?;
+    let root_name = format!("{ROOT_SYMBOL}\0");
+    // SAFETY: `invoker_library` is declared by the ABI as `RootFn`; if a library exports the
+    // name with another type, that library breaks the ABI it claims to implement.
+    let root: RootFn = match unsafe { library.get::<RootFn>(root_name.as_bytes()) } {
+        Ok(symbol) => *symbol,
+        Err(_) => return Err(LoadError::NoRootSymbol { path: display }),
+    };
+    // SAFETY: the root function takes no arguments and returns a pointer per the ABI.
+    let descriptor = unsafe { root() };
+    if descriptor.is_null() {
+        return Err(LoadError::Invalid {
+            path: display,
+            reason: format!("{ROOT_SYMBOL}() returned no descriptor"),
+        });
+    }
+    // SAFETY: the first two fields (`abi_version`, `size`: two u32) are laid out identically in
+    // every ABI version, so they can be read before the version is known.
+    let (abi_version, size) = unsafe {
+        let head = descriptor.cast::<u32>();
+        (head.read(), head.add(1).read())
+    };
+    if abi_version != ABI_VERSION {
+        return Err(LoadError::AbiMismatch {
+            path: display,
+            library: abi_version,
+            host: ABI_VERSION,
+        });
+    }
+    if (size as usize) < size_of::<LibraryDescriptor>() {
+        return Err(LoadError::Invalid {
+            path: display,
+            reason: format!(
+                "its descriptor is {size} bytes, shorter than ABI version {ABI_VERSION}'s"
+            ),
+        });
+    }
+    // SAFETY: the version and size match this ABI, so the pointer is a `LibraryDescriptor`
+    // that lives as long as the library (which is never unloaded).
+    let descriptor: &'static LibraryDescriptor = unsafe { &*descriptor };
+    let invalid = |reason: String| LoadError::Invalid {
+        path: display.clone(),
+        reason,
+    };
+    // SAFETY: strings in a descriptor live as long as the library.
+    let sdk_version = unsafe { read_str(descriptor.sdk_version) }.map_err(&invalid)?;
+    if !descriptor.panic_unwind {
+        tracing::warn!(
+            path = %display_path,
+            "the library was built with panic = \"abort\": a panic in the function will end the invoker"
+        );
+    }
+    // SAFETY: the descriptor points at `functions_len` descriptor pointers.
+    let pointers = unsafe { read_array(descriptor.functions, descriptor.functions_len) }
+        .map_err(|e| invalid(format!("its function table is invalid: {e}")))?;
+    let mut functions = Vec::with_capacity(pointers.len());
+    for &pointer in pointers {
+        // SAFETY: each pointer in the table points at a descriptor living as long as the library.
+        let function = unsafe { read_function(pointer) }.map_err(&invalid)?;
+        if functions
+            .iter()
+            .any(|(f, _): &(FunctionInfo, Entry)| f.name == function.0.name)
+        {
+            return Err(invalid(format!("it exports '{}' twice", function.0.name)));
+        }
+        functions.push(function);
+    }
+    Ok(Loaded {
+        library: Arc::new(LoadedLibrary {
+            _library: ManuallyDrop::new(library),
+            path: path.to_path_buf(),
+        }),
+        sdk_version,
+        functions,
+    })
+}
+
+/// Reads and validates one function descriptor.
+///
+/// # Safety
+/// `pointer` must be null or point at a `FunctionDescriptor` that outlives the library.
+unsafe fn read_function(
+    pointer: *const FunctionDescriptor,
+) -> Result<(FunctionInfo, Entry), String> {
+    // SAFETY: forwarded from the caller.
+    let Some(f) = (unsafe { pointer.as_ref() }) else {
+        return Err("its function table holds a null pointer".to_owned());
+    };
+    if (f.size as usize) < size_of::<FunctionDescriptor>() {
+        return Err(format!(
+            "a function descriptor is {} bytes, too short",
+            f.size
+        ));
+    }
+    // SAFETY: descriptor strings and arrays live as long as the library.
+    let name = unsafe { read_str(f.name) }?;
+    let context = |e: String| format!("function '{name}': {e}");
+    // SAFETY: as above.
+    let inputs = unsafe { read_ports(f.inputs, f.inputs_len) }.map_err(context)?;
+    // SAFETY: as above.
+    let outputs = unsafe { read_ports(f.outputs, f.outputs_len) }.map_err(context)?;
+    let (shape, entry) = match (f.shape, f.invoke, f.open) {
+        (shape::REQUEST_REPLY, Some(invoke), _) if inputs.len() <= 1 && outputs.len() <= 1 => {
+            (Shape::RequestReply, Entry::Invoke(invoke))
+        }
+        (shape::STREAMING, _, Some(open)) if !outputs.is_empty() => {
+            (Shape::Streaming, Entry::Open(open))
+        }
+        (other, _, _) => {
+            return Err(format!(
+                "function '{name}' has an invalid shape ({other}, {} inputs, {} outputs)",
+                inputs.len(),
+                outputs.len()
+            ));
+        }
+    };
+    let info = FunctionInfo {
+        name,
+        shape,
+        inputs,
+        outputs,
+        uses_context: f.uses_context,
+    };
+    Ok((info, entry))
+}
+
+/// # Safety
+/// `ports` must point at `len` ports living as long as the library.
+unsafe fn read_ports(ports: *const Port, len: usize) -> Result<Vec<PortInfo>, String> {
+    // SAFETY: forwarded from the caller.
+    let ports = unsafe { read_array(ports, len) }?;
+    ports
+        .iter()
+        .map(|port| {
+            // SAFETY: the port's strings live as long as the library.
+            let name = unsafe { read_str(port.name) }?;
+            // SAFETY: as above.
+            let types = unsafe { read_array(port.media_types, port.media_types_len) }?;
+            let media_types = types
+                .iter()
+                // SAFETY: as above.
+                .map(|&t| unsafe { read_str(t) }.map(|s| s.to_ascii_lowercase()))
+                .collect::<Result<Vec<_>, _>>()?;
+            if media_types.is_empty() {
+                return Err(format!("port '{name}' has no media types"));
+            }
+            Ok(PortInfo { name, media_types })
+        })
+        .collect()
+}
+
+/// # Safety
+/// `ptr` must point at `len` initialised values living for `'a` (or `len` must be 0).
+unsafe fn read_array<'a, T>(ptr: *const T, len: usize) -> Result<&'a [T], String> {
+    if len == 0 {
+        return Ok(&[]);
+    }
+    if ptr.is_null() || !ptr.is_aligned() {
+        return Err("an array pointer is null or misaligned".to_owned());
+    }
+    // SAFETY: forwarded from the caller; checked non-null and aligned.
+    Ok(unsafe { std::slice::from_raw_parts(ptr, len) })
+}
+
+/// # Safety
+/// `s` must point at `s.len` readable bytes (or be empty).
+unsafe fn read_str(s: Slice) -> Result<String, String> {
+    // SAFETY: forwarded from the caller.
+    let bytes = unsafe { read_array(s.ptr, s.len) }?;
+    String::from_utf8(bytes.to_vec()).map_err(|_| "a string is not valid UTF-8".to_owned())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The context
+
+/// Builds the C view of a call's context. `ctx` must outlive every use of the result.
+fn host_context(ctx: &CallContext) -> HostContext {
+    HostContext {
+        size: size_of::<HostContext>() as u32,
+        data: (ctx as *const CallContext).cast(),
+        function_name: Slice::from_str(&ctx.function_name),
+        instance_id: Slice::from_str(&ctx.instance_id),
+        header: ctx_header,
+        config: ctx_config,
+        log: ctx_log,
+        metric: ctx_metric,
+        deadline_millis: ctx_deadline_millis,
+        is_cancelled: ctx_is_cancelled,
+    }
+}
+
+/// # Safety
+/// `data` must be the `CallContext` a `HostContext` was built from, still alive.
+unsafe fn call_context<'a>(data: *const c_void) -> &'a CallContext {
+    // SAFETY: forwarded from the caller.
+    unsafe { &*data.cast::<CallContext>() }
+}
+
+unsafe extern "C" fn ctx_header(data: *const c_void, index: usize, out: *mut Header) -> bool {
+    // SAFETY: the library passes back the `data` of the context we lent it, during the call.
+    let ctx = unsafe { call_context(data) };
+    match ctx.headers.get(index) {
+        Some((name, value)) => {
+            let header = Header {
+                name: Slice::from_str(name),
+                value: Slice::from_str(value),
+            };
+            // SAFETY: the library passes a writable `Header`.
+            unsafe { out.write(header) };
+            true
+        }
+        None => false,
+    }
+}
+
+unsafe extern "C" fn ctx_config(data: *const c_void, key: Slice, out: *mut Slice) -> bool {
+    // SAFETY: as in `ctx_header`.
+    let ctx = unsafe { call_context(data) };
+    // SAFETY: the library lends the key for the duration of this call.
+    let Ok(key) = (unsafe { read_array(key.ptr, key.len) }) else {
+        return false;
+    };
+    let Ok(key) = std::str::from_utf8(key) else {
+        return false;
+    };
+    match ctx.config.get(key) {
+        Some(value) => {
+            // SAFETY: the library passes a writable `Slice`; the value lives in the config,
+            // which outlives the call.
+            unsafe { out.write(Slice::from_str(value)) };
+            true
+        }
+        None => false,
+    }
+}
+
+unsafe extern "C" fn ctx_log(data: *const c_void, level: u32, message: Slice) {
+    // SAFETY: as in `ctx_header`.
+    let ctx = unsafe { call_context(data) };
+    // SAFETY: the library lends the message for the duration of this call.
+    let bytes = unsafe { read_array(message.ptr, message.len) }.unwrap_or_default();
+    let message = String::from_utf8_lossy(bytes);
+    let function = ctx.function_name.as_str();
+    match level {
+        invoker_abi::level::ERROR => tracing::error!(function, "{message}"),
+        invoker_abi::level::WARN => tracing::warn!(function, "{message}"),
+        invoker_abi::level::INFO => tracing::info!(function, "{message}"),
+        invoker_abi::level::DEBUG => tracing::debug!(function, "{message}"),
+        _ => tracing::trace!(function, "{message}"),
+    }
+}
+
+unsafe extern "C" fn ctx_metric(data: *const c_void, name: Slice, value: f64) {
+    // SAFETY: as in `ctx_header`.
+    let ctx = unsafe { call_context(data) };
+    // SAFETY: the library lends the name for the duration of this call.
+    let bytes = unsafe { read_array(name.ptr, name.len) }.unwrap_or_default();
+    ctx.record_metric(&String::from_utf8_lossy(bytes), value);
+}
+
+unsafe extern "C" fn ctx_deadline_millis(data: *const c_void) -> i64 {
+    // SAFETY: as in `ctx_header`.
+    let ctx = unsafe { call_context(data) };
+    ctx.deadline_millis()
+}
+
+unsafe extern "C" fn ctx_is_cancelled(data: *const c_void) -> bool {
+    // SAFETY: as in `ctx_header`.
+    let ctx = unsafe { call_context(data) };
+    ctx.is_cancelled()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Calls
+
+/// Views a message's headers as ABI headers (borrowing the strings).
+fn abi_headers(headers: &[(String, String)]) -> Vec<Header> {
+    headers
+        .iter()
+        .map(|(name, value)| Header {
+            name: Slice::from_str(name),
+            value: Slice::from_str(value),
+        })
+        .collect()
+}
+
+/// Takes an output message from the library: copies it, then releases the library's copy.
+///
+/// # Safety
+/// `out` must have been filled by the library per the ABI (or be [`OutMessage::EMPTY`]).
+unsafe fn take_message(out: OutMessage) -> Result<OutputMessage, String> {
+    let copied = (|| {
+        // SAFETY: the library's message stays valid until released, below.
+        let payload =
+            Bytes::copy_from_slice(unsafe { read_array(out.payload.ptr, out.payload.len) }?);
+        // SAFETY: as above.
+        let raw_headers = unsafe { read_array(out.headers, out.headers_len) }?;
+        let headers = raw_headers
+            .iter()
+            // SAFETY: as above.
+            .map(|h| Ok((unsafe { read_str(h.name) }?, unsafe { read_str(h.value) }?)))
+            .collect::<Result<Vec<_>, String>>()?;
+        Ok(OutputMessage { payload, headers })
+    })();
+    if let Some(release) = out.release {
+        // SAFETY: each message is released exactly once, with the owner the library gave.
+        unsafe { release(out.owner) };
+    }
+    copied
+}
+
+/// Converts an error status and its message into a `FunctionError`.
+///
+/// # Safety
+/// As [`take_message`].
+unsafe fn error_of(code: u32, out: OutMessage) -> FunctionError {
+    // SAFETY: forwarded from the caller.
+    let text = match unsafe { take_message(out) } {
+        Ok(message) => String::from_utf8_lossy(&message.payload).into_owned(),
+        Err(e) => {
+            return FunctionError::Abi(format!("the library returned a malformed error: {e}"));
+        }
+    };
+    match code {
+        status::FUNCTION_ERROR => FunctionError::Failed(text),
+        status::PANIC => FunctionError::Panicked(text),
+        status::BAD_INPUT => FunctionError::BadInput(text),
+        other => FunctionError::Abi(format!("the library returned unknown status {other}")),
+    }
+}
+
+/// Calls a request/reply function.
+pub(crate) fn invoke(
+    entry: InvokeFn,
+    ctx: &CallContext,
+    input: Option<&InputMessage>,
+    media_type: usize,
+) -> Result<Option<OutputMessage>, FunctionError> {
+    let host_ctx = host_context(ctx);
+    let headers = input.map(|m| abi_headers(&m.headers)).unwrap_or_default();
+    let message = input.map(|m| InMessage {
+        payload: Slice::new(&m.payload),
+        headers: headers.as_ptr(),
+        headers_len: headers.len(),
+        media_type: m.media_type as u32,
+    });
+    let input_ptr = message
+        .as_ref()
+        .map_or(std::ptr::null(), |m| m as *const InMessage);
+    let mut out = OutMessage::EMPTY;
+    // SAFETY: every pointer passed lives until this call returns: the context and its data,
+    // the input message with its payload and headers, and `out`. The library validated
+    // `entry` as its invoke function at load time, and `self` keeps the library loaded.
+    let code = unsafe { entry(&host_ctx, input_ptr, media_type as u32, &mut out) };
+    match code {
+        // SAFETY: `out` was filled by the library for READY.
+        status::READY => unsafe { take_message(out) }
+            .map(Some)
+            .map_err(FunctionError::Abi),
+        status::EMPTY => Ok(None),
+        // SAFETY: `out` was filled by the library for an error status.
+        code => Err(unsafe { error_of(code, out) }),
+    }
+}
+
+/// The stream type of a streaming function's inputs.
+pub type BoxInput = Pin<Box<dyn Stream<Item = InputMessage> + Send>>;
+
+/// The host state behind an `InputStream` lent to a library.
+struct InputState {
+    stream: BoxInput,
+    /// The message lent by the last READY, kept until the next poll or drop.
+    current: Option<(InputMessage, Vec<Header>)>,
+}
+
+unsafe extern "C" fn input_poll(
+    state: *mut c_void,
+    cx: &mut FfiContext<'_>,
+    out: *mut InMessage,
+) -> u32 {
+    // SAFETY: `state` is the `InputState` created in `open`; the library polls it from one
+    // thread at a time and never after `input_drop`.
+    let state = unsafe { &mut *state.cast::<InputState>() };
+    state.current = None;
+    let polled = catch_unwind(AssertUnwindSafe(|| {
+        cx.with_context(|cx| state.stream.as_mut().poll_next(cx))
+    }));
+    match polled {
+        Ok(Poll::Ready(Some(message))) => {
+            let headers = abi_headers(&message.headers);
+            let lent = InMessage {
+                payload: Slice::new(&message.payload),
+                headers: headers.as_ptr(),
+                headers_len: headers.len(),
+                media_type: message.media_type as u32,
+            };
+            // The heap data the slices point at does not move with the tuple.
+            state.current = Some((message, headers));
+            // SAFETY: the library passes a writable `InMessage`.
+            unsafe { out.write(lent) };
+            status::READY
+        }
+        Ok(Poll::Ready(None)) => status::END,
+        Ok(Poll::Pending) => status::PENDING,
+        Err(_) => {
+            tracing::error!("an input stream panicked; ending it");
+            status::END
+        }
+    }
+}
+
+unsafe extern "C" fn input_drop(state: *mut c_void) {
+    // SAFETY: `state` came from `Box::into_raw` in `open`; the library drops it exactly once.
+    let state = unsafe { Box::from_raw(state.cast::<InputState>()) };
+    if catch_unwind(AssertUnwindSafe(move || drop(state))).is_err() {
+        tracing::error!("dropping an input stream panicked");
+    }
+}
+
+/// Opens a streaming function over its input streams.
+pub(crate) fn open(
+    library: &Arc<LoadedLibrary>,
+    entry: OpenFn,
+    ctx: &CallContext,
+    inputs: Vec<BoxInput>,
+    outputs_len: usize,
+) -> Result<Vec<OutputStream>, FunctionError> {
+    let host_ctx = host_context(ctx);
+    let mut raw_inputs: Vec<InputStream> = inputs
+        .into_iter()
+        .map(|stream| InputStream {
+            state: Box::into_raw(Box::new(InputState {
+                stream,
+                current: None,
+            }))
+            .cast(),
+            poll_next: input_poll,
+            drop: input_drop,
+        })
+        .collect();
+    let mut raw_outputs: Vec<RawOutputStream> = Vec::with_capacity(outputs_len);
+    let mut error = OutMessage::EMPTY;
+    // SAFETY: the context lives until `entry` returns; ownership of the input streams passes
+    // to the library (which drops each exactly once, even on error), so we forget our copies
+    // with `set_len(0)` below; `raw_outputs` has room for `outputs_len` streams, which the
+    // library writes on READY only.
+    let code = unsafe {
+        let code = entry(
+            &host_ctx,
+            raw_inputs.as_mut_ptr(),
+            raw_inputs.len(),
+            raw_outputs.as_mut_ptr(),
+            outputs_len,
+            &mut error,
+        );
+        raw_inputs.set_len(0);
+        if code == status::READY {
+            raw_outputs.set_len(outputs_len);
+        }
+        code
+    };
+    if code != status::READY {
+        // SAFETY: `error` was filled by the library for an error status.
+        return Err(unsafe { error_of(code, error) });
+    }
+    Ok(raw_outputs
+        .into_iter()
+        .map(|raw| OutputStream {
+            library: library.clone(),
+            raw,
+            done: false,
+        })
+        .collect())
+}
+
+/// One output stream of a streaming function. Dropping it releases the function's stream.
+pub struct OutputStream {
+    library: Arc<LoadedLibrary>,
+    raw: RawOutputStream,
+    done: bool,
+}
+
+// SAFETY: the ABI requires stream state to be usable from any thread, one at a time; all uses
+// go through `&mut self`.
+unsafe impl Send for OutputStream {}
+
+impl OutputStream {
+    /// Polls the next output, encoded as the output port's media type number `media_type`.
+    pub fn poll_next(
+        &mut self,
+        cx: &mut Context<'_>,
+        media_type: usize,
+    ) -> Poll<Option<Result<OutputMessage, FunctionError>>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        let mut out = OutMessage::EMPTY;
+        let raw = &self.raw;
+        // SAFETY: the stream is live (not dropped, not finished) and the library is loaded
+        // (`self.library`); `out` is writable.
+        let code = cx.with_ffi_context(|fcx| unsafe {
+            (raw.poll_next)(raw.state, fcx, media_type as u32, &mut out)
+        });
+        match code {
+            status::PENDING => Poll::Pending,
+            status::END => {
+                self.done = true;
+                Poll::Ready(None)
+            }
+            // SAFETY: `out` was filled by the library for READY.
+            status::READY => Poll::Ready(Some(
+                unsafe { take_message(out) }.map_err(FunctionError::Abi),
+            )),
+            code => {
+                self.done = true;
+                // SAFETY: `out` was filled by the library for an error status.
+                Poll::Ready(Some(Err(unsafe { error_of(code, out) })))
+            }
+        }
+    }
+
+    /// The library this stream's function lives in.
+    pub fn library_path(&self) -> &Path {
+        self.library.path()
+    }
+}
+
+impl Drop for OutputStream {
+    fn drop(&mut self) {
+        // SAFETY: each output stream is dropped exactly once, here, while the library is loaded.
+        unsafe { (self.raw.drop)(self.raw.state) }
+    }
+}

@@ -1,0 +1,255 @@
+//! Loading a library and choosing its function: the safe face of `ffi`.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::ffi::{self, BoxInput, Entry, LoadedLibrary, OutputStream};
+use super::{CallContext, FunctionError, FunctionInfo, InputMessage, OutputMessage, Shape};
+
+/// Why a library or function could not be loaded. Each message names the file and says what
+/// to do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LoadError {
+    /// The file does not exist.
+    #[error("function library {path} does not exist: check FUNCTION_URI")]
+    Missing {
+        /// The path.
+        path: String,
+    },
+    /// The file is not a loadable shared library.
+    #[error(
+        "{path} is not a loadable shared library ({reason}): build the function crate with crate-type = [\"cdylib\"]"
+    )]
+    NotALibrary {
+        /// The path.
+        path: String,
+        /// What the dynamic loader said.
+        reason: String,
+    },
+    /// The library lacks the root symbol.
+    #[error(
+        "{path} is not a function library: it does not export `invoker_library`; mark a function with #[invoker_sdk::function]"
+    )]
+    NoRootSymbol {
+        /// The path.
+        path: String,
+    },
+    /// The library speaks another ABI version.
+    #[error(
+        "{path} was built for invoker ABI version {library}, but this invoker speaks ABI version {host}: rebuild the function with a matching invoker-sdk"
+    )]
+    AbiMismatch {
+        /// The path.
+        path: String,
+        /// The library's ABI version.
+        library: u32,
+        /// The host's ABI version.
+        host: u32,
+    },
+    /// The descriptor is malformed.
+    #[error("{path} has an invalid function descriptor: {reason}")]
+    Invalid {
+        /// The path.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The library exports no function.
+    #[error("{path} exports no functions: mark one with #[invoker_sdk::function]")]
+    NoFunctions {
+        /// The path.
+        path: String,
+    },
+    /// No handler given, and the library exports several.
+    #[error(
+        "{path} exports several functions ({handlers}): choose one with ?handler=NAME in FUNCTION_URI"
+    )]
+    HandlerNeeded {
+        /// The path.
+        path: String,
+        /// The handlers on offer.
+        handlers: String,
+    },
+    /// The handler is not exported.
+    #[error("{path} has no function '{handler}'; it exports: {handlers}")]
+    UnknownHandler {
+        /// The path.
+        path: String,
+        /// The handler asked for.
+        handler: String,
+        /// The handlers on offer.
+        handlers: String,
+    },
+}
+
+/// A loaded function library.
+pub struct Library {
+    inner: Arc<LoadedLibrary>,
+    sdk_version: String,
+    functions: Vec<(Arc<FunctionInfo>, Entry)>,
+}
+
+impl fmt::Debug for Library {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Library")
+            .field("path", &self.inner.path())
+            .field("sdk_version", &self.sdk_version)
+            .field("functions", &self.handlers())
+            .finish()
+    }
+}
+
+impl Library {
+    /// Loads the library at `path` and validates its descriptor.
+    pub fn load(path: impl AsRef<Path>) -> Result<Library, LoadError> {
+        let path = path.as_ref();
+        if !path.is_file() {
+            return Err(LoadError::Missing {
+                path: path.display().to_string(),
+            });
+        }
+        // dlopen needs a path with a slash, or it searches the library path instead.
+        let path: PathBuf = if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            Path::new(".").join(path)
+        };
+        let loaded = ffi::load(&path)?;
+        Ok(Library {
+            inner: loaded.library,
+            sdk_version: loaded.sdk_version,
+            functions: loaded
+                .functions
+                .into_iter()
+                .map(|(info, entry)| (Arc::new(info), entry))
+                .collect(),
+        })
+    }
+
+    /// The path it was loaded from.
+    pub fn path(&self) -> &Path {
+        self.inner.path()
+    }
+
+    /// The version of `invoker-sdk` it was built with.
+    pub fn sdk_version(&self) -> &str {
+        &self.sdk_version
+    }
+
+    /// The names of the functions it exports.
+    pub fn handlers(&self) -> Vec<&str> {
+        self.functions
+            .iter()
+            .map(|(f, _)| f.name.as_str())
+            .collect()
+    }
+
+    /// Chooses a function: by name, or the only one when `handler` is `None`.
+    pub fn function(&self, handler: Option<&str>) -> Result<Function, LoadError> {
+        let path = self.inner.path().display().to_string();
+        let handlers = || self.handlers().join(", ");
+        let found = match handler {
+            Some(name) => self
+                .functions
+                .iter()
+                .find(|(f, _)| f.name == name)
+                .ok_or_else(|| LoadError::UnknownHandler {
+                    path: path.clone(),
+                    handler: name.to_owned(),
+                    handlers: handlers(),
+                })?,
+            None => match self.functions.as_slice() {
+                [] => return Err(LoadError::NoFunctions { path }),
+                [only] => only,
+                _ => {
+                    return Err(LoadError::HandlerNeeded {
+                        path,
+                        handlers: handlers(),
+                    });
+                }
+            },
+        };
+        Ok(Function {
+            library: self.inner.clone(),
+            info: found.0.clone(),
+            entry: found.1,
+        })
+    }
+}
+
+/// A function, ready to be called. Cheap to clone; keeps its library loaded.
+#[derive(Clone)]
+pub struct Function {
+    library: Arc<LoadedLibrary>,
+    info: Arc<FunctionInfo>,
+    entry: Entry,
+}
+
+impl fmt::Debug for Function {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Function")
+            .field("info", &self.info)
+            .finish()
+    }
+}
+
+impl Function {
+    /// What the library says about the function.
+    pub fn info(&self) -> &FunctionInfo {
+        &self.info
+    }
+
+    /// The library's path.
+    pub fn library_path(&self) -> &Path {
+        self.library.path()
+    }
+
+    /// Calls a request/reply function with at most one input; `media_type` indexes the output
+    /// port's media types (ignored when there is no output).
+    pub fn invoke(
+        &self,
+        ctx: &CallContext,
+        input: Option<&InputMessage>,
+        media_type: usize,
+    ) -> Result<Option<OutputMessage>, FunctionError> {
+        let Entry::Invoke(entry) = self.entry else {
+            return Err(FunctionError::Abi(format!(
+                "'{}' is a streaming function; open it instead",
+                self.info.name
+            )));
+        };
+        if self.info.inputs.is_empty() != input.is_none() {
+            return Err(FunctionError::BadInput(format!(
+                "Invoker: Bad Input Signal: '{}' takes {} input",
+                self.info.name,
+                self.info.inputs.len()
+            )));
+        }
+        ffi::invoke(entry, ctx, input, media_type)
+    }
+
+    /// Opens a streaming function over one stream per input; returns one stream per output.
+    pub fn open(
+        &self,
+        ctx: &CallContext,
+        inputs: Vec<BoxInput>,
+    ) -> Result<Vec<OutputStream>, FunctionError> {
+        let Entry::Open(entry) = self.entry else {
+            return Err(FunctionError::Abi(format!(
+                "'{}' is a request/reply function; invoke it instead",
+                self.info.name
+            )));
+        };
+        if inputs.len() != self.info.inputs.len() {
+            return Err(FunctionError::Abi(format!(
+                "'{}' takes {} input streams, not {}",
+                self.info.name,
+                self.info.inputs.len(),
+                inputs.len()
+            )));
+        }
+        debug_assert_eq!(self.info.shape, Shape::Streaming);
+        ffi::open(&self.library, entry, ctx, inputs, self.info.outputs.len())
+    }
+}

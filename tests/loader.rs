@@ -1,0 +1,413 @@
+//! The loader: every example library's handlers through the safe API, and every load error.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::stream::{self, BoxStream};
+use invoker::function::{
+    BoxInput, CallContext, Function, FunctionError, InputMessage, Library, LoadError, OutputStream,
+    Shape,
+};
+
+fn function(lib: &str, handler: &str) -> Function {
+    Library::load(common::lib(lib))
+        .unwrap()
+        .function(Some(handler))
+        .unwrap()
+}
+
+fn ctx(f: &Function) -> CallContext {
+    CallContext {
+        function_name: f.info().name.clone(),
+        ..CallContext::default()
+    }
+}
+
+/// A message whose media type is the input port's first.
+fn text(s: &str) -> InputMessage {
+    InputMessage {
+        payload: Bytes::copy_from_slice(s.as_bytes()),
+        ..InputMessage::default()
+    }
+}
+
+/// The index of a media type among the function's input types.
+fn input_type(f: &Function, media_type: &str) -> usize {
+    f.info().inputs[0]
+        .media_types
+        .iter()
+        .position(|t| t == media_type)
+        .unwrap()
+}
+
+fn output_type(f: &Function, media_type: &str) -> usize {
+    f.info().outputs[0]
+        .media_types
+        .iter()
+        .position(|t| t == media_type)
+        .unwrap()
+}
+
+/// Calls a one-input request/reply function with a text payload; the output as a string.
+fn call(f: &Function, input: &str) -> Result<Option<String>, FunctionError> {
+    let out = f.invoke(&ctx(f), Some(&text(input)), 0)?;
+    Ok(out.map(|m| String::from_utf8(m.payload.to_vec()).unwrap()))
+}
+
+fn call0(f: &Function) -> Result<Option<String>, FunctionError> {
+    let out = f.invoke(&ctx(f), None, 0)?;
+    Ok(out.map(|m| String::from_utf8(m.payload.to_vec()).unwrap()))
+}
+
+fn inputs(items: Vec<&str>) -> BoxInput {
+    let items: Vec<InputMessage> = items.into_iter().map(text).collect();
+    Box::pin(stream::iter(items))
+}
+
+fn outputs(mut out: OutputStream) -> BoxStream<'static, Result<String, FunctionError>> {
+    stream::poll_fn(move |cx| out.poll_next(cx, 0))
+        .map(|r| r.map(|m| String::from_utf8(m.payload.to_vec()).unwrap()))
+        .boxed()
+}
+
+fn open(f: &Function, items: Vec<&str>) -> BoxStream<'static, Result<String, FunctionError>> {
+    let mut streams = f.open(&ctx(f), vec![inputs(items)]).unwrap();
+    assert_eq!(streams.len(), 1);
+    outputs(streams.remove(0))
+}
+
+#[test]
+fn greeter_hello() {
+    let f = function("greeter", "hello");
+    assert_eq!(f.info().shape, Shape::RequestReply);
+    assert_eq!(f.info().inputs[0].media_types, ["text/plain"]);
+    assert_eq!(call(&f, "World"), Ok(Some("Hello World".into())));
+    assert_eq!(
+        call(&f, "Riff"),
+        Err(FunctionError::Failed("error condition".into()))
+    );
+}
+
+#[test]
+fn greeter_double_text_and_json() {
+    let f = function("greeter", "double");
+    assert_eq!(call(&f, "21"), Ok(Some("42".into())));
+    let json_in = InputMessage {
+        media_type: input_type(&f, "application/json"),
+        ..text("-4")
+    };
+    let out = f
+        .invoke(
+            &ctx(&f),
+            Some(&json_in),
+            output_type(&f, "application/json"),
+        )
+        .unwrap()
+        .unwrap();
+    assert_eq!(out.payload, Bytes::from_static(b"-8"));
+    match call(&f, "foo") {
+        Err(FunctionError::BadInput(m)) => {
+            assert!(m.starts_with("Invoker: Bad Input Signal"), "{m}");
+            assert!(m.contains("'foo' is not a valid i64"), "{m}");
+        }
+        other => panic!("expected a bad input, got {other:?}"),
+    }
+}
+
+#[test]
+fn greeter_greet_json_takes_json_and_forms() {
+    let f = function("greeter", "greet_json");
+    assert_eq!(f.info().outputs[0].media_types, ["application/json"]);
+    assert_eq!(
+        f.info().inputs[0].media_types,
+        ["application/json", "application/x-www-form-urlencoded"]
+    );
+    let json = InputMessage {
+        media_type: input_type(&f, "application/json"),
+        ..text(r#"{"name":"Ada"}"#)
+    };
+    let out = f.invoke(&ctx(&f), Some(&json), 0).unwrap().unwrap();
+    assert_eq!(
+        out.payload,
+        Bytes::from_static(br#"{"greeting":"Hello Ada"}"#)
+    );
+    let form = InputMessage {
+        media_type: input_type(&f, "application/x-www-form-urlencoded"),
+        ..text("name=Grace+Hopper")
+    };
+    let out = f.invoke(&ctx(&f), Some(&form), 0).unwrap().unwrap();
+    assert_eq!(
+        out.payload,
+        Bytes::from_static(br#"{"greeting":"Hello Grace Hopper"}"#)
+    );
+    let bad = InputMessage {
+        media_type: input_type(&f, "application/json"),
+        ..text("{not json")
+    };
+    assert!(
+        matches!(f.invoke(&ctx(&f), Some(&bad), 0), Err(FunctionError::BadInput(m)) if m.contains("invalid JSON"))
+    );
+}
+
+#[test]
+fn rot13_is_the_only_function() {
+    let lib = Library::load(common::lib("rot13")).unwrap();
+    assert_eq!(lib.handlers(), ["encode"]);
+    let f = lib.function(None).unwrap();
+    assert_eq!(call(&f, "Hello World"), Ok(Some("Uryyb Jbeyq".into())));
+}
+
+#[test]
+fn shapes_every_request_reply_form() {
+    let validate = function("shapes", "validate");
+    assert!(validate.info().outputs.is_empty());
+    assert_eq!(call(&validate, "fine"), Ok(None));
+    assert_eq!(
+        call(&validate, "I love Riff"),
+        Err(FunctionError::Failed("I love Riff contained 'Riff'".into()))
+    );
+    assert_eq!(call(&function("shapes", "record"), "note"), Ok(None));
+    assert!(function("shapes", "record").info().uses_context);
+    assert_eq!(call0(&function("shapes", "five")), Ok(Some("5".into())));
+    assert_eq!(call0(&function("shapes", "answer")), Ok(Some("42".into())));
+    assert_eq!(
+        call0(&function("shapes", "broken")),
+        Err(FunctionError::Failed("broken".into()))
+    );
+    let nothing = function("shapes", "nothing");
+    assert!(nothing.info().inputs.is_empty() && nothing.info().outputs.is_empty());
+    assert_eq!(call0(&nothing), Ok(None));
+}
+
+#[test]
+fn a_panic_is_an_error_and_the_process_goes_on() {
+    let f = function("shapes", "panics");
+    assert_eq!(
+        call(&f, "boom"),
+        Err(FunctionError::Panicked("boom".into()))
+    );
+    assert_eq!(
+        FunctionError::Panicked("boom".into()).to_string(),
+        "Invoker: Function Panicked: boom"
+    );
+    // The library still works after the panic.
+    assert_eq!(
+        call(&f, "again"),
+        Err(FunctionError::Panicked("again".into()))
+    );
+    assert_eq!(call0(&function("shapes", "answer")), Ok(Some("42".into())));
+}
+
+#[test]
+fn wrong_input_arity_is_refused_without_calling() {
+    let f = function("greeter", "hello");
+    assert!(matches!(
+        f.invoke(&ctx(&f), None, 0),
+        Err(FunctionError::BadInput(_))
+    ));
+    let f = function("shapes", "answer");
+    assert!(matches!(
+        f.invoke(&ctx(&f), Some(&text("x")), 0),
+        Err(FunctionError::BadInput(_))
+    ));
+}
+
+#[tokio::test]
+async fn running_average_streams() {
+    let f = function("streams", "running_average");
+    assert_eq!(f.info().shape, Shape::Streaming);
+    let out: Vec<_> = open(&f, vec!["1", "2", "6", "0.5"]).collect().await;
+    let out: Vec<String> = out.into_iter().map(Result::unwrap).collect();
+    assert_eq!(out, ["1", "1.5", "3", "2.375"]);
+}
+
+#[tokio::test]
+async fn running_average_bad_input_ends_the_stream() {
+    let f = function("streams", "running_average");
+    let out: Vec<_> = open(&f, vec!["1", "foo", "3"]).collect().await;
+    assert_eq!(out.len(), 2, "{out:?}");
+    assert_eq!(out[0], Ok("1".to_owned()));
+    assert!(
+        matches!(&out[1], Err(FunctionError::BadInput(m)) if m.contains("'foo'")),
+        "{out:?}"
+    );
+}
+
+#[tokio::test]
+async fn rle_encodes_runs_and_fails_on_a_third_occurrence() {
+    let f = function("streams", "rle");
+    let out: Vec<_> = open(&f, vec!["a", "a", "b", "c", "c"]).collect().await;
+    let out: Vec<String> = out.into_iter().map(Result::unwrap).collect();
+    assert_eq!(
+        out,
+        [
+            r#"{"word":"a","count":2}"#,
+            r#"{"word":"b","count":1}"#,
+            r#"{"word":"c","count":2}"#
+        ]
+    );
+    let out: Vec<_> = open(&f, vec!["x", "y", "y", "y", "z"]).collect().await;
+    assert_eq!(
+        out,
+        [
+            Ok(r#"{"word":"x","count":1}"#.to_owned()),
+            Err(FunctionError::Failed("Too many occurrences of y".into()))
+        ]
+    );
+}
+
+#[tokio::test]
+async fn ticker_supplies_until_dropped() {
+    let f = function("streams", "ticker");
+    assert!(f.info().inputs.is_empty());
+    let mut streams = f.open(&ctx(&f), vec![]).unwrap();
+    let ticks: Vec<_> = outputs(streams.remove(0)).take(3).collect().await;
+    let ticks: Vec<String> = ticks.into_iter().map(Result::unwrap).collect();
+    assert_eq!(ticks, ["0", "1", "2"]);
+}
+
+#[tokio::test]
+async fn a_stream_dropped_midway_releases_the_function_stream() {
+    let drops = function("probe", "drops");
+    let before: u64 = call0(&drops).unwrap().unwrap().parse().unwrap();
+    let f = function("probe", "counted");
+    // An input that yields one message and then never ends.
+    let input: BoxInput = Box::pin(stream::iter([text("first")]).chain(stream::pending()));
+    let mut streams = f.open(&ctx(&f), vec![input]).unwrap();
+    let mut out = outputs(streams.remove(0));
+    assert_eq!(out.next().await, Some(Ok("first".to_owned())));
+    let pending = tokio::time::timeout(Duration::from_millis(50), out.next()).await;
+    assert!(pending.is_err(), "the stream should be waiting for input");
+    let after_open: u64 = call0(&drops).unwrap().unwrap().parse().unwrap();
+    assert_eq!(
+        after_open, before,
+        "nothing dropped while the stream is alive"
+    );
+    drop(out);
+    let after: u64 = call0(&drops).unwrap().unwrap().parse().unwrap();
+    assert_eq!(after, before + 1);
+}
+
+#[tokio::test]
+async fn a_panic_mid_stream_is_an_error() {
+    let f = function("probe", "panics_later");
+    let out: Vec<_> = open(&f, vec!["one", "two", "three"]).collect().await;
+    assert_eq!(
+        out,
+        [
+            Ok("one".to_owned()),
+            Err(FunctionError::Panicked("second item: two".into()))
+        ]
+    );
+}
+
+#[test]
+fn message_headers_cross_both_ways() {
+    let f = function("probe", "echo_headers");
+    let input = InputMessage {
+        headers: vec![("user".into(), "ada".into())],
+        ..text("hi")
+    };
+    let out = f.invoke(&ctx(&f), Some(&input), 0).unwrap().unwrap();
+    assert_eq!(out.payload, Bytes::from_static(b"hi"));
+    assert_eq!(
+        out.headers,
+        [
+            ("echo-user".to_owned(), "ada".to_owned()),
+            ("x-probe".to_owned(), "yes".to_owned())
+        ]
+    );
+}
+
+#[test]
+fn context_reads_headers_and_name() {
+    let f = function("probe", "whoami");
+    let c = CallContext {
+        headers: vec![("CorrelationID".into(), "c-42".into())],
+        ..ctx(&f)
+    };
+    let out = f.invoke(&c, None, 0).unwrap().unwrap();
+    assert_eq!(out.payload, Bytes::from_static(b"whoami c-42"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Load errors
+
+#[test]
+fn a_missing_file_is_named() {
+    let e = Library::load("/nonexistent/libnothing.so").unwrap_err();
+    assert!(matches!(e, LoadError::Missing { .. }));
+    assert_eq!(
+        e.to_string(),
+        "function library /nonexistent/libnothing.so does not exist: check FUNCTION_URI"
+    );
+}
+
+#[test]
+fn a_file_that_is_not_a_library() {
+    let dir = std::env::temp_dir().join(format!("invoker-loader-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("libtext.so");
+    std::fs::write(&path, "just some text\n").unwrap();
+    let e = Library::load(&path).unwrap_err();
+    assert!(matches!(e, LoadError::NotALibrary { .. }), "{e:?}");
+    let message = e.to_string();
+    assert!(
+        message.starts_with(&format!(
+            "{} is not a loadable shared library",
+            path.display()
+        )),
+        "{message}"
+    );
+}
+
+#[test]
+fn a_library_without_the_root_symbol() {
+    let e = Library::load(common::lib("no-root")).unwrap_err();
+    assert!(matches!(e, LoadError::NoRootSymbol { .. }), "{e:?}");
+    assert!(
+        e.to_string().contains("does not export `invoker_library`"),
+        "{e}"
+    );
+}
+
+#[test]
+fn an_abi_mismatch_names_both_versions() {
+    let e = Library::load(common::lib("abi-mismatch")).unwrap_err();
+    assert_eq!(
+        e,
+        LoadError::AbiMismatch {
+            path: common::lib("abi-mismatch").display().to_string(),
+            library: invoker_abi::ABI_VERSION + 98,
+            host: invoker_abi::ABI_VERSION,
+        }
+    );
+    let message = e.to_string();
+    assert!(
+        message.contains("ABI version 99, but this invoker speaks ABI version 1"),
+        "{message}"
+    );
+}
+
+#[test]
+fn an_unknown_handler_lists_the_handlers() {
+    let lib = Library::load(common::lib("greeter")).unwrap();
+    let e = lib.function(Some("goodbye")).unwrap_err();
+    let message = e.to_string();
+    assert!(
+        message.contains("has no function 'goodbye'; it exports: "),
+        "{message}"
+    );
+    for handler in ["hello", "double", "greet_json"] {
+        assert!(message.contains(handler), "{message}");
+    }
+    let e = lib.function(None).unwrap_err();
+    assert!(matches!(e, LoadError::HandlerNeeded { .. }), "{e:?}");
+    assert!(
+        e.to_string().contains("choose one with ?handler=NAME"),
+        "{e}"
+    );
+}
