@@ -1,6 +1,16 @@
 //! `invoker`: runs one Rust function, compiled as a `cdylib`, behind riff's gRPC protocols.
 //!
-//! The data path, in file order: `protocol` (wire messages) → `engine` (function shapes,
-//! errors) → `function` (the library boundary) → back. See ARCHITECTURE.md.
+//! The data path, in file order: [`protocol`] (wire messages) → [`engine`] (function shapes,
+//! errors) → [`function`] (the library boundary) → back. [`negotiate`] is pure content
+//! negotiation; [`server`] hosts the services and the drain; [`run`] starts it all.
+//! See ARCHITECTURE.md.
 
+pub mod cli;
+pub mod client;
+pub mod engine;
 pub mod function;
+pub mod logging;
+pub mod negotiate;
+pub mod protocol;
+pub mod run;
+pub mod server;

@@ -1,1 +1,22 @@
-fn main() {}
+//! The `invoker` binary: parse the command line, hand over to the library.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use invoker::cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    invoker::logging::init();
+    let result = match cli.command {
+        Command::Serve(args) => invoker::run::serve(args).map(|()| ExitCode::SUCCESS),
+        Command::Call(args) => invoker::client::call(args).map(|code| ExitCode::from(code as u8)),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("invoker: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

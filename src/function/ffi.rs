@@ -132,6 +132,8 @@ pub(crate) fn load(path: &Path) -> Result<Loaded, LoadError> {
         }
         functions.push(function);
     }
+    // Link order is not declaration order: sort, so listings and errors are stable.
+    functions.sort_by(|(a, _), (b, _)| a.name.cmp(&b.name));
     Ok(Loaded {
         library: Arc::new(LoadedLibrary {
             _library: ManuallyDrop::new(library),

@@ -21,3 +21,199 @@ pub fn lib(name: &str) -> PathBuf {
     );
     path
 }
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use invoker::protocol::proto::function::Message;
+use invoker::protocol::proto::function::message::HeaderValue;
+use invoker::protocol::proto::function::message_function_client::MessageFunctionClient;
+use tonic::transport::Channel;
+
+/// A running `invoker serve`, killed when dropped.
+pub struct Daemon {
+    pub child: Child,
+    pub addr: String,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Daemon {
+    /// Starts `invoker serve` for `FUNCTION_URI=uri` on a free port and waits until it listens.
+    pub fn start(uri: &str) -> Daemon {
+        Self::start_with(uri, &[])
+    }
+
+    /// As [`Daemon::start`], with extra environment variables.
+    pub fn start_with(uri: &str, env: &[(&str, &str)]) -> Daemon {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_invoker"));
+        command
+            .arg("serve")
+            .env("FUNCTION_URI", uri)
+            .env("GRPC_PORT", "0")
+            .env("HOST", "127.0.0.1")
+            .env("RUST_BACKTRACE", "0")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let mut child = command.spawn().expect("start invoker");
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = stderr.clone();
+        let err = child.stderr.take().expect("stderr");
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push_str(&(line + "\n"));
+            }
+        });
+        let out = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(out).lines();
+        let addr = loop {
+            match lines.next() {
+                Some(Ok(line)) => {
+                    if let Some(addr) = line.strip_prefix("listening on ") {
+                        break addr.to_owned();
+                    }
+                }
+                _ => {
+                    let status = child.wait().expect("wait");
+                    std::thread::sleep(Duration::from_millis(100));
+                    panic!(
+                        "invoker exited ({status}) before listening:\n{}",
+                        stderr.lock().unwrap()
+                    );
+                }
+            }
+        };
+        // Keep draining stdout so the daemon never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines.by_ref() {});
+        Daemon {
+            child,
+            addr,
+            stderr,
+        }
+    }
+
+    /// Waits (without blocking the async runtime, which drives the test's connections) until
+    /// the daemon exits, and returns its exit code.
+    pub async fn exit_code(&mut self) -> Option<i32> {
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status.code();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// What the daemon has logged so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// A gRPC client connected to the daemon.
+    pub async fn client(&self) -> MessageFunctionClient<Channel> {
+        MessageFunctionClient::connect(format!("http://{}", self.addr))
+            .await
+            .expect("connect")
+    }
+
+    /// A channel to the daemon.
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `file://` URI for a workspace library and handler.
+pub fn uri(lib_name: &str, handler: Option<&str>) -> String {
+    let path = lib(lib_name);
+    match handler {
+        Some(h) => format!("file://{}?handler={h}", path.display()),
+        None => format!("file://{}", path.display()),
+    }
+}
+
+/// A message with a payload and headers.
+pub fn msg(payload: &str, headers: &[(&str, &str)]) -> Message {
+    let mut map = std::collections::HashMap::new();
+    for (name, value) in headers {
+        map.entry(name.to_string())
+            .or_insert_with(HeaderValue::default)
+            .values
+            .push(value.to_string());
+    }
+    Message {
+        payload: bytes::Bytes::copy_from_slice(payload.as_bytes()),
+        headers: map,
+    }
+}
+
+/// A header's first value.
+pub fn header<'a>(m: &'a Message, name: &str) -> Option<&'a str> {
+    m.headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .and_then(|(_, v)| v.values.first())
+        .map(String::as_str)
+}
+
+/// The payload as text.
+pub fn text(m: &Message) -> String {
+    String::from_utf8_lossy(&m.payload).into_owned()
+}
+
+/// What a call returned: the messages, then how it ended.
+#[derive(Debug)]
+pub struct Outcome {
+    pub messages: Vec<Message>,
+    pub status: tonic::Status,
+}
+
+impl Outcome {
+    pub fn code(&self) -> tonic::Code {
+        self.status.code()
+    }
+    pub fn texts(&self) -> Vec<String> {
+        self.messages.iter().map(text).collect()
+    }
+}
+
+/// Sends `messages`, half-closes, and collects everything until the call ends.
+pub async fn call(client: &mut MessageFunctionClient<Channel>, messages: Vec<Message>) -> Outcome {
+    let request = futures_util::stream::iter(messages);
+    let response = match client.call(request).await {
+        Ok(r) => r,
+        Err(status) => {
+            return Outcome {
+                messages: vec![],
+                status,
+            };
+        }
+    };
+    let mut stream = response.into_inner();
+    let mut messages = Vec::new();
+    loop {
+        match stream.message().await {
+            Ok(Some(m)) => messages.push(m),
+            Ok(None) => {
+                return Outcome {
+                    messages,
+                    status: tonic::Status::ok(""),
+                };
+            }
+            Err(status) => return Outcome { messages, status },
+        }
+    }
+}

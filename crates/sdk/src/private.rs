@@ -571,7 +571,7 @@ pub unsafe extern "C" fn open_shim<H: Streaming>(
 struct Descriptors {
     library: LibraryDescriptor,
     _pointers: Vec<*const FunctionDescriptor>,
-    _functions: Vec<Box<FunctionDescriptor>>,
+    _functions: Vec<FunctionDescriptor>,
     _ports: Vec<Vec<Port>>,
     _media_types: Vec<Vec<Slice>>,
 }
@@ -611,7 +611,7 @@ fn build_descriptors() -> Descriptors {
             Entry::Invoke(f) => (shape::REQUEST_REPLY, Some(f), None),
             Entry::Open(f) => (shape::STREAMING, None, Some(f)),
         };
-        functions.push(Box::new(FunctionDescriptor {
+        functions.push(FunctionDescriptor {
             size: size_of::<FunctionDescriptor>() as u32,
             shape,
             name: Slice::from_str(spec.name),
@@ -622,10 +622,11 @@ fn build_descriptors() -> Descriptors {
             uses_context: spec.uses_context,
             invoke,
             open,
-        }));
+        });
     }
+    // `functions` is complete: it will not reallocate, so these pointers stay valid.
     let pointers: Vec<*const FunctionDescriptor> =
-        functions.iter().map(|f| &**f as *const _).collect();
+        functions.iter().map(|f| f as *const _).collect();
     let library = LibraryDescriptor {
         abi_version: ABI_VERSION,
         size: size_of::<LibraryDescriptor>() as u32,

@@ -1,0 +1,116 @@
+//! The command line: flags mirror the environment variables of SPEC §3.
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Runs one Rust function, compiled as a cdylib, behind riff's gRPC function protocols.
+#[derive(Debug, Parser)]
+#[command(name = "invoker", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Load the function and serve it over gRPC until SIGTERM/SIGINT.
+    Serve(ServeArgs),
+    /// Send messages to a running invoker in one Call and print the replies.
+    ///
+    /// Exits with the gRPC status code the call ended with (0 for OK).
+    Call(CallArgs),
+}
+
+/// `invoker call`.
+#[derive(Debug, Args)]
+pub struct CallArgs {
+    /// The invoker's address.
+    #[arg(
+        long,
+        short = 'a',
+        env = "INVOKER_ADDRESS",
+        default_value = "127.0.0.1:10382",
+        value_name = "HOST:PORT"
+    )]
+    pub address: String,
+
+    /// The messages' Content-Type (default: none, which the invoker reads as text/plain).
+    #[arg(long)]
+    pub content_type: Option<String>,
+
+    /// The media types to accept for replies, as an Accept header.
+    #[arg(long)]
+    pub accept: Option<String>,
+
+    /// Another header for every message, as NAME=VALUE (repeatable).
+    #[arg(long = "header", short = 'H', value_name = "NAME=VALUE")]
+    pub headers: Vec<String>,
+
+    /// Print each reply's headers before its payload.
+    #[arg(long)]
+    pub show_headers: bool,
+
+    /// The payloads, one message each, sent in one call (none for a function without input).
+    pub payloads: Vec<String>,
+}
+
+/// `invoker serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The function: file:///abs/path/libname.so?handler=name, or a path to the library.
+    #[arg(
+        long = "function-uri",
+        short = 'f',
+        env = "FUNCTION_URI",
+        value_name = "URI"
+    )]
+    pub function_uri: String,
+
+    /// The gRPC port (0 picks a free one, printed at start).
+    #[arg(long, env = "GRPC_PORT", default_value_t = 10382)]
+    pub port: u16,
+
+    /// The host or address to bind.
+    #[arg(long, env = "HOST", default_value = "127.0.0.1")]
+    pub host: String,
+
+    /// Seconds that calls in flight may run on after SIGTERM before they are cancelled.
+    #[arg(long = "grace-period", env = "GRACE_PERIOD", default_value = "10", value_parser = parse_seconds, value_name = "SECONDS")]
+    pub grace_period: Duration,
+}
+
+/// Parses a non-negative number of seconds, such as `10` or `0.5`.
+fn parse_seconds(s: &str) -> Result<Duration, String> {
+    let seconds: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{s}' is not a number of seconds"))?;
+    Duration::try_from_secs_f64(seconds)
+        .map_err(|_| format!("'{s}' is not a non-negative number of seconds"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seconds() {
+        assert_eq!(parse_seconds("10"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_seconds("0.5"), Ok(Duration::from_millis(500)));
+        assert!(parse_seconds("-1").is_err());
+        assert!(parse_seconds("soon").is_err());
+    }
+
+    #[test]
+    fn flags_parse() {
+        let cli = Cli::try_parse_from(["invoker", "serve", "-f", "/x.so", "--port", "0"]).unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("expected serve");
+        };
+        assert_eq!(args.function_uri, "/x.so");
+        assert_eq!(args.port, 0);
+    }
+}

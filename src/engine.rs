@@ -1,0 +1,508 @@
+//! The engine: runs one call of the function in the shape the function has, whatever protocol
+//! the call came in on, and maps every failure to the gRPC status of SPEC §6.
+//!
+//! - request/reply: an *at-most-one* stream: the first message is decoded and the function
+//!   invoked once; a second message ends the call with FAILED_PRECONDITION. A function with
+//!   no input runs once when the call opens.
+//! - streaming: the function is opened once per call over the call's input stream; its output
+//!   is polled only as fast as the caller reads it (backpressure), and inputs are pulled from
+//!   the transport only when the function asks for them. No task, no channel, no buffer.
+//! - supplier (streaming with no input): runs from call open until the caller half-closes.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures_util::stream::{self, BoxStream};
+use futures_util::{Stream, StreamExt};
+use tonic::Status;
+
+use crate::function::{CallContext, Function, InputMessage, OutputMessage, OutputStream, Shape};
+use crate::negotiate::{self, Chosen};
+
+/// The media type of a Call message without Content-Type (SPEC §5).
+pub const CALL_DEFAULT_CONTENT_TYPE: &str = "text/plain";
+
+/// A message on its way in, whatever the protocol.
+#[derive(Debug, Clone, Default)]
+pub struct Inbound {
+    /// The payload.
+    pub payload: Bytes,
+    /// The message's headers, as (name, value) pairs.
+    pub headers: Vec<(String, String)>,
+}
+
+impl Inbound {
+    /// The first value of a header, by case-insensitive name.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        header(&self.headers, name)
+    }
+}
+
+/// The first value of a header, by case-insensitive name.
+pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
+/// A message on its way out.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Outbound {
+    /// The payload.
+    pub payload: Bytes,
+    /// The concrete media type chosen for it.
+    pub content_type: Arc<str>,
+    /// Other headers: the echoed correlationId and those the function set.
+    pub headers: Vec<(String, String)>,
+}
+
+/// The error statuses of SPEC §6.
+pub mod errors {
+    use tonic::Status;
+
+    use crate::function::FunctionError;
+    use crate::negotiate::NegotiationError;
+
+    /// Unsupported Media Type or Not Acceptable.
+    pub fn negotiation(e: NegotiationError) -> Status {
+        Status::invalid_argument(e.to_string())
+    }
+
+    /// A riff-rpc protocol violation.
+    pub fn protocol_violation(detail: impl std::fmt::Display) -> Status {
+        Status::invalid_argument(format!("Invoker: Protocol Violation: {detail}"))
+    }
+
+    /// The function failed.
+    pub fn function(e: FunctionError) -> Status {
+        match e {
+            FunctionError::Failed(message) => Status::unknown(message),
+            FunctionError::BadInput(message) => Status::invalid_argument(message),
+            e @ FunctionError::Panicked(_) => Status::internal(e.to_string()),
+            e @ FunctionError::Abi(_) => Status::internal(e.to_string()),
+        }
+    }
+
+    /// The invoker is draining.
+    pub fn draining() -> Status {
+        Status::unavailable("Invoker: shutting down; retry on another instance")
+    }
+}
+
+/// Runs calls of one function.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    function: Function,
+    instance_id: Arc<str>,
+    config: Arc<HashMap<String, String>>,
+}
+
+/// What the inbound side of a call yields.
+pub type InboundStream = BoxStream<'static, Result<Inbound, Status>>;
+
+/// What the outbound side of a call yields.
+pub type OutboundStream = BoxStream<'static, Result<Outbound, Status>>;
+
+impl Engine {
+    /// An engine for `function`.
+    pub fn new(function: Function, instance_id: String, config: HashMap<String, String>) -> Self {
+        Engine {
+            function,
+            instance_id: instance_id.into(),
+            config: Arc::new(config),
+        }
+    }
+
+    /// The function this engine runs.
+    pub fn function(&self) -> &Function {
+        &self.function
+    }
+
+    fn context(&self, headers: Vec<(String, String)>) -> CallContext {
+        CallContext {
+            function_name: self.function.info().name.clone(),
+            instance_id: self.instance_id.to_string(),
+            headers,
+            config: self.config.clone(),
+            ..CallContext::default()
+        }
+    }
+
+    /// Runs one `MessageFunction/Call`: messages in, messages out, in the function's shape.
+    pub fn call(&self, inbound: InboundStream) -> OutboundStream {
+        let info = self.function.info();
+        match info.shape {
+            Shape::RequestReply => self.at_most_one(inbound),
+            Shape::Streaming if info.inputs.len() > 1 || info.outputs.len() != 1 => {
+                let status = Status::failed_precondition(format!(
+                    "Invoker: '{}' has {} inputs and {} outputs; a Call carries one of each: use streaming.Riff/Invoke",
+                    info.name,
+                    info.inputs.len(),
+                    info.outputs.len()
+                ));
+                stream::once(async move { Err(status) }).boxed()
+            }
+            Shape::Streaming => self.streaming(inbound),
+        }
+    }
+
+    /// Invokes a request/reply function on one message (or none), negotiating its types.
+    /// Returns the output, if any, with the correlationId echoed.
+    ///
+    /// `default_content_type` is the protocol's media type for a message without one.
+    pub fn invoke_once(
+        &self,
+        message: Option<Inbound>,
+        default_content_type: &str,
+        accept: Option<&str>,
+    ) -> Result<Option<Outbound>, Status> {
+        let info = self.function.info();
+        let chosen = match info.outputs.first() {
+            Some(port) => {
+                Some(negotiate::accept(accept, &port.media_types).map_err(errors::negotiation)?)
+            }
+            None => None,
+        };
+        let correlation = message
+            .as_ref()
+            .and_then(|m| m.header("correlationId"))
+            .map(str::to_owned);
+        let input = match (message, info.inputs.first()) {
+            (Some(message), Some(port)) => {
+                let media_type = negotiate::content_type(
+                    message.header("Content-Type"),
+                    default_content_type,
+                    &port.media_types,
+                )
+                .map_err(errors::negotiation)?;
+                Some(InputMessage {
+                    payload: message.payload,
+                    headers: message.headers,
+                    media_type,
+                })
+            }
+            _ => None,
+        };
+        let headers = match (&input, info.uses_context) {
+            (Some(input), true) => input.headers.clone(),
+            _ => Vec::new(),
+        };
+        let ctx = self.context(headers);
+        let index = chosen.as_ref().map_or(0, |c| c.index);
+        // The function may block: let the runtime move other tasks off this thread meanwhile.
+        let output =
+            tokio::task::block_in_place(|| self.function.invoke(&ctx, input.as_ref(), index))
+                .map_err(errors::function)?;
+        Ok(output.map(|out| {
+            let content_type = chosen.map_or_else(|| Arc::from(""), |c| Arc::from(c.content_type));
+            outbound(out, content_type, correlation)
+        }))
+    }
+
+    /// A request/reply function as an at-most-one stream.
+    fn at_most_one(&self, inbound: InboundStream) -> OutboundStream {
+        let engine = self.clone();
+        let takes_input = !self.function.info().inputs.is_empty();
+        stream::unfold(State::First(inbound), move |state| {
+            let engine = engine.clone();
+            async move {
+                match state {
+                    State::First(mut inbound) if takes_input => match inbound.next().await {
+                        None => None,
+                        Some(Err(status)) => Some((Err(status), State::Done)),
+                        Some(Ok(message)) => {
+                            let accept = message.header("Accept").map(str::to_owned);
+                            match engine.invoke_once(
+                                Some(message),
+                                CALL_DEFAULT_CONTENT_TYPE,
+                                accept.as_deref(),
+                            ) {
+                                Ok(Some(out)) => Some((Ok(out), State::AwaitEnd(inbound))),
+                                Ok(None) => engine.await_end(inbound).await,
+                                Err(status) => Some((Err(status), State::Done)),
+                            }
+                        }
+                    },
+                    State::First(inbound) => {
+                        match engine.invoke_once(None, CALL_DEFAULT_CONTENT_TYPE, None) {
+                            Ok(Some(out)) => Some((Ok(out), State::AwaitEnd(inbound))),
+                            Ok(None) => engine.await_end(inbound).await,
+                            Err(status) => Some((Err(status), State::Done)),
+                        }
+                    }
+                    State::AwaitEnd(inbound) => engine.await_end(inbound).await,
+                    State::Done => None,
+                }
+            }
+        })
+        .boxed()
+    }
+
+    /// After a request/reply function ran: the call ends OK at half-close; another message
+    /// is an error.
+    async fn await_end(
+        &self,
+        mut inbound: InboundStream,
+    ) -> Option<(Result<Outbound, Status>, State)> {
+        let info = self.function.info();
+        match inbound.next().await {
+            None => None,
+            Some(Err(status)) => Some((Err(status), State::Done)),
+            Some(Ok(_)) if info.inputs.is_empty() => Some((
+                Err(Status::failed_precondition(format!(
+                    "Invoker: '{}' takes no input: it ran once when the call opened, and the call sent a message",
+                    info.name
+                ))),
+                State::Done,
+            )),
+            Some(Ok(_)) => Some((
+                Err(Status::failed_precondition(format!(
+                    "Invoker: '{}' is a request/reply function: one message per call, and this call sent a second",
+                    info.name
+                ))),
+                State::Done,
+            )),
+        }
+    }
+
+    /// A streaming function over a Call: one input stream, one output stream.
+    fn streaming(&self, inbound: InboundStream) -> OutboundStream {
+        let info = self.function.info();
+        let shared = Arc::new(Shared::default());
+        let offered: Arc<[String]> = info.outputs[0].media_types.clone().into();
+        let mut inputs = Vec::new();
+        let mut supplier_inbound = None;
+        match info.inputs.first() {
+            Some(port) => inputs.push(Box::pin(CallInput {
+                inbound,
+                shared: shared.clone(),
+                input_types: port.media_types.clone().into(),
+                output_types: offered.clone(),
+                held: None,
+            }) as _),
+            None => supplier_inbound = Some(inbound),
+        }
+        let ctx = self.context(Vec::new());
+        let output = match self.function.open(&ctx, inputs) {
+            Ok(mut outputs) => outputs.remove(0),
+            Err(e) => return stream::once(async move { Err(errors::function(e)) }).boxed(),
+        };
+        Box::pin(CallOutput {
+            output: Some(output),
+            shared,
+            offered,
+            supplier_inbound,
+            content_type: None,
+        })
+    }
+}
+
+/// Where an at-most-one call is.
+enum State {
+    /// Waiting for the first message (or, without input, about to run).
+    First(InboundStream),
+    /// The function ran: waiting for half-close.
+    AwaitEnd(InboundStream),
+    /// Finished.
+    Done,
+}
+
+fn outbound(out: OutputMessage, content_type: Arc<str>, correlation: Option<String>) -> Outbound {
+    let mut headers = out.headers;
+    if let Some(id) = correlation {
+        headers.push(("correlationId".to_owned(), id));
+    }
+    Outbound {
+        payload: out.payload,
+        content_type,
+        headers,
+    }
+}
+
+/// What the input and output sides of a streaming call share.
+#[derive(Default)]
+struct Shared {
+    /// Set when the call must fail; the output side reports it.
+    failed: AtomicBool,
+    failure: Mutex<Option<Status>>,
+    /// The output type, chosen once: by the first Accept, or preferred if output came first.
+    chosen: OnceLock<Chosen>,
+}
+
+impl Shared {
+    fn fail(&self, status: Status) {
+        if let Ok(mut slot) = self.failure.lock() {
+            slot.get_or_insert(status);
+        }
+        self.failed.store(true, Ordering::Release);
+    }
+
+    fn take_failure(&self) -> Option<Status> {
+        if !self.failed.load(Ordering::Acquire) {
+            return None;
+        }
+        let taken = self.failure.lock().ok().and_then(|mut slot| slot.take());
+        Some(taken.unwrap_or_else(|| Status::internal("Invoker: the call failed")))
+    }
+
+    fn decided(&self) -> Option<usize> {
+        self.chosen.get().map(|c| c.index)
+    }
+}
+
+/// The input stream a streaming function pulls from: the call's messages, negotiated.
+struct CallInput {
+    inbound: InboundStream,
+    shared: Arc<Shared>,
+    input_types: Arc<[String]>,
+    output_types: Arc<[String]>,
+    /// A message held back for one poll after it decided the output type.
+    held: Option<InputMessage>,
+}
+
+impl Stream for CallInput {
+    type Item = InputMessage;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<InputMessage>> {
+        let this = self.get_mut();
+        if let Some(held) = this.held.take() {
+            return Poll::Ready(Some(held));
+        }
+        if this.shared.failed.load(Ordering::Acquire) {
+            return Poll::Pending;
+        }
+        let message = match this.inbound.poll_next_unpin(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(None) => return Poll::Ready(None),
+            Poll::Ready(Some(Err(status))) => {
+                this.shared.fail(status);
+                return Poll::Pending;
+            }
+            Poll::Ready(Some(Ok(message))) => message,
+        };
+        let media_type = match negotiate::content_type(
+            message.header("Content-Type"),
+            CALL_DEFAULT_CONTENT_TYPE,
+            &this.input_types,
+        ) {
+            Ok(index) => index,
+            Err(e) => {
+                this.shared.fail(errors::negotiation(e));
+                return Poll::Pending;
+            }
+        };
+        let decides = this.shared.decided().is_none() && message.header("Accept").is_some();
+        if decides {
+            match negotiate::accept(message.header("Accept"), &this.output_types) {
+                Ok(chosen) => {
+                    let _ = this.shared.chosen.set(chosen);
+                }
+                Err(e) => {
+                    this.shared.fail(errors::negotiation(e));
+                    return Poll::Pending;
+                }
+            }
+        }
+        let input = InputMessage {
+            payload: message.payload,
+            headers: message.headers,
+            media_type,
+        };
+        if decides {
+            // The function is being polled with the old output type: end this poll so the
+            // next one encodes with the type this Accept chose.
+            this.held = Some(input);
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        Poll::Ready(Some(input))
+    }
+}
+
+/// The output side of a streaming Call.
+struct CallOutput {
+    output: Option<OutputStream>,
+    shared: Arc<Shared>,
+    offered: Arc<[String]>,
+    /// A supplier's call: watched for half-close, since the function does not read it.
+    supplier_inbound: Option<InboundStream>,
+    /// The Content-Type of every output, once chosen.
+    content_type: Option<Arc<str>>,
+}
+
+impl CallOutput {
+    fn finish(
+        &mut self,
+        item: Option<Result<Outbound, Status>>,
+    ) -> Poll<Option<Result<Outbound, Status>>> {
+        // Dropping the function's stream releases it (and its input) now.
+        self.output = None;
+        self.supplier_inbound = None;
+        Poll::Ready(item)
+    }
+}
+
+impl Stream for CallOutput {
+    type Item = Result<Outbound, Status>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if this.output.is_none() {
+            return Poll::Ready(None);
+        }
+        if let Some(inbound) = this.supplier_inbound.as_mut() {
+            match inbound.poll_next_unpin(cx) {
+                Poll::Ready(None) => return this.finish(None),
+                Poll::Ready(Some(Err(status))) => return this.finish(Some(Err(status))),
+                Poll::Ready(Some(Ok(_))) => {
+                    let status = Status::failed_precondition(
+                        "Invoker: this function is a supplier and takes no input messages",
+                    );
+                    return this.finish(Some(Err(status)));
+                }
+                Poll::Pending => {}
+            }
+        }
+        if let Some(status) = this.shared.take_failure() {
+            return this.finish(Some(Err(status)));
+        }
+        let index = this.shared.decided().unwrap_or(0);
+        let Some(output) = this.output.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match output.poll_next(cx, index) {
+            Poll::Ready(Some(Ok(message))) => {
+                let content_type = this.content_type.get_or_insert_with(|| {
+                    // Output came before any Accept: the function's preferred type.
+                    let chosen = this.shared.chosen.get_or_init(|| Chosen {
+                        index: 0,
+                        content_type: this.offered.first().cloned().unwrap_or_default(),
+                    });
+                    Arc::from(chosen.content_type.as_str())
+                });
+                let out = outbound(message, content_type.clone(), None);
+                Poll::Ready(Some(Ok(out)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                let status = this
+                    .shared
+                    .take_failure()
+                    .unwrap_or_else(|| errors::function(e));
+                this.finish(Some(Err(status)))
+            }
+            Poll::Ready(None) => {
+                let failure = this.shared.take_failure();
+                this.finish(failure.map(Err))
+            }
+            Poll::Pending => match this.shared.take_failure() {
+                Some(status) => this.finish(Some(Err(status))),
+                None => Poll::Pending,
+            },
+        }
+    }
+}

@@ -1,0 +1,516 @@
+//! `function.MessageFunction/Call` through the real `invoker` binary and a real gRPC client.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Daemon, call, header, msg, uri};
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Code;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+async fn one(daemon: &Daemon, payload: &str, headers: &[(&str, &str)]) -> common::Outcome {
+    let mut client = daemon.client().await;
+    call(&mut client, vec![msg(payload, headers)]).await
+}
+
+fn assert_status(outcome: &common::Outcome, code: Code, prefix: &str) {
+    assert_eq!(outcome.code(), code, "{outcome:?}");
+    assert!(
+        outcome.status.message().starts_with(prefix),
+        "expected a message starting with {prefix:?}, got {:?}",
+        outcome.status.message()
+    );
+}
+
+#[tokio::test]
+async fn hello_replies_with_text_and_echoes_the_correlation_id() {
+    let daemon = Daemon::start(&uri("greeter", Some("hello")));
+    let out = one(
+        &daemon,
+        "World",
+        &[("Content-Type", "text/plain"), ("correlationId", "c-1")],
+    )
+    .await;
+    assert_eq!(out.code(), Code::Ok, "{out:?}");
+    assert_eq!(out.texts(), ["Hello World"]);
+    assert_eq!(header(&out.messages[0], "Content-Type"), Some("text/plain"));
+    assert_eq!(header(&out.messages[0], "correlationId"), Some("c-1"));
+}
+
+#[tokio::test]
+async fn a_missing_content_type_means_text_and_charset_utf8_is_accepted() {
+    let daemon = Daemon::start(&uri("greeter", Some("hello")));
+    assert_eq!(one(&daemon, "Ada", &[]).await.texts(), ["Hello Ada"]);
+    let out = one(
+        &daemon,
+        "Ada",
+        &[("content-type", "text/plain; charset=UTF-8")],
+    )
+    .await;
+    assert_eq!(out.texts(), ["Hello Ada"]);
+    let out = one(
+        &daemon,
+        "Ada",
+        &[("Content-Type", "text/plain; charset=iso-8859-1")],
+    )
+    .await;
+    assert_status(
+        &out,
+        Code::InvalidArgument,
+        "Invoker: Unsupported Media Type",
+    );
+}
+
+#[tokio::test]
+async fn every_error_status() {
+    let hello = Daemon::start(&uri("greeter", Some("hello")));
+    // Unsupported Media Type.
+    let out = one(&hello, "{}", &[("Content-Type", "application/json")]).await;
+    assert_status(
+        &out,
+        Code::InvalidArgument,
+        "Invoker: Unsupported Media Type",
+    );
+    assert!(
+        out.status.message().contains("text/plain"),
+        "lists what it accepts: {out:?}"
+    );
+    // Not Acceptable.
+    let out = one(&hello, "Ada", &[("Accept", "application/json")]).await;
+    assert_status(&out, Code::InvalidArgument, "Invoker: Not Acceptable");
+    // The function's error.
+    let out = one(&hello, "Riff", &[]).await;
+    assert_status(&out, Code::Unknown, "error condition");
+    assert!(out.messages.is_empty());
+
+    // Bad input.
+    let double = Daemon::start(&uri("greeter", Some("double")));
+    let out = one(&double, "foo", &[]).await;
+    assert_status(&out, Code::InvalidArgument, "Invoker: Bad Input Signal");
+    let greet = Daemon::start(&uri("greeter", Some("greet_json")));
+    let out = one(&greet, "{oops", &[("Content-Type", "application/json")]).await;
+    assert_status(&out, Code::InvalidArgument, "Invoker: Bad Input Signal");
+
+    // A second message to a request/reply function.
+    let mut client = double.client().await;
+    let out = call(&mut client, vec![msg("1", &[]), msg("2", &[])]).await;
+    assert_eq!(out.texts(), ["2"], "the first message is answered");
+    assert_status(&out, Code::FailedPrecondition, "Invoker:");
+
+    // A panic.
+    let panics = Daemon::start(&uri("shapes", Some("panics")));
+    let out = one(&panics, "boom", &[]).await;
+    assert_status(&out, Code::Internal, "Invoker: Function Panicked");
+    assert!(out.status.message().contains("boom"), "{out:?}");
+}
+
+#[tokio::test]
+async fn a_panic_leaves_the_server_serving() {
+    let daemon = Daemon::start(&uri("shapes", Some("panics")));
+    for word in ["first", "second", "third"] {
+        let out = one(&daemon, word, &[]).await;
+        assert_status(&out, Code::Internal, "Invoker: Function Panicked");
+        assert!(out.status.message().ends_with(word), "{out:?}");
+    }
+    let mut health = HealthClient::new(daemon.channel().await);
+    let reply = health
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(reply.into_inner().status(), ServingStatus::Serving);
+}
+
+#[tokio::test]
+async fn negotiation_over_accept() {
+    let double = Daemon::start(&uri("greeter", Some("double")));
+    let case = |accept: &'static str| {
+        let double = &double;
+        async move {
+            let out = one(double, "21", &[("Accept", accept)]).await;
+            assert_eq!(out.code(), Code::Ok, "{accept}: {out:?}");
+            (
+                header(&out.messages[0], "Content-Type").unwrap().to_owned(),
+                common::text(&out.messages[0]),
+            )
+        }
+    };
+    // No Accept: the function's preferred type.
+    let out = one(&double, "21", &[]).await;
+    assert_eq!(header(&out.messages[0], "Content-Type"), Some("text/plain"));
+    // q-values.
+    assert_eq!(
+        case("text/plain;q=0.5, application/json").await.0,
+        "application/json"
+    );
+    assert_eq!(
+        case("text/plain;q=0.9, application/json;q=0.8").await.0,
+        "text/plain"
+    );
+    // Wildcards and specificity: an exact type beats */*.
+    assert_eq!(case("*/*").await.0, "text/plain");
+    assert_eq!(case("application/*").await.0, "application/json");
+    assert_eq!(case("*/*, application/json").await.0, "application/json");
+    // q=0 excludes.
+    assert_eq!(case("*/*, text/plain;q=0").await.0, "application/json");
+    // Parameters other than q are kept.
+    assert_eq!(
+        case("application/json; charset=utf-8").await,
+        (
+            "application/json; charset=utf-8".to_owned(),
+            "42".to_owned()
+        )
+    );
+    // Several Accept values.
+    let out = one(
+        &double,
+        "21",
+        &[("Accept", "image/png"), ("Accept", "application/json")],
+    )
+    .await;
+    assert_eq!(out.code(), Code::Ok, "{out:?}");
+
+    // JSON struct output with no Accept.
+    let greet = Daemon::start(&uri("greeter", Some("greet_json")));
+    let out = one(
+        &greet,
+        r#"{"name":"Ada"}"#,
+        &[("Content-Type", "application/json")],
+    )
+    .await;
+    assert_eq!(out.texts(), [r#"{"greeting":"Hello Ada"}"#]);
+    assert_eq!(
+        header(&out.messages[0], "Content-Type"),
+        Some("application/json")
+    );
+    // A form posted to a JSON function.
+    let out = one(
+        &greet,
+        "name=Grace",
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+    )
+    .await;
+    assert_eq!(out.texts(), [r#"{"greeting":"Hello Grace"}"#]);
+}
+
+#[tokio::test]
+async fn request_reply_shapes() {
+    let five = Daemon::start(&uri("shapes", Some("five")));
+    // A zero-input function runs once when the call opens.
+    let mut client = five.client().await;
+    assert_eq!(call(&mut client, vec![]).await.texts(), ["5"]);
+    let out = call(&mut client, vec![msg("x", &[])]).await;
+    assert_eq!(out.texts(), ["5"]);
+    assert_status(&out, Code::FailedPrecondition, "Invoker:");
+
+    let validate = Daemon::start(&uri("shapes", Some("validate")));
+    let ok = one(&validate, "fine", &[]).await;
+    assert_eq!((ok.code(), ok.messages.len()), (Code::Ok, 0));
+    assert_status(
+        &one(&validate, "Riff!", &[]).await,
+        Code::Unknown,
+        "Riff! contained 'Riff'",
+    );
+
+    let record = Daemon::start(&uri("shapes", Some("record")));
+    let out = one(&record, "remember me", &[]).await;
+    assert_eq!((out.code(), out.messages.len()), (Code::Ok, 0));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        record.stderr().contains("recorded: remember me"),
+        "{}",
+        record.stderr()
+    );
+
+    // Half-close without a message: nothing runs, the call is OK.
+    let mut client = validate.client().await;
+    let out = call(&mut client, vec![]).await;
+    assert_eq!((out.code(), out.messages.len()), (Code::Ok, 0));
+}
+
+#[tokio::test]
+async fn function_headers_reach_the_caller() {
+    let daemon = Daemon::start(&uri("probe", Some("echo_headers")));
+    let out = one(&daemon, "hi", &[("user", "ada"), ("correlationId", "c-9")]).await;
+    assert_eq!(out.texts(), ["hi"]);
+    let m = &out.messages[0];
+    assert_eq!(header(m, "x-probe"), Some("yes"));
+    assert_eq!(header(m, "echo-user"), Some("ada"));
+    assert_eq!(header(m, "correlationId"), Some("c-9"));
+    assert_eq!(header(m, "Content-Type"), Some("text/plain"));
+}
+
+#[tokio::test]
+async fn order_is_kept_over_ten_thousand_streamed_messages() {
+    let daemon = Daemon::start(&uri("streams", Some("running_average")));
+    let mut client = daemon.client().await;
+    let n = 10_000;
+    let messages: Vec<_> = (1..=n).map(|i| msg(&i.to_string(), &[])).collect();
+    let out = call(&mut client, messages).await;
+    assert_eq!(out.code(), Code::Ok, "{:?}", out.status);
+    assert_eq!(out.messages.len(), n);
+    for (i, m) in out.messages.iter().enumerate() {
+        // The average of 1..=k is (k + 1) / 2.
+        let expected = (i as f64 + 2.0) / 2.0;
+        assert_eq!(
+            common::text(m).parse::<f64>().unwrap(),
+            expected,
+            "message {i}"
+        );
+    }
+    assert_eq!(header(&out.messages[0], "Content-Type"), Some("text/plain"));
+}
+
+#[tokio::test]
+async fn streaming_output_type_comes_from_the_first_accept() {
+    let daemon = Daemon::start(&uri("streams", Some("running_average")));
+    let mut client = daemon.client().await;
+    let out = call(
+        &mut client,
+        vec![
+            msg("1", &[("Accept", "application/json")]),
+            msg("2", &[("Accept", "text/plain")]),
+        ],
+    )
+    .await;
+    assert_eq!(out.texts(), ["1.0", "1.5"]);
+    for m in &out.messages {
+        assert_eq!(header(m, "Content-Type"), Some("application/json"));
+    }
+    let out = call(&mut client, vec![msg("1", &[("Accept", "image/png")])]).await;
+    assert_status(&out, Code::InvalidArgument, "Invoker: Not Acceptable");
+    let out = call(&mut client, vec![msg("1", &[]), msg("x", &[])]).await;
+    assert_eq!(out.texts(), ["1"]);
+    assert_status(&out, Code::InvalidArgument, "Invoker: Bad Input Signal");
+    let out = call(
+        &mut client,
+        vec![msg("1", &[]), msg("2", &[("Content-Type", "image/png")])],
+    )
+    .await;
+    assert_eq!(out.texts(), ["1"]);
+    assert_status(
+        &out,
+        Code::InvalidArgument,
+        "Invoker: Unsupported Media Type",
+    );
+}
+
+#[tokio::test]
+async fn rle_fails_after_partial_output() {
+    let daemon = Daemon::start(&uri("streams", Some("rle")));
+    let mut client = daemon.client().await;
+    let words = ["a", "a", "b", "c", "c", "c", "d"];
+    let out = call(&mut client, words.iter().map(|w| msg(w, &[])).collect()).await;
+    assert_eq!(
+        out.texts(),
+        [r#"{"word":"a","count":2}"#, r#"{"word":"b","count":1}"#]
+    );
+    assert_eq!(
+        header(&out.messages[0], "Content-Type"),
+        Some("application/json")
+    );
+    assert_status(&out, Code::Unknown, "Too many occurrences of c");
+}
+
+#[tokio::test]
+async fn ticker_runs_until_the_client_half_closes() {
+    let daemon = Daemon::start(&uri("streams", Some("ticker")));
+    let mut client = daemon.client().await;
+    let (tx, rx) = mpsc::channel(1);
+    let mut replies = client
+        .call(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut ticks = Vec::new();
+    for _ in 0..3 {
+        ticks.push(common::text(&replies.message().await.unwrap().unwrap()));
+    }
+    assert_eq!(ticks, ["0", "1", "2"]);
+    drop(tx); // half-close
+    loop {
+        match replies.message().await {
+            Ok(Some(_)) => continue, // ticks already on their way
+            Ok(None) => break,
+            Err(status) => panic!("the call should end OK, got {status:?}"),
+        }
+    }
+    // A message to a supplier is refused, not dropped.
+    let out = call(&mut client, vec![msg("x", &[])]).await;
+    assert_status(&out, Code::FailedPrecondition, "Invoker:");
+}
+
+#[tokio::test]
+async fn sixty_four_concurrent_calls_are_isolated() {
+    let daemon = Daemon::start(&uri("greeter", Some("hello")));
+    let channel = daemon.channel().await;
+    let calls = (0..64).map(|i| {
+        let mut client =
+            invoker::protocol::proto::function::message_function_client::MessageFunctionClient::new(
+                channel.clone(),
+            );
+        async move {
+            let name = if i % 8 == 0 {
+                "Riff".to_owned()
+            } else {
+                format!("n{i}")
+            };
+            let out = call(
+                &mut client,
+                vec![msg(&name, &[("correlationId", &i.to_string())])],
+            )
+            .await;
+            (i, name, out)
+        }
+    });
+    for (i, name, out) in futures_util::future::join_all(calls).await {
+        if name == "Riff" {
+            assert_status(&out, Code::Unknown, "error condition");
+        } else {
+            assert_eq!(out.code(), Code::Ok, "{out:?}");
+            assert_eq!(out.texts(), [format!("Hello {name}")]);
+            assert_eq!(
+                header(&out.messages[0], "correlationId"),
+                Some(i.to_string().as_str())
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_blocking_function_does_not_stall_other_calls() {
+    let daemon = Daemon::start(&uri("probe", Some("sleep_ms")));
+    let channel = daemon.channel().await;
+    let slow: Vec<_> = (0..3)
+        .map(|_| {
+            let mut client = invoker::protocol::proto::function::message_function_client::MessageFunctionClient::new(channel.clone());
+            tokio::spawn(async move { call(&mut client, vec![msg("3000", &[])]).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut client = daemon.client().await;
+    let fast = call(&mut client, vec![msg("0", &[])]).await;
+    assert_eq!(fast.texts(), ["slept 0 ms"]);
+    assert!(
+        slow.iter().all(|task| !task.is_finished()),
+        "the quick call finished while the three blocking ones still ran"
+    );
+    for task in slow {
+        assert_eq!(task.await.unwrap().texts(), ["slept 3000 ms"]);
+    }
+}
+
+#[tokio::test]
+async fn health_and_reflection_are_served() {
+    let daemon = Daemon::start(&uri("rot13", None));
+    let mut health = HealthClient::new(daemon.channel().await);
+    for service in ["", "function.MessageFunction"] {
+        let reply = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            reply.into_inner().status(),
+            ServingStatus::Serving,
+            "{service:?}"
+        );
+    }
+    let out = one(&daemon, "Hello World", &[]).await;
+    assert_eq!(out.texts(), ["Uryyb Jbeyq"]);
+
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    let mut reflection = ServerReflectionClient::new(daemon.channel().await);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut replies = reflection
+        .server_reflection_info(futures_util::stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let reply = replies.next().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = reply.message_response else {
+        panic!("unexpected reflection reply {reply:?}");
+    };
+    let names: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(
+        names.contains(&"function.MessageFunction".to_owned()),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&"grpc.health.v1.Health".to_owned()),
+        "{names:?}"
+    );
+}
+
+fn sigterm(daemon: &Daemon) {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    kill(Pid::from_raw(daemon.child.id() as i32), Signal::SIGTERM).unwrap();
+}
+
+#[tokio::test]
+async fn sigterm_drains_a_call_in_flight() {
+    let mut daemon = Daemon::start(&uri("probe", Some("sleep_ms")));
+    let mut client = daemon.client().await;
+    let channel = daemon.channel().await;
+    let in_flight = tokio::spawn(async move { call(&mut client, vec![msg("1500", &[])]).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sigterm(&daemon);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // While draining: health says NOT_SERVING and new calls are refused.
+    let mut health = HealthClient::new(channel.clone());
+    let reply = health
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(reply.into_inner().status(), ServingStatus::NotServing);
+    let mut late =
+        invoker::protocol::proto::function::message_function_client::MessageFunctionClient::new(
+            channel,
+        );
+    let refused = call(&mut late, vec![msg("0", &[])]).await;
+    assert_status(&refused, Code::Unavailable, "Invoker:");
+    // The call in flight completes normally.
+    let out = in_flight.await.unwrap();
+    assert_eq!(out.code(), Code::Ok, "{out:?}");
+    assert_eq!(out.texts(), ["slept 1500 ms"]);
+    assert_eq!(daemon.exit_code().await, Some(0), "{}", daemon.stderr());
+}
+
+#[tokio::test]
+async fn calls_still_running_after_the_grace_period_end_unavailable() {
+    let mut daemon = Daemon::start_with(&uri("probe", Some("counted")), &[("GRACE_PERIOD", "0.5")]);
+    let mut client = daemon.client().await;
+    let (tx, rx) = mpsc::channel(1);
+    let mut replies = client
+        .call(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    tx.send(msg("one", &[])).await.unwrap();
+    assert_eq!(
+        common::text(&replies.message().await.unwrap().unwrap()),
+        "one"
+    );
+    sigterm(&daemon);
+    let status = replies.message().await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().starts_with("Invoker:"), "{status:?}");
+    drop(tx);
+    assert_eq!(daemon.exit_code().await, Some(0), "{}", daemon.stderr());
+}
