@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/function.proto"];
+    let protos = ["proto/function.proto", "proto/riff.proto"];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }

@@ -23,6 +23,10 @@ use tonic::Status;
 use crate::function::{CallContext, Function, InputMessage, OutputMessage, OutputStream, Shape};
 use crate::negotiate::{self, Chosen};
 
+mod invoke;
+
+pub use invoke::{FrameStream, INVOKE_DEFAULT_CONTENT_TYPE, Signal, SignalStream};
+
 /// The media type of a Call message without Content-Type (SPEC §5).
 pub const CALL_DEFAULT_CONTENT_TYPE: &str = "text/plain";
 
@@ -151,23 +155,27 @@ impl Engine {
         }
     }
 
-    /// Invokes a request/reply function on one message (or none), negotiating its types.
-    /// Returns the output, if any, with the correlationId echoed.
+    /// Chooses a request/reply function's output type for an Accept (None: no output).
+    fn choose_output(&self, accept: Option<&str>) -> Result<Option<Chosen>, Status> {
+        match self.function.info().outputs.first() {
+            Some(port) => negotiate::accept(accept, &port.media_types)
+                .map(Some)
+                .map_err(errors::negotiation),
+            None => Ok(None),
+        }
+    }
+
+    /// Invokes a request/reply function on one message (or none), encoding its output as
+    /// `chosen`. Returns the output, if any, with the correlationId echoed.
     ///
     /// `default_content_type` is the protocol's media type for a message without one.
     pub fn invoke_once(
         &self,
         message: Option<Inbound>,
         default_content_type: &str,
-        accept: Option<&str>,
+        chosen: Option<&Chosen>,
     ) -> Result<Option<Outbound>, Status> {
         let info = self.function.info();
-        let chosen = match info.outputs.first() {
-            Some(port) => {
-                Some(negotiate::accept(accept, &port.media_types).map_err(errors::negotiation)?)
-            }
-            None => None,
-        };
         let correlation = message
             .as_ref()
             .and_then(|m| m.header("correlationId"))
@@ -193,13 +201,14 @@ impl Engine {
             _ => Vec::new(),
         };
         let ctx = self.context(headers);
-        let index = chosen.as_ref().map_or(0, |c| c.index);
+        let index = chosen.map_or(0, |c| c.index);
         // The function may block: let the runtime move other tasks off this thread meanwhile.
         let output =
             tokio::task::block_in_place(|| self.function.invoke(&ctx, input.as_ref(), index))
                 .map_err(errors::function)?;
         Ok(output.map(|out| {
-            let content_type = chosen.map_or_else(|| Arc::from(""), |c| Arc::from(c.content_type));
+            let content_type =
+                chosen.map_or_else(|| Arc::from(""), |c| Arc::from(c.content_type.as_str()));
             outbound(out, content_type, correlation)
         }))
     }
@@ -216,12 +225,17 @@ impl Engine {
                         None => None,
                         Some(Err(status)) => Some((Err(status), State::Done)),
                         Some(Ok(message)) => {
-                            let accept = message.header("Accept").map(str::to_owned);
-                            match engine.invoke_once(
-                                Some(message),
-                                CALL_DEFAULT_CONTENT_TYPE,
-                                accept.as_deref(),
-                            ) {
+                            let invoked =
+                                engine
+                                    .choose_output(message.header("Accept"))
+                                    .and_then(|chosen| {
+                                        engine.invoke_once(
+                                            Some(message),
+                                            CALL_DEFAULT_CONTENT_TYPE,
+                                            chosen.as_ref(),
+                                        )
+                                    });
+                            match invoked {
                                 Ok(Some(out)) => Some((Ok(out), State::AwaitEnd(inbound))),
                                 Ok(None) => engine.await_end(inbound).await,
                                 Err(status) => Some((Err(status), State::Done)),
@@ -229,7 +243,10 @@ impl Engine {
                         }
                     },
                     State::First(inbound) => {
-                        match engine.invoke_once(None, CALL_DEFAULT_CONTENT_TYPE, None) {
+                        let invoked = engine.choose_output(None).and_then(|chosen| {
+                            engine.invoke_once(None, CALL_DEFAULT_CONTENT_TYPE, chosen.as_ref())
+                        });
+                        match invoked {
                             Ok(Some(out)) => Some((Ok(out), State::AwaitEnd(inbound))),
                             Ok(None) => engine.await_end(inbound).await,
                             Err(status) => Some((Err(status), State::Done)),
@@ -348,6 +365,10 @@ impl Shared {
         }
         let taken = self.failure.lock().ok().and_then(|mut slot| slot.take());
         Some(taken.unwrap_or_else(|| Status::internal("Invoker: the call failed")))
+    }
+
+    fn has_failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
     }
 
     fn decided(&self) -> Option<usize> {

@@ -23,6 +23,8 @@ use crate::engine::{Engine, errors};
 use crate::protocol::call::CallService;
 use crate::protocol::proto::FILE_DESCRIPTOR_SET;
 use crate::protocol::proto::function::message_function_server::MessageFunctionServer;
+use crate::protocol::proto::streaming::riff_server::RiffServer;
+use crate::protocol::riff::RiffService;
 
 /// The calls in flight, and whether new ones are still welcome.
 #[derive(Debug, Default)]
@@ -162,6 +164,7 @@ pub async fn serve_on(
     health
         .set_serving::<MessageFunctionServer<CallService>>()
         .await;
+    health.set_serving::<RiffServer<RiffService>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -171,7 +174,8 @@ pub async fn serve_on(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
     let function = engine.function().info().name.clone();
-    let call_service = MessageFunctionServer::new(CallService::new(engine, calls.clone()));
+    let call_service = MessageFunctionServer::new(CallService::new(engine.clone(), calls.clone()));
+    let riff_service = RiffServer::new(RiffService::new(engine, calls.clone()));
 
     let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
     let drain = {
@@ -186,6 +190,7 @@ pub async fn serve_on(
             health
                 .set_not_serving::<MessageFunctionServer<CallService>>()
                 .await;
+            health.set_not_serving::<RiffServer<RiffService>>().await;
             health
                 .set_service_status("", tonic_health::ServingStatus::NotServing)
                 .await;
@@ -210,6 +215,7 @@ pub async fn serve_on(
         .add_service(reflection)
         .add_service(reflection_alpha)
         .add_service(call_service)
+        .add_service(riff_service)
         .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), drain);
     // After the drain, clients get a moment to close their connections; one that does not
     // answer cannot keep the process alive.

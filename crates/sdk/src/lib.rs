@@ -84,6 +84,20 @@
 //! }
 //! ```
 //!
+//! # Several inputs and outputs
+//! Over `streaming.Riff/Invoke`, a streaming function may take several `Input<X>` parameters and
+//! return a tuple of streams, one per output; each output completes on its own, and the call
+//! completes when the last one does. [`fan_out::partition`] splits one stream in two.
+//!
+//! ```
+//! use invoker_sdk::{Input, fan_out::partition, stream::Stream};
+//!
+//! #[invoker_sdk::function]
+//! fn partition_parity(numbers: Input<i64>) -> (impl Stream<Item = i64>, impl Stream<Item = i64>) {
+//!     partition(numbers, |n: &i64| n % 2 == 0)
+//! }
+//! ```
+//!
 //! # Media types
 //! Each payload type names the media types it accepts and produces, in preference order;
 //! the invoker negotiates `Content-Type` and `Accept` against them.
@@ -105,6 +119,7 @@
 //! goes on serving.
 
 mod context;
+pub mod fan_out;
 mod input;
 mod message;
 mod payload;

@@ -88,3 +88,9 @@ pub fn ticker() -> impl Stream<Item = u64> {
         .enumerate()
         .map(|(i, ())| i as u64)
 }
+
+/// Two outputs: the even numbers, and the odd ones. Each output completes on its own.
+#[invoker_sdk::function]
+pub fn partition(numbers: Input<i64>) -> (impl Stream<Item = i64>, impl Stream<Item = i64>) {
+    invoker_sdk::fan_out::partition(numbers, |n: &i64| n % 2 == 0)
+}

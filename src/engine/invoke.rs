@@ -1,0 +1,395 @@
+//! `streaming.Riff/Invoke` calls: a StartFrame, then data frames for numbered inputs; results
+//! for numbered outputs (SPEC §2.2).
+//!
+//! - request/reply functions are mapped over every data frame;
+//! - streaming functions get one input stream per input, demultiplexed from the frames by
+//!   `argIndex` through small bounded queues, and their outputs are polled round-robin; the
+//!   call completes when the last output completes.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+
+use futures_util::stream::{self, BoxStream};
+use futures_util::{Stream, StreamExt};
+use tonic::Status;
+
+use super::{Engine, Inbound, Outbound, Shared, errors, outbound};
+use crate::function::{InputMessage, OutputStream, Shape};
+use crate::negotiate::{self, Chosen};
+
+/// The media type of an InputFrame without contentType (SPEC §2.2).
+pub const INVOKE_DEFAULT_CONTENT_TYPE: &str = "application/octet-stream";
+
+/// How many frames may wait for an input the function is not reading yet; past that, reading
+/// from the transport pauses until it catches up (backpressure instead of unbounded buffers).
+const QUEUE_LIMIT: usize = 64;
+
+/// An InputSignal as the engine sees it.
+#[derive(Debug)]
+pub enum Signal {
+    /// A StartFrame: the Accept-style list of each output.
+    Start {
+        /// One entry per output.
+        expected_content_types: Vec<String>,
+    },
+    /// A data frame for input `arg_index`; its contentType is in the headers as Content-Type.
+    Data {
+        /// The input it is for.
+        arg_index: i32,
+        /// The message.
+        message: Inbound,
+    },
+    /// An InputSignal with no frame set.
+    Empty,
+}
+
+/// What the inbound side of an Invoke call yields.
+pub type SignalStream = BoxStream<'static, Result<Signal, Status>>;
+
+/// What the outbound side of an Invoke call yields: (resultIndex, message).
+pub type FrameStream = BoxStream<'static, Result<(usize, Outbound), Status>>;
+
+fn fail(status: Status) -> FrameStream {
+    stream::once(async move { Err(status) }).boxed()
+}
+
+impl Engine {
+    /// Runs one `streaming.Riff/Invoke` call.
+    pub fn invoke(&self, inbound: SignalStream) -> FrameStream {
+        let engine = self.clone();
+        let opened = async move {
+            let mut inbound = inbound;
+            let expected = match inbound.next().await {
+                None => return stream::empty().boxed(),
+                Some(Err(status)) => return fail(status),
+                Some(Ok(Signal::Start {
+                    expected_content_types,
+                })) => expected_content_types,
+                Some(Ok(_)) => {
+                    return fail(errors::protocol_violation(
+                        "the first frame must be a StartFrame",
+                    ));
+                }
+            };
+            let info = engine.function.info();
+            if expected.len() != info.outputs.len() {
+                return fail(errors::protocol_violation(format!(
+                    "the StartFrame expects {} outputs, but '{}' has {}",
+                    expected.len(),
+                    info.name,
+                    info.outputs.len()
+                )));
+            }
+            let mut chosen = Vec::with_capacity(expected.len());
+            for (accept, port) in expected.iter().zip(&info.outputs) {
+                match negotiate::accept(Some(accept), &port.media_types) {
+                    Ok(c) => chosen.push(c),
+                    Err(e) => return fail(errors::negotiation(e)),
+                }
+            }
+            match info.shape {
+                Shape::RequestReply => engine.map_frames(inbound, chosen.pop()),
+                Shape::Streaming => engine.invoke_streaming(inbound, chosen),
+            }
+        };
+        stream::once(opened).flatten().boxed()
+    }
+
+    /// A request/reply function applied to every data frame, in order.
+    fn map_frames(&self, inbound: SignalStream, chosen: Option<Chosen>) -> FrameStream {
+        let engine = self.clone();
+        let takes_input = !self.function.info().inputs.is_empty();
+        // A function without input runs once, right after the StartFrame.
+        let first = if takes_input {
+            None
+        } else {
+            Some(self.invoke_once(None, INVOKE_DEFAULT_CONTENT_TYPE, chosen.as_ref()))
+        };
+        let ran_once = stream::iter(first).filter_map(|r| async move { r.transpose() });
+        let per_frame = inbound.then(move |signal| {
+            let engine = engine.clone();
+            let chosen = chosen.clone();
+            async move {
+                match signal? {
+                    Signal::Data {
+                        arg_index: 0,
+                        message,
+                    } if takes_input => engine.invoke_once(
+                        Some(message),
+                        INVOKE_DEFAULT_CONTENT_TYPE,
+                        chosen.as_ref(),
+                    ),
+                    other => Err(violation(&other, usize::from(takes_input))),
+                }
+            }
+        });
+        let per_frame = per_frame.filter_map(|r| async move { r.transpose() });
+        stop_after_error(ran_once.chain(per_frame).map(|r| r.map(|out| (0, out)))).boxed()
+    }
+
+    /// A streaming function: inputs demultiplexed from the frames, outputs merged.
+    fn invoke_streaming(&self, inbound: SignalStream, chosen: Vec<Chosen>) -> FrameStream {
+        let info = self.function.info();
+        let shared = Arc::new(Shared::default());
+        let inputs = info.inputs.len();
+        let (demux, supplier_inbound) = if inputs == 0 {
+            (None, Some(inbound))
+        } else {
+            let demux = Arc::new(Mutex::new(Demux {
+                inbound,
+                queues: (0..inputs).map(|_| VecDeque::new()).collect(),
+                wakers: vec![None; inputs],
+                input_types: info.inputs.iter().map(|p| p.media_types.clone()).collect(),
+                ended: false,
+                shared: shared.clone(),
+            }));
+            (Some(demux), None)
+        };
+        let input_streams = (0..inputs)
+            .filter_map(|index| {
+                let demux = demux.clone()?;
+                Some(Box::pin(DemuxInput { demux, index }) as crate::function::BoxInput)
+            })
+            .collect();
+        let ctx = self.context(Vec::new());
+        let outputs = match self.function.open(&ctx, input_streams) {
+            Ok(outputs) => outputs,
+            Err(e) => return fail(errors::function(e)),
+        };
+        let content_types = chosen
+            .iter()
+            .map(|c| Arc::from(c.content_type.as_str()))
+            .collect();
+        Box::pin(Merged {
+            outputs: outputs.into_iter().map(Some).collect(),
+            chosen,
+            content_types,
+            next: 0,
+            shared,
+            supplier_inbound,
+            done: false,
+        })
+    }
+}
+
+/// The error for a signal that is not a data frame for a valid input.
+fn violation(signal: &Signal, inputs: usize) -> Status {
+    match signal {
+        Signal::Start { .. } => errors::protocol_violation("a second StartFrame"),
+        Signal::Empty => errors::protocol_violation("an InputSignal with no frame"),
+        Signal::Data { arg_index, .. } => errors::protocol_violation(format!(
+            "argIndex {arg_index} is out of range: the function has {inputs} input(s)"
+        )),
+    }
+}
+
+/// Ends a stream after its first error.
+fn stop_after_error<T>(
+    inner: impl Stream<Item = Result<T, Status>> + Send + 'static,
+) -> impl Stream<Item = Result<T, Status>> + Send + 'static
+where
+    T: Send + 'static,
+{
+    inner.scan(false, |failed, item| {
+        let out = if *failed { None } else { Some(item) };
+        if let Some(Err(_)) = &out {
+            *failed = true;
+        }
+        std::future::ready(out)
+    })
+}
+
+/// Frames demultiplexed by argIndex into one queue per input.
+struct Demux {
+    inbound: SignalStream,
+    queues: Vec<VecDeque<InputMessage>>,
+    wakers: Vec<Option<Waker>>,
+    input_types: Vec<Vec<String>>,
+    ended: bool,
+    shared: Arc<Shared>,
+}
+
+impl Demux {
+    fn wake(&mut self, index: usize) {
+        if let Some(waker) = self.wakers.get_mut(index).and_then(Option::take) {
+            waker.wake();
+        }
+    }
+
+    fn wake_all(&mut self) {
+        for index in 0..self.wakers.len() {
+            self.wake(index);
+        }
+    }
+
+    fn poll_input(&mut self, index: usize, cx: &mut Context<'_>) -> Poll<Option<InputMessage>> {
+        loop {
+            if let Some(message) = self.queues[index].pop_front() {
+                return Poll::Ready(Some(message));
+            }
+            if self.ended {
+                return Poll::Ready(None);
+            }
+            if self.shared.has_failed() {
+                return Poll::Pending;
+            }
+            if let Some(full) = self.queues.iter().position(|q| q.len() >= QUEUE_LIMIT) {
+                // Another input is far behind: wait until it reads before reading more.
+                self.wakers[index] = Some(cx.waker().clone());
+                self.wake(full);
+                return Poll::Pending;
+            }
+            let signal = match self.inbound.poll_next_unpin(cx) {
+                Poll::Pending => {
+                    self.wakers[index] = Some(cx.waker().clone());
+                    return Poll::Pending;
+                }
+                Poll::Ready(None) => {
+                    self.ended = true;
+                    self.wake_all();
+                    continue;
+                }
+                Poll::Ready(Some(Err(status))) => {
+                    self.fail(status);
+                    return Poll::Pending;
+                }
+                Poll::Ready(Some(Ok(signal))) => signal,
+            };
+            let inputs = self.queues.len();
+            let (target, message) = match signal {
+                Signal::Data { arg_index, message }
+                    if usize::try_from(arg_index).is_ok_and(|i| i < inputs) =>
+                {
+                    (arg_index as usize, message)
+                }
+                other => {
+                    self.fail(violation(&other, inputs));
+                    return Poll::Pending;
+                }
+            };
+            let media_type = match negotiate::content_type(
+                message.header("Content-Type"),
+                INVOKE_DEFAULT_CONTENT_TYPE,
+                &self.input_types[target],
+            ) {
+                Ok(media_type) => media_type,
+                Err(e) => {
+                    self.fail(errors::negotiation(e));
+                    return Poll::Pending;
+                }
+            };
+            self.queues[target].push_back(InputMessage {
+                payload: message.payload,
+                headers: message.headers,
+                media_type,
+            });
+            if target != index {
+                self.wake(target);
+            }
+        }
+    }
+
+    fn fail(&mut self, status: Status) {
+        self.shared.fail(status);
+        self.wake_all();
+    }
+}
+
+/// One input of a streaming function, fed by the demultiplexer.
+struct DemuxInput {
+    demux: Arc<Mutex<Demux>>,
+    index: usize,
+}
+
+impl Stream for DemuxInput {
+    type Item = InputMessage;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<InputMessage>> {
+        match self.demux.lock() {
+            Ok(mut demux) => demux.poll_input(self.index, cx),
+            // Only a panic while holding the lock poisons it; the call is over then.
+            Err(_) => Poll::Ready(None),
+        }
+    }
+}
+
+/// A streaming function's outputs, merged round-robin into one stream of frames.
+struct Merged {
+    outputs: Vec<Option<OutputStream>>,
+    chosen: Vec<Chosen>,
+    content_types: Vec<Arc<str>>,
+    next: usize,
+    shared: Arc<Shared>,
+    /// A supplier's call, watched for half-close since the function does not read it.
+    supplier_inbound: Option<SignalStream>,
+    done: bool,
+}
+
+impl Merged {
+    fn finish(
+        &mut self,
+        item: Option<Result<(usize, Outbound), Status>>,
+    ) -> Poll<Option<Result<(usize, Outbound), Status>>> {
+        self.done = true;
+        self.outputs.clear();
+        self.supplier_inbound = None;
+        Poll::Ready(item)
+    }
+}
+
+impl Stream for Merged {
+    type Item = Result<(usize, Outbound), Status>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(None);
+        }
+        if let Some(inbound) = this.supplier_inbound.as_mut() {
+            match inbound.poll_next_unpin(cx) {
+                Poll::Ready(None) => return this.finish(None),
+                Poll::Ready(Some(Err(status))) => return this.finish(Some(Err(status))),
+                Poll::Ready(Some(Ok(signal))) => {
+                    return this.finish(Some(Err(violation(&signal, 0))));
+                }
+                Poll::Pending => {}
+            }
+        }
+        let count = this.outputs.len();
+        for k in 0..count {
+            if let Some(status) = this.shared.take_failure() {
+                return this.finish(Some(Err(status)));
+            }
+            let i = (this.next + k) % count;
+            let Some(output) = this.outputs[i].as_mut() else {
+                continue;
+            };
+            match output.poll_next(cx, this.chosen[i].index) {
+                Poll::Ready(Some(Ok(message))) => {
+                    this.next = (i + 1) % count;
+                    let out = outbound(message, this.content_types[i].clone(), None);
+                    return Poll::Ready(Some(Ok((i, out))));
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    let status = this
+                        .shared
+                        .take_failure()
+                        .unwrap_or_else(|| errors::function(e));
+                    return this.finish(Some(Err(status)));
+                }
+                // This output is complete; the others go on.
+                Poll::Ready(None) => this.outputs[i] = None,
+                Poll::Pending => {}
+            }
+        }
+        if let Some(status) = this.shared.take_failure() {
+            return this.finish(Some(Err(status)));
+        }
+        if this.outputs.iter().all(Option::is_none) {
+            return this.finish(None);
+        }
+        Poll::Pending
+    }
+}

@@ -1,0 +1,96 @@
+//! `streaming.Riff/Invoke`: riff 0.4+ signals ⇄ the engine.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures_util::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+
+use super::proto::streaming::riff_server::Riff;
+use super::proto::streaming::{
+    InputSignal, OutputFrame, OutputSignal, input_signal, output_signal,
+};
+use crate::engine::{Engine, Inbound, Outbound, Signal};
+use crate::server::Calls;
+
+/// The `Riff` service.
+#[derive(Debug, Clone)]
+pub struct RiffService {
+    engine: Engine,
+    calls: Arc<Calls>,
+}
+
+impl RiffService {
+    /// A service running calls on `engine`, tracked by `calls`.
+    pub fn new(engine: Engine, calls: Arc<Calls>) -> Self {
+        RiffService { engine, calls }
+    }
+}
+
+/// An InputSignal as the engine's signal; the frame's contentType becomes a Content-Type header.
+pub fn signal(input: InputSignal) -> Signal {
+    match input.frame {
+        Some(input_signal::Frame::Start(start)) => Signal::Start {
+            expected_content_types: start.expected_content_types,
+        },
+        Some(input_signal::Frame::Data(frame)) => {
+            let mut headers: Vec<(String, String)> = Vec::with_capacity(frame.headers.len() + 1);
+            if !frame.content_type.is_empty() {
+                headers.push(("Content-Type".to_owned(), frame.content_type));
+            }
+            headers.extend(frame.headers);
+            Signal::Data {
+                arg_index: frame.arg_index,
+                message: Inbound {
+                    payload: frame.payload,
+                    headers,
+                },
+            }
+        }
+        None => Signal::Empty,
+    }
+}
+
+/// An output message of output `index` as an OutputSignal. Repeated header names are joined
+/// with ", " (the frame's headers are a plain map).
+pub fn output(index: usize, out: Outbound) -> OutputSignal {
+    let mut headers: HashMap<String, String> = HashMap::with_capacity(out.headers.len());
+    for (name, value) in out.headers {
+        headers
+            .entry(name)
+            .and_modify(|v| {
+                v.push_str(", ");
+                v.push_str(&value);
+            })
+            .or_insert(value);
+    }
+    OutputSignal {
+        frame: Some(output_signal::Frame::Data(OutputFrame {
+            payload: out.payload,
+            content_type: out.content_type.to_string(),
+            headers,
+            result_index: index as i32,
+        })),
+    }
+}
+
+type InvokeStream = Pin<Box<dyn Stream<Item = Result<OutputSignal, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Riff for RiffService {
+    type InvokeStream = InvokeStream;
+
+    async fn invoke(
+        &self,
+        request: Request<Streaming<InputSignal>>,
+    ) -> Result<Response<InvokeStream>, Status> {
+        let guard = self.calls.enter()?;
+        let inbound = request.into_inner().map(|s| s.map(signal)).boxed();
+        let outbound = self
+            .engine
+            .invoke(inbound)
+            .map(|r| r.map(|(index, out)| output(index, out)));
+        Ok(Response::new(guard.wrap(outbound)))
+    }
+}

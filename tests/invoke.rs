@@ -1,0 +1,333 @@
+//! `streaming.Riff/Invoke` through the real `invoker` binary and a real gRPC client.
+
+mod common;
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use common::{Daemon, uri};
+use invoker::protocol::proto::streaming::riff_client::RiffClient;
+use invoker::protocol::proto::streaming::{
+    InputFrame, InputSignal, OutputFrame, StartFrame, input_signal, output_signal,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Code;
+use tonic::transport::Channel;
+
+fn start(expected: &[&str]) -> InputSignal {
+    InputSignal {
+        frame: Some(input_signal::Frame::Start(StartFrame {
+            expected_content_types: expected.iter().map(|s| s.to_string()).collect(),
+            input_names: vec![],
+            output_names: vec![],
+        })),
+    }
+}
+
+fn data(payload: &str, content_type: &str, arg_index: i32) -> InputSignal {
+    InputSignal {
+        frame: Some(input_signal::Frame::Data(InputFrame {
+            payload: Bytes::copy_from_slice(payload.as_bytes()),
+            content_type: content_type.to_owned(),
+            headers: HashMap::new(),
+            arg_index,
+        })),
+    }
+}
+
+fn text(payload: &str) -> InputSignal {
+    data(payload, "text/plain", 0)
+}
+
+#[derive(Debug)]
+struct Outcome {
+    frames: Vec<OutputFrame>,
+    status: tonic::Status,
+}
+
+impl Outcome {
+    fn code(&self) -> Code {
+        self.status.code()
+    }
+    /// (resultIndex, payload) of each frame.
+    fn results(&self) -> Vec<(i32, String)> {
+        self.frames
+            .iter()
+            .map(|f| {
+                (
+                    f.result_index,
+                    String::from_utf8_lossy(&f.payload).into_owned(),
+                )
+            })
+            .collect()
+    }
+    fn assert_error(&self, code: Code, prefix: &str) {
+        assert_eq!(self.code(), code, "{self:?}");
+        assert!(
+            self.status.message().starts_with(prefix),
+            "expected {prefix:?}: {self:?}"
+        );
+    }
+}
+
+async fn client(daemon: &Daemon) -> RiffClient<Channel> {
+    RiffClient::connect(format!("http://{}", daemon.addr))
+        .await
+        .unwrap()
+}
+
+async fn collect(
+    mut replies: tonic::Streaming<invoker::protocol::proto::streaming::OutputSignal>,
+) -> Outcome {
+    let mut frames = Vec::new();
+    loop {
+        match replies.message().await {
+            Ok(Some(signal)) => match signal.frame {
+                Some(output_signal::Frame::Data(frame)) => frames.push(frame),
+                None => panic!("an OutputSignal without a frame"),
+            },
+            Ok(None) => {
+                return Outcome {
+                    frames,
+                    status: tonic::Status::ok(""),
+                };
+            }
+            Err(status) => return Outcome { frames, status },
+        }
+    }
+}
+
+async fn invoke(daemon: &Daemon, signals: Vec<InputSignal>) -> Outcome {
+    let mut client = client(daemon).await;
+    match client.invoke(futures_util::stream::iter(signals)).await {
+        Ok(response) => collect(response.into_inner()).await,
+        Err(status) => Outcome {
+            frames: vec![],
+            status,
+        },
+    }
+}
+
+#[tokio::test]
+async fn a_streaming_function_over_invoke() {
+    let daemon = Daemon::start(&uri("streams", Some("running_average")));
+    let out = invoke(
+        &daemon,
+        vec![start(&["text/plain"]), text("1"), text("2"), text("6")],
+    )
+    .await;
+    assert_eq!(out.code(), Code::Ok, "{out:?}");
+    assert_eq!(
+        out.results(),
+        [(0, "1".into()), (0, "1.5".into()), (0, "3".into())]
+    );
+    assert!(out.frames.iter().all(|f| f.content_type == "text/plain"));
+    // Per-output negotiation from expectedContentTypes, parameters kept.
+    let out = invoke(
+        &daemon,
+        vec![start(&["application/json; charset=utf-8"]), text("2")],
+    )
+    .await;
+    assert_eq!(out.results(), [(0, "2.0".into())]);
+    assert_eq!(
+        out.frames[0].content_type,
+        "application/json; charset=utf-8"
+    );
+    // An empty contentType is application/octet-stream, which f64 does not accept.
+    let out = invoke(&daemon, vec![start(&["text/plain"]), data("1", "", 0)]).await;
+    out.assert_error(Code::InvalidArgument, "Invoker: Unsupported Media Type");
+    // No acceptable output type.
+    let out = invoke(&daemon, vec![start(&["image/png"]), text("1")]).await;
+    out.assert_error(Code::InvalidArgument, "Invoker: Not Acceptable");
+    // A payload that does not decode.
+    let out = invoke(&daemon, vec![start(&["text/plain"]), text("1"), text("x")]).await;
+    assert_eq!(out.results(), [(0, "1".into())]);
+    out.assert_error(Code::InvalidArgument, "Invoker: Bad Input Signal");
+    // Half-close before anything: an empty, successful call.
+    let out = invoke(&daemon, vec![]).await;
+    assert_eq!((out.code(), out.frames.len()), (Code::Ok, 0));
+}
+
+#[tokio::test]
+async fn a_request_reply_function_is_mapped_over_every_frame() {
+    let daemon = Daemon::start(&uri("greeter", Some("hello")));
+    let out = invoke(
+        &daemon,
+        vec![start(&["text/plain"]), text("a"), text("b"), text("c")],
+    )
+    .await;
+    assert_eq!(out.code(), Code::Ok, "{out:?}");
+    assert_eq!(
+        out.results(),
+        [
+            (0, "Hello a".into()),
+            (0, "Hello b".into()),
+            (0, "Hello c".into())
+        ]
+    );
+    // A function error mid-stream: frames already sent stay sent, nothing follows.
+    let out = invoke(
+        &daemon,
+        vec![start(&["*/*"]), text("a"), text("Riff"), text("c")],
+    )
+    .await;
+    assert_eq!(out.results(), [(0, "Hello a".into())]);
+    out.assert_error(Code::Unknown, "error condition");
+}
+
+#[tokio::test]
+async fn protocol_violations() {
+    let daemon = Daemon::start(&uri("greeter", Some("hello")));
+    let cases = [
+        ("data before the StartFrame", vec![text("a")]),
+        (
+            "a second StartFrame",
+            vec![start(&["text/plain"]), start(&["text/plain"])],
+        ),
+        (
+            "an empty frame",
+            vec![start(&["text/plain"]), InputSignal { frame: None }],
+        ),
+        (
+            "too many outputs",
+            vec![start(&["text/plain", "text/plain"]), text("a")],
+        ),
+        ("too few outputs", vec![start(&[]), text("a")]),
+        (
+            "argIndex out of range",
+            vec![start(&["text/plain"]), data("a", "text/plain", 1)],
+        ),
+        (
+            "a negative argIndex",
+            vec![start(&["text/plain"]), data("a", "text/plain", -1)],
+        ),
+    ];
+    for (what, signals) in cases {
+        let out = invoke(&daemon, signals).await;
+        assert_eq!(out.code(), Code::InvalidArgument, "{what}: {out:?}");
+        assert!(
+            out.status
+                .message()
+                .starts_with("Invoker: Protocol Violation"),
+            "{what}: {out:?}"
+        );
+    }
+    let streaming = Daemon::start(&uri("streams", Some("running_average")));
+    let out = invoke(
+        &streaming,
+        vec![
+            start(&["text/plain"]),
+            text("1"),
+            data("2", "text/plain", 3),
+        ],
+    )
+    .await;
+    out.assert_error(Code::InvalidArgument, "Invoker: Protocol Violation");
+}
+
+#[tokio::test]
+async fn a_fallible_stream_fails_after_partial_output() {
+    let daemon = Daemon::start(&uri("streams", Some("rle")));
+    let words = ["a", "b", "b", "b", "c"];
+    let mut signals = vec![start(&["application/json"])];
+    signals.extend(words.iter().map(|w| text(w)));
+    let out = invoke(&daemon, signals).await;
+    assert_eq!(out.results(), [(0, r#"{"word":"a","count":1}"#.into())]);
+    out.assert_error(Code::Unknown, "Too many occurrences of b");
+}
+
+#[tokio::test]
+async fn partition_has_two_outputs_each_with_its_own_type() {
+    let daemon = Daemon::start(&uri("streams", Some("partition")));
+    let mut signals = vec![start(&["application/json", "text/plain"])];
+    signals.extend((1..=6).map(|i| text(&i.to_string())));
+    let out = invoke(&daemon, signals).await;
+    assert_eq!(out.code(), Code::Ok, "{out:?}");
+    let evens: Vec<_> = out.frames.iter().filter(|f| f.result_index == 0).collect();
+    let odds: Vec<_> = out.frames.iter().filter(|f| f.result_index == 1).collect();
+    let payloads = |frames: &[&OutputFrame]| -> Vec<String> {
+        frames
+            .iter()
+            .map(|f| String::from_utf8_lossy(&f.payload).into_owned())
+            .collect()
+    };
+    assert_eq!(payloads(&evens), ["2", "4", "6"]);
+    assert_eq!(payloads(&odds), ["1", "3", "5"]);
+    assert!(evens.iter().all(|f| f.content_type == "application/json"));
+    assert!(odds.iter().all(|f| f.content_type == "text/plain"));
+}
+
+#[tokio::test]
+async fn one_output_ends_early_and_the_call_ends_with_the_last() {
+    let daemon = Daemon::start(&uri("probe", Some("head_tail")));
+    let mut client = client(&daemon).await;
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(start(&["text/plain", "text/plain"])).await.unwrap();
+    tx.send(text("first")).await.unwrap();
+    let mut replies = client
+        .invoke(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let head = replies.message().await.unwrap().unwrap();
+    let Some(output_signal::Frame::Data(head)) = head.frame else {
+        panic!("no frame")
+    };
+    assert_eq!(
+        (head.result_index, head.payload.as_ref()),
+        (0, b"first".as_ref())
+    );
+    // The head output is complete; the tail goes on, and the call with it.
+    for word in ["second", "third"] {
+        tx.send(text(word)).await.unwrap();
+        let reply = replies.message().await.unwrap().unwrap();
+        let Some(output_signal::Frame::Data(frame)) = reply.frame else {
+            panic!("no frame")
+        };
+        assert_eq!(
+            (frame.result_index, frame.payload.as_ref()),
+            (1, word.as_bytes())
+        );
+    }
+    drop(tx);
+    let rest = collect(replies).await;
+    assert_eq!((rest.code(), rest.frames.len()), (Code::Ok, 0), "{rest:?}");
+}
+
+#[tokio::test]
+async fn several_inputs_are_demultiplexed_by_arg_index() {
+    let daemon = Daemon::start(&uri("probe", Some("zip_greet")));
+    let out = invoke(
+        &daemon,
+        vec![
+            start(&["text/plain"]),
+            data("Hello", "text/plain", 0),
+            data("Hi", "text/plain", 0),
+            data("Ada", "text/plain", 1),
+            data("Bob", "text/plain", 1),
+        ],
+    )
+    .await;
+    assert_eq!(out.code(), Code::Ok, "{out:?}");
+    assert_eq!(
+        out.results(),
+        [(0, "Hello Ada".into()), (0, "Hi Bob".into())]
+    );
+    let out = invoke(
+        &daemon,
+        vec![start(&["text/plain"]), data("x", "text/plain", 2)],
+    )
+    .await;
+    out.assert_error(Code::InvalidArgument, "Invoker: Protocol Violation");
+}
+
+#[tokio::test]
+async fn call_and_invoke_share_one_port() {
+    let daemon = Daemon::start(&uri("rot13", None));
+    let out = invoke(&daemon, vec![start(&["text/plain"]), text("Hello World")]).await;
+    assert_eq!(out.results(), [(0, "Uryyb Jbeyq".into())]);
+    let mut call_client = daemon.client().await;
+    let call = common::call(&mut call_client, vec![common::msg("Uryyb", &[])]).await;
+    assert_eq!(call.texts(), ["Hello"]);
+}
