@@ -9,6 +9,7 @@
 //!   the transport only when the function asks for them. No task, no channel, no buffer.
 //! - supplier (streaming with no input): runs from call open until the caller half-closes.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -43,6 +44,27 @@ impl Inbound {
     /// The first value of a header, by case-insensitive name.
     pub fn header(&self, name: &str) -> Option<&str> {
         header(&self.headers, name)
+    }
+
+    /// The Accept header: its values joined into one list, since a message may carry several.
+    pub fn accept(&self) -> Option<Cow<'_, str>> {
+        let mut values = self
+            .headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case("Accept"))
+            .map(|(_, v)| v.as_str());
+        let first = values.next()?;
+        match values.next() {
+            None => Some(Cow::Borrowed(first)),
+            Some(second) => {
+                let mut joined = format!("{first}, {second}");
+                for v in values {
+                    joined.push_str(", ");
+                    joined.push_str(v);
+                }
+                Some(Cow::Owned(joined))
+            }
+        }
     }
 }
 
@@ -225,16 +247,15 @@ impl Engine {
                         None => None,
                         Some(Err(status)) => Some((Err(status), State::Done)),
                         Some(Ok(message)) => {
-                            let invoked =
-                                engine
-                                    .choose_output(message.header("Accept"))
-                                    .and_then(|chosen| {
-                                        engine.invoke_once(
-                                            Some(message),
-                                            CALL_DEFAULT_CONTENT_TYPE,
-                                            chosen.as_ref(),
-                                        )
-                                    });
+                            let invoked = engine
+                                .choose_output(message.accept().as_deref())
+                                .and_then(|chosen| {
+                                    engine.invoke_once(
+                                        Some(message),
+                                        CALL_DEFAULT_CONTENT_TYPE,
+                                        chosen.as_ref(),
+                                    )
+                                });
                             match invoked {
                                 Ok(Some(out)) => Some((Ok(out), State::AwaitEnd(inbound))),
                                 Ok(None) => engine.await_end(inbound).await,
@@ -417,9 +438,10 @@ impl Stream for CallInput {
                 return Poll::Pending;
             }
         };
-        let decides = this.shared.decided().is_none() && message.header("Accept").is_some();
-        if decides {
-            match negotiate::accept(message.header("Accept"), &this.output_types) {
+        let accept = message.accept().filter(|_| this.shared.decided().is_none());
+        let decides = accept.is_some();
+        if let Some(accept) = accept {
+            match negotiate::accept(Some(&accept), &this.output_types) {
                 Ok(chosen) => {
                     let _ = this.shared.chosen.set(chosen);
                 }
