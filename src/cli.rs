@@ -41,15 +41,24 @@ pub struct CallArgs {
     #[arg(long)]
     pub content_type: Option<String>,
 
-    /// The media types to accept for replies, as an Accept header.
+    /// The media types to accept for replies, as an Accept header. With --invoke, one per
+    /// output of the function (repeat it), sent as the StartFrame's expectedContentTypes.
     #[arg(long)]
-    pub accept: Option<String>,
+    pub accept: Vec<String>,
+
+    /// Use streaming.Riff/Invoke instead of function.MessageFunction/Call.
+    #[arg(long)]
+    pub invoke: bool,
+
+    /// With --invoke: the input (argIndex) the payloads are for.
+    #[arg(long, default_value_t = 0, requires = "invoke")]
+    pub arg_index: i32,
 
     /// Another header for every message, as NAME=VALUE (repeatable).
     #[arg(long = "header", short = 'H', value_name = "NAME=VALUE")]
     pub headers: Vec<String>,
 
-    /// Print each reply's headers before its payload.
+    /// Print each reply's headers (and, with --invoke, its output number) before its payload.
     #[arg(long)]
     pub show_headers: bool,
 

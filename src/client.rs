@@ -1,4 +1,5 @@
-//! `invoker call`: a client for a running invoker, so a user can try a function from a shell.
+//! `invoker call`: a client for a running invoker (either protocol), so a user can try a
+//! function from a shell.
 
 use std::time::Duration;
 
@@ -9,6 +10,11 @@ use crate::cli::CallArgs;
 use crate::protocol::proto::function::Message;
 use crate::protocol::proto::function::message::HeaderValue;
 use crate::protocol::proto::function::message_function_client::MessageFunctionClient;
+use crate::protocol::proto::streaming::riff_client::RiffClient;
+use crate::protocol::proto::streaming::{
+    InputFrame, InputSignal, OutputSignal, StartFrame, input_signal, output_signal,
+};
+use tonic::transport::Channel;
 
 /// Sends the messages of `args` in one `MessageFunction/Call`, prints each reply to stdout,
 /// and returns the gRPC status code the call ended with.
@@ -25,8 +31,10 @@ async fn run(args: CallArgs) -> anyhow::Result<Code> {
     if let Some(ct) = &args.content_type {
         headers.push(("Content-Type".to_owned(), ct.clone()));
     }
-    if let Some(accept) = &args.accept {
-        headers.push(("Accept".to_owned(), accept.clone()));
+    if !args.invoke {
+        for accept in &args.accept {
+            headers.push(("Accept".to_owned(), accept.clone()));
+        }
     }
     for h in &args.headers {
         let (name, value) = h
@@ -34,6 +42,13 @@ async fn run(args: CallArgs) -> anyhow::Result<Code> {
             .or_else(|| h.split_once(':'))
             .with_context(|| format!("header '{h}' is not NAME=VALUE"))?;
         headers.push((name.trim().to_owned(), value.trim().to_owned()));
+    }
+    let channel = match connect(&args.address).await? {
+        Ok(channel) => channel,
+        Err(code) => return Ok(code),
+    };
+    if args.invoke {
+        return invoke(channel, &args, headers).await;
     }
     let messages: Vec<Message> = args
         .payloads
@@ -53,19 +68,6 @@ async fn run(args: CallArgs) -> anyhow::Result<Code> {
         })
         .collect();
 
-    let endpoint = format!("http://{}", args.address);
-    let channel = tonic::transport::Endpoint::from_shared(endpoint.clone())
-        .with_context(|| format!("'{}' is not a HOST:PORT address", args.address))?
-        .connect_timeout(Duration::from_secs(5))
-        .connect()
-        .await;
-    let channel = match channel {
-        Ok(channel) => channel,
-        Err(e) => {
-            eprintln!("invoker: cannot connect to {}: {e}", args.address);
-            return Ok(Code::Unavailable);
-        }
-    };
     let mut client = MessageFunctionClient::new(channel);
     let mut replies = match client.call(futures_util::stream::iter(messages)).await {
         Ok(response) => response.into_inner(),
@@ -74,6 +76,76 @@ async fn run(args: CallArgs) -> anyhow::Result<Code> {
     loop {
         match replies.message().await {
             Ok(Some(reply)) => print_reply(&reply, args.show_headers),
+            Ok(None) => return Ok(Code::Ok),
+            Err(status) => return Ok(report(&status)),
+        }
+    }
+}
+
+/// Connects, or reports why not (as UNAVAILABLE).
+async fn connect(address: &str) -> anyhow::Result<Result<Channel, Code>> {
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+        .with_context(|| format!("'{address}' is not a HOST:PORT address"))?
+        .connect_timeout(Duration::from_secs(5));
+    match endpoint.connect().await {
+        Ok(channel) => Ok(Ok(channel)),
+        Err(e) => {
+            eprintln!("invoker: cannot connect to {address}: {e}");
+            Ok(Err(Code::Unavailable))
+        }
+    }
+}
+
+/// `--invoke`: a StartFrame, one data frame per payload, then the replies.
+async fn invoke(
+    channel: Channel,
+    args: &CallArgs,
+    headers: Vec<(String, String)>,
+) -> anyhow::Result<Code> {
+    let content_type = args.content_type.clone().unwrap_or_default();
+    let mut signals = vec![InputSignal {
+        frame: Some(input_signal::Frame::Start(StartFrame {
+            expected_content_types: args.accept.clone(),
+            input_names: Vec::new(),
+            output_names: Vec::new(),
+        })),
+    }];
+    signals.extend(args.payloads.iter().map(|payload| {
+        InputSignal {
+            frame: Some(input_signal::Frame::Data(InputFrame {
+                payload: payload.clone().into_bytes().into(),
+                content_type: content_type.clone(),
+                headers: headers
+                    .iter()
+                    .filter(|(n, _)| !n.eq_ignore_ascii_case("Content-Type"))
+                    .cloned()
+                    .collect(),
+                arg_index: args.arg_index,
+            })),
+        }
+    }));
+    let mut client = RiffClient::new(channel);
+    let mut replies = match client.invoke(futures_util::stream::iter(signals)).await {
+        Ok(response) => response.into_inner(),
+        Err(status) => return Ok(report(&status)),
+    };
+    loop {
+        match replies.message().await {
+            Ok(Some(OutputSignal {
+                frame: Some(output_signal::Frame::Data(frame)),
+            })) => {
+                if args.show_headers {
+                    println!("resultIndex: {}", frame.result_index);
+                    println!("Content-Type: {}", frame.content_type);
+                    let mut names: Vec<_> = frame.headers.iter().collect();
+                    names.sort();
+                    for (name, value) in names {
+                        println!("{name}: {value}");
+                    }
+                }
+                println!("{}", String::from_utf8_lossy(&frame.payload));
+            }
+            Ok(Some(_)) => {}
             Ok(None) => return Ok(Code::Ok),
             Err(status) => return Ok(report(&status)),
         }

@@ -114,3 +114,55 @@ fn invoker_call_prints_replies_and_exits_with_the_grpc_code() {
     assert_eq!(out.status.code(), Some(3), "INVALID_ARGUMENT is code 3");
     assert!(String::from_utf8_lossy(&out.stderr).contains("Invoker: Not Acceptable"));
 }
+
+#[test]
+fn invoker_call_speaks_invoke_too() {
+    let daemon = common::Daemon::start(&common::uri("streams", Some("partition")));
+    let out = Command::new(env!("CARGO_BIN_EXE_invoker"))
+        .args(["call", "--invoke", "--address", &daemon.addr])
+        .args([
+            "--accept",
+            "text/plain",
+            "--accept",
+            "application/json",
+            "--content-type",
+            "text/plain",
+        ])
+        .args(["--show-headers", "1", "2"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("resultIndex: 1\nContent-Type: application/json\n1\n"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("resultIndex: 0\nContent-Type: text/plain\n2\n"),
+        "{stdout}"
+    );
+
+    let out = Command::new(env!("CARGO_BIN_EXE_invoker"))
+        .args([
+            "call",
+            "--invoke",
+            "--address",
+            &daemon.addr,
+            "--accept",
+            "text/plain",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "one expected type for two outputs"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Invoker: Protocol Violation"));
+}
