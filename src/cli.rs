@@ -22,6 +22,43 @@ pub enum Command {
     ///
     /// Exits with the gRPC status code the call ended with (0 for OK).
     Call(CallArgs),
+    /// Measure the invoker against a bare tonic echo server, side by side (see BENCHMARKS.md).
+    Bench(BenchArgs),
+    /// The bare tonic echo server `invoker bench` compares against.
+    #[command(hide = true)]
+    ReferenceEcho(ReferenceArgs),
+}
+
+/// `invoker bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Seconds per request/reply measurement.
+    #[arg(long, default_value_t = 3.0)]
+    pub seconds: f64,
+
+    /// Rounds (invoker, then reference, each round); the best round of each is reported.
+    #[arg(long, default_value_t = 2)]
+    pub rounds: usize,
+
+    /// A quick run that only checks everything works (for CI), not for its figures.
+    #[arg(long)]
+    pub smoke: bool,
+
+    /// Where librot13.so and libstreams.so are (default: beside this binary).
+    #[arg(long, value_name = "DIR")]
+    pub lib_dir: Option<std::path::PathBuf>,
+}
+
+/// `invoker reference-echo`.
+#[derive(Debug, Args)]
+pub struct ReferenceArgs {
+    /// The port (0 picks a free one, printed at start).
+    #[arg(long, env = "GRPC_PORT", default_value_t = 0)]
+    pub port: u16,
+
+    /// The host to bind.
+    #[arg(long, env = "HOST", default_value = "127.0.0.1")]
+    pub host: String,
 }
 
 /// `invoker call`.

@@ -5,6 +5,7 @@
 //! negotiation; [`server`] hosts the services and the drain; [`run`] starts it all.
 //! See ARCHITECTURE.md.
 
+pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod engine;

@@ -94,3 +94,9 @@ pub fn ticker() -> impl Stream<Item = u64> {
 pub fn partition(numbers: Input<i64>) -> (impl Stream<Item = i64>, impl Stream<Item = i64>) {
     invoker_sdk::fan_out::partition(numbers, |n: &i64| n % 2 == 0)
 }
+
+/// Echoes every input unchanged: the identity on a stream of bytes.
+#[invoker_sdk::function]
+pub fn echo(input: Input<invoker_sdk::Bytes>) -> impl Stream<Item = invoker_sdk::Bytes> {
+    input
+}

@@ -1,0 +1,461 @@
+//! `invoker bench`: measures the invoker against a reference server in the same run.
+//!
+//! The reference (`invoker reference-echo`) is a bare tonic server built from the same proto
+//! that echoes each message: the ceiling of this stack. Both run as child processes started
+//! the same way, on loopback, and each figure is measured for the invoker and the reference in
+//! alternating rounds; the best round of each is reported, with the ratio.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use futures_util::Stream;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::cli::BenchArgs;
+use crate::protocol::proto::function::Message;
+use crate::protocol::proto::function::message::HeaderValue;
+use crate::protocol::proto::function::message_function_client::MessageFunctionClient;
+use crate::protocol::proto::function::message_function_server::{
+    MessageFunction, MessageFunctionServer,
+};
+
+// ---------------------------------------------------------------------------------------------
+// The reference server
+
+/// Echoes every message of a call, unchanged.
+#[derive(Debug, Default)]
+struct Echo;
+
+type EchoStream = Pin<Box<dyn Stream<Item = Result<Message, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl MessageFunction for Echo {
+    type CallStream = EchoStream;
+
+    async fn call(
+        &self,
+        request: Request<Streaming<Message>>,
+    ) -> Result<Response<EchoStream>, Status> {
+        Ok(Response::new(Box::pin(request.into_inner())))
+    }
+}
+
+/// `invoker reference-echo`: the bare tonic echo server the benchmark compares against.
+pub fn reference_echo(host: &str, port: u16) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind((host, port)).await?;
+        println!("listening on {}", listener.local_addr()?);
+        tonic::transport::Server::builder()
+            .add_service(MessageFunctionServer::new(Echo))
+            .serve_with_incoming(
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            )
+            .await?;
+        Ok(())
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Servers under test
+
+/// A server process under test.
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Server {
+    fn spawn(
+        exe: &Path,
+        args: &[&str],
+        env: &[(&str, String)],
+    ) -> anyhow::Result<(Server, Instant)> {
+        let started = Instant::now();
+        let mut command = Command::new(exe);
+        command
+            .args(args)
+            .env("GRPC_PORT", "0")
+            .env("HOST", "127.0.0.1")
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let mut child = command.spawn().context("cannot start a server")?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let addr = loop {
+            match lines.next() {
+                Some(Ok(line)) => {
+                    if let Some(addr) = line.strip_prefix("listening on ") {
+                        break addr.to_owned();
+                    }
+                }
+                _ => bail!("the server exited before listening"),
+            }
+        };
+        std::thread::spawn(move || for _ in lines {});
+        Ok((Server { child, addr }, started))
+    }
+
+    fn rss_kib(&self) -> anyhow::Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .context("no VmRSS")
+    }
+
+    async fn channel(&self) -> anyhow::Result<Channel> {
+        Ok(Endpoint::from_shared(format!("http://{}", self.addr))?
+            .tcp_nodelay(true)
+            .connect()
+            .await?)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Which side of the comparison.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Invoker,
+    Reference,
+}
+
+struct Setup {
+    exe: PathBuf,
+    lib_dir: PathBuf,
+}
+
+impl Setup {
+    fn start(&self, side: Side, library: &str, handler: &str) -> anyhow::Result<(Server, Instant)> {
+        match side {
+            Side::Invoker => {
+                let uri = format!(
+                    "file://{}?handler={handler}",
+                    self.lib_dir.join(library).display()
+                );
+                Server::spawn(&self.exe, &["serve"], &[("FUNCTION_URI", uri)])
+            }
+            Side::Reference => Server::spawn(&self.exe, &["reference-echo"], &[]),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Workloads
+
+fn message(payload: &[u8], content_type: &str) -> Message {
+    let mut headers = HashMap::new();
+    headers.insert(
+        "Content-Type".to_owned(),
+        HeaderValue {
+            values: vec![content_type.to_owned()],
+        },
+    );
+    Message {
+        payload: bytes::Bytes::copy_from_slice(payload),
+        headers,
+    }
+}
+
+/// Request/reply calls, `in_flight` at a time, for `duration`: (calls/s, p50, p99).
+async fn request_reply(
+    channel: Channel,
+    in_flight: usize,
+    duration: Duration,
+) -> anyhow::Result<(f64, Duration, Duration)> {
+    let deadline = Instant::now() + duration;
+    let workers = (0..in_flight).map(|_| {
+        let mut client = MessageFunctionClient::new(channel.clone());
+        tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            while Instant::now() < deadline {
+                let started = Instant::now();
+                let request = futures_util::stream::iter([message(b"Hello World", "text/plain")]);
+                let mut replies = client.call(request).await?.into_inner();
+                let mut got = 0;
+                while replies.message().await?.is_some() {
+                    got += 1;
+                }
+                if got != 1 {
+                    bail!("expected one reply, got {got}");
+                }
+                latencies.push(started.elapsed());
+            }
+            Ok::<_, anyhow::Error>(latencies)
+        })
+    });
+    let started = Instant::now();
+    let mut latencies = Vec::new();
+    for worker in futures_util::future::join_all(workers).await {
+        latencies.extend(worker??);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    latencies.sort();
+    let pct = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 - 1.0) * p) as usize)
+            .copied()
+            .unwrap_or_default()
+    };
+    Ok((latencies.len() as f64 / elapsed, pct(0.50), pct(0.99)))
+}
+
+/// Messages on `streams` concurrent streams, each sending `per_stream` payloads: messages/s.
+async fn streaming(
+    channel: Channel,
+    streams: usize,
+    per_stream: usize,
+    payload: Vec<u8>,
+    content_type: &'static str,
+) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    let workers = (0..streams).map(|_| {
+        let mut client = MessageFunctionClient::new(channel.clone());
+        let payload = payload.clone();
+        tokio::spawn(async move {
+            let (tx, rx) = mpsc::channel(128);
+            tokio::spawn(async move {
+                for _ in 0..per_stream {
+                    if tx.send(message(&payload, content_type)).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            let mut replies = client.call(ReceiverStream::new(rx)).await?.into_inner();
+            let mut got = 0;
+            while replies.message().await?.is_some() {
+                got += 1;
+            }
+            if got != per_stream {
+                bail!("expected {per_stream} replies, got {got}");
+            }
+            Ok::<_, anyhow::Error>(got)
+        })
+    });
+    let mut total = 0;
+    for worker in futures_util::future::join_all(workers).await {
+        total += worker??;
+    }
+    Ok(total as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Resident memory per open idle stream, in KiB, with `streams` streams open.
+async fn idle_memory(server: &Server, streams: usize) -> anyhow::Result<f64> {
+    let channel = server.channel().await?;
+    // Warm up the connection and the allocator with one completed call.
+    let mut client = MessageFunctionClient::new(channel.clone());
+    client
+        .call(futures_util::stream::iter([message(b"1", "text/plain")]))
+        .await?
+        .into_inner()
+        .message()
+        .await?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = server.rss_kib()?;
+    let mut open = Vec::with_capacity(streams);
+    for _ in 0..streams {
+        let mut client = MessageFunctionClient::new(channel.clone());
+        let (tx, rx) = mpsc::channel::<Message>(1);
+        let response = client.call(ReceiverStream::new(rx)).await?;
+        open.push((tx, response));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = server.rss_kib()?;
+    drop(open);
+    Ok(after.saturating_sub(before) as f64 / streams as f64)
+}
+
+/// Time from spawning the process to the first reply.
+async fn first_reply(setup: &Setup, side: Side) -> anyhow::Result<Duration> {
+    let (server, started) = setup.start(side, "librot13.so", "encode")?;
+    loop {
+        if let Ok(channel) = server.channel().await {
+            let mut client = MessageFunctionClient::new(channel);
+            let call = client
+                .call(futures_util::stream::iter([message(
+                    b"Hello World",
+                    "text/plain",
+                )]))
+                .await;
+            if let Ok(response) = call {
+                if response.into_inner().message().await?.is_some() {
+                    return Ok(started.elapsed());
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The run
+
+struct Figure {
+    name: &'static str,
+    unit: &'static str,
+    higher_is_better: bool,
+    invoker: f64,
+    reference: f64,
+}
+
+impl Figure {
+    fn keep_best(&mut self, side: Side, value: f64) {
+        let slot = match side {
+            Side::Invoker => &mut self.invoker,
+            Side::Reference => &mut self.reference,
+        };
+        let better = if self.higher_is_better {
+            value > *slot
+        } else {
+            value < *slot
+        };
+        if slot.is_nan() || better {
+            *slot = value;
+        }
+    }
+}
+
+fn figure(name: &'static str, unit: &'static str, higher_is_better: bool) -> Figure {
+    Figure {
+        name,
+        unit,
+        higher_is_better,
+        invoker: f64::NAN,
+        reference: f64::NAN,
+    }
+}
+
+/// `invoker bench`.
+pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("cannot find the invoker binary")?;
+    let lib_dir = match args.lib_dir {
+        Some(dir) => dir,
+        None => exe
+            .parent()
+            .context("the binary has no directory")?
+            .to_path_buf(),
+    };
+    for lib in ["librot13.so", "libstreams.so"] {
+        if !lib_dir.join(lib).is_file() {
+            bail!(
+                "{} is missing: build the workspace (cargo build --release --workspace) or pass --lib-dir",
+                lib_dir.join(lib).display()
+            );
+        }
+    }
+    let setup = Setup { exe, lib_dir };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let (duration, per_stream, big_per_stream, idle_streams, rounds) = if args.smoke {
+        (Duration::from_millis(200), 200, 20, 20, 1)
+    } else {
+        (
+            Duration::from_secs_f64(args.seconds),
+            200_000,
+            5_000,
+            1000,
+            args.rounds,
+        )
+    };
+    let mut figures = vec![
+        figure("request/reply, 1 in flight", "calls/s", true),
+        figure("  p50 latency, 1 in flight", "µs", false),
+        figure("  p99 latency, 1 in flight", "µs", false),
+        figure("request/reply, 64 in flight", "calls/s", true),
+        figure("  p99 latency, 64 in flight", "µs", false),
+        figure("streaming, 1 stream", "msgs/s", true),
+        figure("streaming, 8 streams", "msgs/s", true),
+        figure("streaming 16 KiB, 1 stream", "msgs/s", true),
+        figure("memory per idle stream", "KiB", false),
+        figure("exec to first reply", "ms", false),
+    ];
+    runtime.block_on(async {
+        for round in 0..rounds {
+            for side in [Side::Invoker, Side::Reference] {
+                eprintln!("round {} of {rounds}: {side:?}", round + 1);
+                let (server, _) = setup.start(side, "librot13.so", "encode")?;
+                let channel = server.channel().await?;
+                let (rate, p50, p99) = request_reply(channel.clone(), 1, duration).await?;
+                figures[0].keep_best(side, rate);
+                figures[1].keep_best(side, p50.as_secs_f64() * 1e6);
+                figures[2].keep_best(side, p99.as_secs_f64() * 1e6);
+                let (rate, _, p99) = request_reply(channel, 64, duration).await?;
+                figures[3].keep_best(side, rate);
+                figures[4].keep_best(side, p99.as_secs_f64() * 1e6);
+                drop(server);
+
+                let (server, _) = setup.start(side, "libstreams.so", "running_average")?;
+                let channel = server.channel().await?;
+                let numbers = b"2.5".to_vec();
+                figures[5].keep_best(
+                    side,
+                    streaming(
+                        channel.clone(),
+                        1,
+                        per_stream,
+                        numbers.clone(),
+                        "text/plain",
+                    )
+                    .await?,
+                );
+                figures[6].keep_best(
+                    side,
+                    streaming(channel, 8, per_stream / 8, numbers, "text/plain").await?,
+                );
+                figures[8].keep_best(side, idle_memory(&server, idle_streams).await?);
+                drop(server);
+
+                let (server, _) = setup.start(side, "libstreams.so", "echo")?;
+                let channel = server.channel().await?;
+                let big = vec![b'x'; 16 * 1024];
+                figures[7].keep_best(
+                    side,
+                    streaming(channel, 1, big_per_stream, big, "application/octet-stream").await?,
+                );
+                drop(server);
+
+                let first = first_reply(&setup, side).await?;
+                figures[9].keep_best(side, first.as_secs_f64() * 1e3);
+            }
+        }
+        Ok::<_, anyhow::Error>(())
+    })?;
+    println!(
+        "{:<30} {:>14} {:>14} {:>8}  unit",
+        "figure", "invoker", "reference", "ratio"
+    );
+    for f in &figures {
+        println!(
+            "{:<30} {:>14.1} {:>14.1} {:>8.2}  {}",
+            f.name,
+            f.invoker,
+            f.reference,
+            f.invoker / f.reference,
+            f.unit
+        );
+    }
+    Ok(())
+}
