@@ -299,10 +299,10 @@ async fn first_reply(setup: &Setup, side: Side) -> anyhow::Result<Duration> {
                     "text/plain",
                 )]))
                 .await;
-            if let Ok(response) = call {
-                if response.into_inner().message().await?.is_some() {
-                    return Ok(started.elapsed());
-                }
+            if let Ok(response) = call
+                && response.into_inner().message().await?.is_some()
+            {
+                return Ok(started.elapsed());
             }
         }
         tokio::time::sleep(Duration::from_micros(200)).await;
@@ -392,53 +392,60 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
         figure("memory per idle stream", "KiB", false),
         figure("exec to first reply", "ms", false),
     ];
+    let run = |group: &str| args.only.as_deref().is_none_or(|only| only == group);
     runtime.block_on(async {
         for round in 0..rounds {
             for side in [Side::Invoker, Side::Reference] {
                 eprintln!("round {} of {rounds}: {side:?}", round + 1);
-                let (server, _) = setup.start(side, "librot13.so", "encode")?;
-                let channel = server.channel().await?;
-                let (rate, p50, p99) = request_reply(channel.clone(), 1, duration).await?;
-                figures[0].keep_best(side, rate);
-                figures[1].keep_best(side, p50.as_secs_f64() * 1e6);
-                figures[2].keep_best(side, p99.as_secs_f64() * 1e6);
-                let (rate, _, p99) = request_reply(channel, 64, duration).await?;
-                figures[3].keep_best(side, rate);
-                figures[4].keep_best(side, p99.as_secs_f64() * 1e6);
-                drop(server);
+                if run("request-reply") {
+                    let (server, _) = setup.start(side, "librot13.so", "encode")?;
+                    let channel = server.channel().await?;
+                    let (rate, p50, p99) = request_reply(channel.clone(), 1, duration).await?;
+                    figures[0].keep_best(side, rate);
+                    figures[1].keep_best(side, p50.as_secs_f64() * 1e6);
+                    figures[2].keep_best(side, p99.as_secs_f64() * 1e6);
+                    let (rate, _, p99) = request_reply(channel, 64, duration).await?;
+                    figures[3].keep_best(side, rate);
+                    figures[4].keep_best(side, p99.as_secs_f64() * 1e6);
+                }
 
-                let (server, _) = setup.start(side, "libstreams.so", "running_average")?;
-                let channel = server.channel().await?;
-                let numbers = b"2.5".to_vec();
-                figures[5].keep_best(
-                    side,
-                    streaming(
-                        channel.clone(),
-                        1,
-                        per_stream,
-                        numbers.clone(),
-                        "text/plain",
-                    )
-                    .await?,
-                );
-                figures[6].keep_best(
-                    side,
-                    streaming(channel, 8, per_stream / 8, numbers, "text/plain").await?,
-                );
-                figures[8].keep_best(side, idle_memory(&server, idle_streams).await?);
-                drop(server);
+                if run("streaming") {
+                    let (server, _) = setup.start(side, "libstreams.so", "running_average")?;
+                    let channel = server.channel().await?;
+                    let numbers = b"2.5".to_vec();
+                    figures[5].keep_best(
+                        side,
+                        streaming(
+                            channel.clone(),
+                            1,
+                            per_stream,
+                            numbers.clone(),
+                            "text/plain",
+                        )
+                        .await?,
+                    );
+                    figures[6].keep_best(
+                        side,
+                        streaming(channel, 8, per_stream / 8, numbers, "text/plain").await?,
+                    );
+                    figures[8].keep_best(side, idle_memory(&server, idle_streams).await?);
+                }
 
-                let (server, _) = setup.start(side, "libstreams.so", "echo")?;
-                let channel = server.channel().await?;
-                let big = vec![b'x'; 16 * 1024];
-                figures[7].keep_best(
-                    side,
-                    streaming(channel, 1, big_per_stream, big, "application/octet-stream").await?,
-                );
-                drop(server);
+                if run("large") {
+                    let (server, _) = setup.start(side, "libstreams.so", "echo")?;
+                    let channel = server.channel().await?;
+                    let big = vec![b'x'; 16 * 1024];
+                    figures[7].keep_best(
+                        side,
+                        streaming(channel, 1, big_per_stream, big, "application/octet-stream")
+                            .await?,
+                    );
+                }
 
-                let first = first_reply(&setup, side).await?;
-                figures[9].keep_best(side, first.as_secs_f64() * 1e3);
+                if run("startup") {
+                    let first = first_reply(&setup, side).await?;
+                    figures[9].keep_best(side, first.as_secs_f64() * 1e3);
+                }
             }
         }
         Ok::<_, anyhow::Error>(())

@@ -44,6 +44,11 @@ pub struct BenchArgs {
     #[arg(long)]
     pub smoke: bool,
 
+    /// Run only one group of figures, to profile it: request-reply, streaming, large,
+    /// or startup.
+    #[arg(long, value_parser = ["request-reply", "streaming", "large", "startup"])]
+    pub only: Option<String>,
+
     /// Where librot13.so and libstreams.so are (default: beside this binary).
     #[arg(long, value_name = "DIR")]
     pub lib_dir: Option<std::path::PathBuf>,

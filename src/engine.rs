@@ -12,9 +12,10 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::stream::{self, BoxStream};
@@ -120,10 +121,50 @@ pub mod errors {
     }
 }
 
+/// Whether a request/reply function's calls may run inline on an async worker thread.
+///
+/// Calling a function inline costs nothing, while `block_in_place` costs a thread hand-off per
+/// call (a quarter of the throughput of a fast function, measured in BENCHMARKS.md), but only
+/// `block_in_place` keeps a blocking function from stalling other calls. So a function starts
+/// in `block_in_place`; after [`Blocking::FAST_CALLS`] calls in a row each shorter than
+/// [`Blocking::THRESHOLD`] it runs inline; and the first call seen to take longer marks it
+/// as blocking for good. A function that is fast for a long time and then blocks stalls one
+/// worker thread for that one call.
+#[derive(Debug, Default)]
+pub struct Blocking {
+    fast_calls: AtomicU32,
+    blocks: AtomicBool,
+}
+
+impl Blocking {
+    /// A call at least this long means the function blocks.
+    pub const THRESHOLD: Duration = Duration::from_millis(1);
+    /// How many fast calls in a row let a function run inline.
+    pub const FAST_CALLS: u32 = 64;
+
+    fn runs_inline(&self) -> bool {
+        !self.blocks.load(Ordering::Relaxed)
+            && self.fast_calls.load(Ordering::Relaxed) >= Self::FAST_CALLS
+    }
+
+    /// Records a call's duration; true when this call is the one that revealed blocking.
+    fn record(&self, took: Duration) -> bool {
+        if took >= Self::THRESHOLD {
+            return !self.blocks.swap(true, Ordering::Relaxed);
+        }
+        if self.fast_calls.load(Ordering::Relaxed) < Self::FAST_CALLS {
+            self.fast_calls.fetch_add(1, Ordering::Relaxed);
+        }
+        false
+    }
+}
+
 /// Runs calls of one function.
 #[derive(Debug, Clone)]
 pub struct Engine {
     function: Function,
+    /// Whether calls may run inline (see [`Blocking`]).
+    blocking: Arc<Blocking>,
     instance_id: Arc<str>,
     config: Arc<HashMap<String, String>>,
 }
@@ -139,6 +180,7 @@ impl Engine {
     pub fn new(function: Function, instance_id: String, config: HashMap<String, String>) -> Self {
         Engine {
             function,
+            blocking: Arc::new(Blocking::default()),
             instance_id: instance_id.into(),
             config: Arc::new(config),
         }
@@ -224,10 +266,25 @@ impl Engine {
         };
         let ctx = self.context(headers);
         let index = chosen.map_or(0, |c| c.index);
-        // The function may block: let the runtime move other tasks off this thread meanwhile.
-        let output =
-            tokio::task::block_in_place(|| self.function.invoke(&ctx, input.as_ref(), index))
-                .map_err(errors::function)?;
+        // Times the function itself, not the hand-off to another thread.
+        let invoke = || {
+            let started = Instant::now();
+            let output = self.function.invoke(&ctx, input.as_ref(), index);
+            (output, started.elapsed())
+        };
+        let (output, took) = if self.blocking.runs_inline() {
+            invoke()
+        } else {
+            // Maybe blocking: let the runtime move other tasks off this thread meanwhile.
+            tokio::task::block_in_place(invoke)
+        };
+        if self.blocking.record(took) {
+            tracing::info!(
+                function = %info.name,
+                "the function blocks: its calls run off the async worker threads from now on"
+            );
+        }
+        let output = output.map_err(errors::function)?;
         Ok(output.map(|out| {
             let content_type =
                 chosen.map_or_else(|| Arc::from(""), |c| Arc::from(c.content_type.as_str()));
