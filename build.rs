@@ -13,6 +13,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out_dir.join("descriptor.bin"),
         prost::Message::encode_to_vec(&fds),
     )?;
-    tonic_prost_build::configure().bytes(".").compile_fds(fds)?;
+    // Bytes payloads are shared, not copied; header maps are B-trees, since a message carries
+    // a handful of headers and SipHash-ing each name costs more than comparing it.
+    tonic_prost_build::configure()
+        .bytes(".")
+        .btree_map(".")
+        .compile_fds(fds)?;
     Ok(())
 }

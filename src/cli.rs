@@ -32,7 +32,7 @@ pub enum Command {
 /// `invoker bench`.
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// Seconds per request/reply measurement.
+    /// Seconds per measurement (each request/reply and streaming figure).
     #[arg(long, default_value_t = 3.0)]
     pub seconds: f64,
 

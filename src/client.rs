@@ -54,7 +54,7 @@ async fn run(args: CallArgs) -> anyhow::Result<Code> {
         .payloads
         .iter()
         .map(|payload| {
-            let mut map = std::collections::HashMap::<String, HeaderValue>::new();
+            let mut map = std::collections::BTreeMap::<String, HeaderValue>::new();
             for (name, value) in &headers {
                 map.entry(name.clone())
                     .or_default()

@@ -100,6 +100,13 @@ pub fn content_type<S: AsRef<str>>(
         .map(str::trim)
         .filter(|s| !s.is_empty())
         .unwrap_or(default);
+    // The common case, a bare type exactly as offered, needs no parsing.
+    if let Some(index) = offered
+        .iter()
+        .position(|o| o.as_ref().eq_ignore_ascii_case(given))
+    {
+        return Ok(index);
+    }
     let unsupported = || NegotiationError::UnsupportedMediaType {
         content_type: given.to_owned(),
         offered: owned(offered),

@@ -33,6 +33,8 @@ pub struct Calls {
     in_flight: AtomicUsize,
     idle: Notify,
     cancel: CancellationToken,
+    /// Set with `cancel`: read on every poll of a call, where locking the token would cost.
+    cancelled: AtomicBool,
 }
 
 impl Calls {
@@ -114,20 +116,29 @@ where
     type Item = Result<T, Status>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        if self.guard.is_none() {
+        let Some(guard) = &self.guard else {
             return Poll::Ready(None);
-        }
-        if self.cancelled.as_mut().poll(cx).is_ready() {
-            self.guard = None;
-            return Poll::Ready(Some(Err(Status::unavailable(
-                "Invoker: shutting down: the call did not finish within the drain grace period",
-            ))));
+        };
+        if guard.calls.cancelled.load(Ordering::Acquire) {
+            return self.cancel();
         }
         let polled = self.inner.as_mut().poll_next(cx);
-        if let Poll::Ready(None) = polled {
-            self.guard = None;
+        match polled {
+            Poll::Ready(None) => self.guard = None,
+            // Only a call that waits needs waking for cancellation: a busy one sees the flag.
+            Poll::Pending if self.cancelled.as_mut().poll(cx).is_ready() => return self.cancel(),
+            _ => {}
         }
         polled
+    }
+}
+
+impl<S> Drainable<S> {
+    fn cancel<T>(&mut self) -> Poll<Option<Result<T, Status>>> {
+        self.guard = None;
+        Poll::Ready(Some(Err(Status::unavailable(
+            "Invoker: shutting down: the call did not finish within the drain grace period",
+        ))))
     }
 }
 
@@ -200,6 +211,7 @@ pub async fn serve_on(
                     grace_seconds = grace.as_secs_f64(),
                     "drain grace period over: cancelling the calls still in flight"
                 );
+                calls.cancelled.store(true, Ordering::Release);
                 calls.cancel.cancel();
                 calls.idle().await;
             }

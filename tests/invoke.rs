@@ -2,7 +2,7 @@
 
 mod common;
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use common::{Daemon, uri};
@@ -30,7 +30,7 @@ fn data(payload: &str, content_type: &str, arg_index: i32) -> InputSignal {
         frame: Some(input_signal::Frame::Data(InputFrame {
             payload: Bytes::copy_from_slice(payload.as_bytes()),
             content_type: content_type.to_owned(),
-            headers: HashMap::new(),
+            headers: BTreeMap::new(),
             arg_index,
         })),
     }

@@ -1,6 +1,6 @@
 //! `function.MessageFunction/Call`: riff 0.0.x messages ⇄ the engine.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -50,7 +50,7 @@ pub fn inbound(message: Message) -> Inbound {
 
 /// The engine's outbound message as a Call message: Content-Type first, then the rest.
 pub fn message(out: Outbound) -> Message {
-    let mut headers: HashMap<String, HeaderValue> = HashMap::with_capacity(1 + out.headers.len());
+    let mut headers: BTreeMap<String, HeaderValue> = BTreeMap::new();
     if !out.content_type.is_empty() {
         headers.insert(
             "Content-Type".to_owned(),

@@ -1,6 +1,6 @@
 //! `streaming.Riff/Invoke`: riff 0.4+ signals ⇄ the engine.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -55,7 +55,7 @@ pub fn signal(input: InputSignal) -> Signal {
 /// An output message of output `index` as an OutputSignal. Repeated header names are joined
 /// with ", " (the frame's headers are a plain map).
 pub fn output(index: usize, out: Outbound) -> OutputSignal {
-    let mut headers: HashMap<String, String> = HashMap::with_capacity(out.headers.len());
+    let mut headers: BTreeMap<String, String> = BTreeMap::new();
     for (name, value) in out.headers {
         headers
             .entry(name)

@@ -147,7 +147,7 @@ pub fn uri(lib_name: &str, handler: Option<&str>) -> String {
 
 /// A message with a payload and headers.
 pub fn msg(payload: &str, headers: &[(&str, &str)]) -> Message {
-    let mut map = std::collections::HashMap::new();
+    let mut map = std::collections::BTreeMap::new();
     for (name, value) in headers {
         map.entry(name.to_string())
             .or_insert_with(HeaderValue::default)
