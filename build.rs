@@ -18,6 +18,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .bytes(".")
         .btree_map(".")
+        .compile_fds(fds.clone())?;
+    // The MessageFunction server again, over the hand-written `protocol::wire::Message`, which
+    // decodes straight into the engine's header pairs (see src/protocol/wire.rs).
+    let server_dir = out_dir.join("server");
+    std::fs::create_dir_all(&server_dir)?;
+    tonic_prost_build::configure()
+        .build_client(false)
+        .out_dir(&server_dir)
+        .extern_path(".function.Message", "crate::protocol::wire::Message")
         .compile_fds(fds)?;
     Ok(())
 }

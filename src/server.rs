@@ -22,7 +22,7 @@ use tonic::transport::server::TcpIncoming;
 use crate::engine::{Engine, errors};
 use crate::protocol::call::CallService;
 use crate::protocol::proto::FILE_DESCRIPTOR_SET;
-use crate::protocol::proto::function::message_function_server::MessageFunctionServer;
+use crate::protocol::proto::function_server::message_function_server::MessageFunctionServer;
 use crate::protocol::proto::streaming::riff_server::RiffServer;
 use crate::protocol::riff::RiffService;
 

@@ -439,7 +439,9 @@ pub type BoxInput = Pin<Box<dyn Stream<Item = InputMessage> + Send>>;
 struct InputState {
     stream: BoxInput,
     /// The message lent by the last READY, kept until the next poll or drop.
-    current: Option<(InputMessage, Vec<Header>)>,
+    current: Option<InputMessage>,
+    /// Its headers as the ABI lends them; the buffer is reused from message to message.
+    headers: Vec<Header>,
 }
 
 unsafe extern "C" fn input_poll(
@@ -451,20 +453,26 @@ unsafe extern "C" fn input_poll(
     // thread at a time and never after `input_drop`.
     let state = unsafe { &mut *state.cast::<InputState>() };
     state.current = None;
+    state.headers.clear();
     let polled = catch_unwind(AssertUnwindSafe(|| {
         cx.with_context(|cx| state.stream.as_mut().poll_next(cx))
     }));
     match polled {
         Ok(Poll::Ready(Some(message))) => {
-            let headers = abi_headers(&message.headers);
+            state
+                .headers
+                .extend(message.headers.iter().map(|(name, value)| Header {
+                    name: Slice::from_str(name),
+                    value: Slice::from_str(value),
+                }));
             let lent = InMessage {
                 payload: Slice::new(&message.payload),
-                headers: headers.as_ptr(),
-                headers_len: headers.len(),
+                headers: state.headers.as_ptr(),
+                headers_len: state.headers.len(),
                 media_type: message.media_type as u32,
             };
-            // The heap data the slices point at does not move with the tuple.
-            state.current = Some((message, headers));
+            // The heap data the slices point at does not move with the message.
+            state.current = Some(message);
             // SAFETY: the library passes a writable `InMessage`.
             unsafe { out.write(lent) };
             status::READY
@@ -501,6 +509,7 @@ pub(crate) fn open(
             state: Box::into_raw(Box::new(InputState {
                 stream,
                 current: None,
+                headers: Vec::new(),
             }))
             .cast(),
             poll_next: input_poll,

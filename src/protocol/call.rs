@@ -1,15 +1,13 @@
 //! `function.MessageFunction/Call`: riff 0.0.x messages ⇄ the engine.
 
-use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::Arc;
 
 use futures_util::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::proto::function::Message;
-use super::proto::function::message::HeaderValue;
-use super::proto::function::message_function_server::MessageFunction;
+use super::proto::function_server::message_function_server::MessageFunction;
+use super::wire::Message;
 use crate::engine::{Engine, Inbound, Outbound};
 use crate::server::Calls;
 
@@ -27,44 +25,20 @@ impl CallService {
     }
 }
 
-/// A Call message as the engine's inbound message.
+/// A Call message as the engine's inbound message: the wire type already holds header pairs.
 pub fn inbound(message: Message) -> Inbound {
-    let mut headers = Vec::with_capacity(message.headers.len());
-    for (name, value) in message.headers {
-        let mut values = value.values;
-        match values.pop() {
-            // The common case, one value: move the name instead of copying it.
-            Some(last) if values.is_empty() => headers.push((name, last)),
-            Some(last) => {
-                headers.extend(values.into_iter().map(|v| (name.clone(), v)));
-                headers.push((name, last));
-            }
-            None => {}
-        }
-    }
     Inbound {
         payload: message.payload,
-        headers,
+        headers: message.headers,
     }
 }
 
 /// The engine's outbound message as a Call message: Content-Type first, then the rest.
 pub fn message(out: Outbound) -> Message {
-    let mut headers: BTreeMap<String, HeaderValue> = BTreeMap::new();
-    if !out.content_type.is_empty() {
-        headers.insert(
-            "Content-Type".to_owned(),
-            HeaderValue {
-                values: vec![out.content_type.to_string()],
-            },
-        );
-    }
-    for (name, value) in out.headers {
-        headers.entry(name).or_default().values.push(value);
-    }
     Message {
         payload: out.payload,
-        headers,
+        content_type: (!out.content_type.is_empty()).then_some(out.content_type),
+        headers: out.headers,
     }
 }
 

@@ -3,12 +3,19 @@
 
 pub mod call;
 pub mod riff;
+pub mod wire;
 
 /// Generated protobuf and gRPC code.
 pub mod proto {
     /// `function.MessageFunction` (riff 0.0.x).
     pub mod function {
         tonic::include_proto!("function");
+    }
+
+    /// The `function.MessageFunction` server, over the engine-shaped [`wire::Message`]
+    /// (`crate::protocol::wire::Message`) instead of the generated message type.
+    pub mod function_server {
+        include!(concat!(env!("OUT_DIR"), "/server/function.rs"));
     }
 
     /// `streaming.Riff` (riff 0.4+).

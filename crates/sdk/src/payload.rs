@@ -162,8 +162,16 @@ macro_rules! scalar {
                     return serde_json::to_writer(&mut out.payload, &self)
                         .map_err(|e| PayloadError::new(e.to_string()));
                 }
-                use std::io::Write as _;
-                write!(out.payload, "{}", self).map_err(|e| PayloadError::new(e.to_string()))
+                // Formatting into a String skips io::Write's adapter and error plumbing.
+                use std::fmt::Write as _;
+                let mut text = String::with_capacity(24);
+                write!(text, "{}", self).map_err(|e| PayloadError::new(e.to_string()))?;
+                if out.payload.is_empty() {
+                    out.payload = text.into_bytes();
+                } else {
+                    out.payload.extend_from_slice(text.as_bytes());
+                }
+                Ok(())
             }
         }
     )*};
