@@ -3,7 +3,11 @@
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/function.proto", "proto/riff.proto"];
+    let protos = [
+        "proto/function.proto",
+        "proto/riff.proto",
+        "proto/admin.proto",
+    ];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }

@@ -22,11 +22,41 @@ pub enum Command {
     ///
     /// Exits with the gRPC status code the call ended with (0 for OK).
     Call(CallArgs),
+    /// Print a running invoker's status as JSON (through its admin socket).
+    Status(StatusArgs),
+    /// Replace a running invoker's function (through its admin socket); calls in flight finish
+    /// on the old one. Exits with the gRPC status code (9, FAILED_PRECONDITION, when the new
+    /// library does not load; the old one keeps serving).
+    Reload(ReloadArgs),
     /// Measure the invoker against a bare tonic echo server, side by side (see BENCHMARKS.md).
     Bench(BenchArgs),
     /// The bare tonic echo server `invoker bench` compares against.
     #[command(hide = true)]
     ReferenceEcho(ReferenceArgs),
+}
+
+/// `invoker status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The invoker's admin socket.
+    #[arg(long, env = "ADMIN_SOCKET", value_name = "PATH")]
+    pub admin_socket: std::path::PathBuf,
+}
+
+/// `invoker reload`.
+#[derive(Debug, Args)]
+pub struct ReloadArgs {
+    /// The invoker's admin socket.
+    #[arg(long, env = "ADMIN_SOCKET", value_name = "PATH")]
+    pub admin_socket: std::path::PathBuf,
+
+    /// The handler to serve (default: the current function's name if the library has it,
+    /// else its only function).
+    #[arg(long)]
+    pub handler: Option<String>,
+
+    /// The new library (default: the file FUNCTION_URI names, read again).
+    pub library: Option<std::path::PathBuf>,
 }
 
 /// `invoker bench`.
@@ -131,6 +161,22 @@ pub struct ServeArgs {
     /// Seconds that calls in flight may run on after SIGTERM before they are cancelled.
     #[arg(long = "grace-period", env = "GRACE_PERIOD", default_value = "10", value_parser = parse_seconds, value_name = "SECONDS")]
     pub grace_period: Duration,
+
+    /// A JSON file of user configuration (key/value) for the function's Context and init hook.
+    #[arg(long, env = "FUNCTION_CONFIG_FILE", value_name = "FILE")]
+    pub config: Option<std::path::PathBuf>,
+
+    /// User configuration as a JSON object; its keys override the --config file's.
+    #[arg(long, env = "FUNCTION_CONFIG", value_name = "JSON")]
+    pub function_config: Option<String>,
+
+    /// Serve the admin service (status, reload) on this Unix socket.
+    #[arg(long, env = "ADMIN_SOCKET", value_name = "PATH")]
+    pub admin_socket: Option<std::path::PathBuf>,
+
+    /// Serve Prometheus metrics on http://HOST:PORT/metrics (0 picks a free port, printed).
+    #[arg(long, env = "METRICS_PORT", value_name = "PORT")]
+    pub metrics_port: Option<u16>,
 }
 
 /// Parses a non-negative number of seconds, such as `10` or `0.5`.

@@ -12,7 +12,7 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -22,8 +22,11 @@ use futures_util::stream::{self, BoxStream};
 use futures_util::{Stream, StreamExt};
 use tonic::Status;
 
-use crate::function::{CallContext, Function, InputMessage, OutputMessage, OutputStream, Shape};
+use crate::function::{
+    CallContext, Function, FunctionError, InputMessage, OutputMessage, OutputStream, Shape,
+};
 use crate::negotiate::{self, Chosen};
+use crate::stats::Stats;
 
 mod invoke;
 
@@ -119,6 +122,18 @@ pub mod errors {
     pub fn draining() -> Status {
         Status::unavailable("Invoker: shutting down; retry on another instance")
     }
+
+    /// The drain's grace period ran out with the call still in flight.
+    pub fn grace_over() -> Status {
+        Status::unavailable(
+            "Invoker: shutting down: the call did not finish within the drain grace period",
+        )
+    }
+
+    /// The call's deadline (its grpc-timeout) passed.
+    pub fn deadline_exceeded() -> Status {
+        Status::deadline_exceeded("Invoker: the call's deadline passed; the function was stopped")
+    }
 }
 
 /// Whether a request/reply function's calls may run inline on an async worker thread.
@@ -159,6 +174,29 @@ impl Blocking {
     }
 }
 
+/// What the protocol knows of a call before the engine runs it.
+#[derive(Debug, Clone, Default)]
+pub struct CallMeta {
+    /// Unique in this process; logs about the call carry it.
+    pub id: u64,
+    /// When the caller stops waiting (from `grpc-timeout`).
+    pub deadline: Option<Instant>,
+    /// Set when the caller cancels or the deadline passes; the function's `Context` reads it.
+    pub cancelled: Arc<AtomicBool>,
+}
+
+impl CallMeta {
+    /// A new call with a fresh id, and a deadline `timeout` from now if there is one.
+    pub fn new(timeout: Option<Duration>) -> CallMeta {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+        CallMeta {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            deadline: timeout.and_then(|t| Instant::now().checked_add(t)),
+            cancelled: Arc::default(),
+        }
+    }
+}
+
 /// Runs calls of one function.
 #[derive(Debug, Clone)]
 pub struct Engine {
@@ -166,7 +204,11 @@ pub struct Engine {
     /// Whether calls may run inline (see [`Blocking`]).
     blocking: Arc<Blocking>,
     instance_id: Arc<str>,
+    function_name: Arc<str>,
     config: Arc<HashMap<String, String>>,
+    stats: Arc<Stats>,
+    /// The call this copy of the engine runs (see [`Engine::call`]).
+    meta: CallMeta,
 }
 
 /// What the inbound side of a call yields.
@@ -177,13 +219,40 @@ pub type OutboundStream = BoxStream<'static, Result<Outbound, Status>>;
 
 impl Engine {
     /// An engine for `function`.
-    pub fn new(function: Function, instance_id: String, config: HashMap<String, String>) -> Self {
+    pub fn new(
+        function: Function,
+        instance_id: &str,
+        config: Arc<HashMap<String, String>>,
+        stats: Arc<Stats>,
+    ) -> Self {
         Engine {
+            function_name: function.info().name.as_str().into(),
             function,
             blocking: Arc::new(Blocking::default()),
             instance_id: instance_id.into(),
-            config: Arc::new(config),
+            config,
+            stats,
+            meta: CallMeta::default(),
         }
+    }
+
+    /// A copy of the engine for one call.
+    fn for_call(&self, meta: CallMeta) -> Engine {
+        Engine {
+            meta,
+            ..self.clone()
+        }
+    }
+
+    /// The counters this engine reports to.
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
+    }
+
+    /// Counts the function's failure and maps it to its status.
+    fn failed(&self, e: FunctionError) -> Status {
+        self.stats.function_failed(&e);
+        errors::function(e)
     }
 
     /// The function this engine runs.
@@ -193,19 +262,23 @@ impl Engine {
 
     fn context(&self, headers: Vec<(String, String)>) -> CallContext {
         CallContext {
-            function_name: self.function.info().name.clone(),
-            instance_id: self.instance_id.to_string(),
+            function_name: self.function_name.clone(),
+            instance_id: self.instance_id.clone(),
+            call_id: self.meta.id,
             headers,
             config: self.config.clone(),
-            ..CallContext::default()
+            deadline: self.meta.deadline,
+            cancelled: self.meta.cancelled.clone(),
+            stats: Some(self.stats.clone()),
         }
     }
 
     /// Runs one `MessageFunction/Call`: messages in, messages out, in the function's shape.
-    pub fn call(&self, inbound: InboundStream) -> OutboundStream {
-        let info = self.function.info();
+    pub fn call(&self, inbound: InboundStream, meta: CallMeta) -> OutboundStream {
+        let engine = self.for_call(meta);
+        let info = engine.function.info();
         match info.shape {
-            Shape::RequestReply => self.at_most_one(inbound),
+            Shape::RequestReply => engine.at_most_one(inbound),
             Shape::Streaming if info.inputs.len() > 1 || info.outputs.len() != 1 => {
                 let status = Status::failed_precondition(format!(
                     "Invoker: '{}' has {} inputs and {} outputs; a Call carries one of each: use streaming.Riff/Invoke",
@@ -215,7 +288,7 @@ impl Engine {
                 ));
                 stream::once(async move { Err(status) }).boxed()
             }
-            Shape::Streaming => self.streaming(inbound),
+            Shape::Streaming => engine.streaming(inbound),
         }
     }
 
@@ -284,7 +357,7 @@ impl Engine {
                 "the function blocks: its calls run off the async worker threads from now on"
             );
         }
-        let output = output.map_err(errors::function)?;
+        let output = output.map_err(|e| self.failed(e))?;
         Ok(output.map(|out| {
             let content_type =
                 chosen.map_or_else(|| Arc::from(""), |c| Arc::from(c.content_type.as_str()));
@@ -368,7 +441,7 @@ impl Engine {
     /// A streaming function over a Call: one input stream, one output stream.
     fn streaming(&self, inbound: InboundStream) -> OutboundStream {
         let info = self.function.info();
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Shared::new(self.stats.clone()));
         let offered: Arc<[String]> = info.outputs[0].media_types.clone().into();
         let mut inputs = Vec::new();
         let mut supplier_inbound = None;
@@ -385,7 +458,10 @@ impl Engine {
         let ctx = self.context(Vec::new());
         let output = match self.function.open(&ctx, inputs) {
             Ok(mut outputs) => outputs.remove(0),
-            Err(e) => return stream::once(async move { Err(errors::function(e)) }).boxed(),
+            Err(e) => {
+                let status = self.failed(e);
+                return stream::once(async move { Err(status) }).boxed();
+            }
         };
         Box::pin(CallOutput {
             output: Some(output),
@@ -420,8 +496,8 @@ fn outbound(out: OutputMessage, content_type: Arc<str>, correlation: Option<Stri
 }
 
 /// What the input and output sides of a streaming call share.
-#[derive(Default)]
 struct Shared {
+    stats: Arc<Stats>,
     /// Set when the call must fail; the output side reports it.
     failed: AtomicBool,
     failure: Mutex<Option<Status>>,
@@ -430,6 +506,21 @@ struct Shared {
 }
 
 impl Shared {
+    fn new(stats: Arc<Stats>) -> Shared {
+        Shared {
+            stats,
+            failed: AtomicBool::new(false),
+            failure: Mutex::new(None),
+            chosen: OnceLock::new(),
+        }
+    }
+
+    /// Counts the function's failure and maps it to its status.
+    fn function_failed(&self, e: FunctionError) -> Status {
+        self.stats.function_failed(&e);
+        errors::function(e)
+    }
+
     fn fail(&self, status: Status) {
         if let Ok(mut slot) = self.failure.lock() {
             slot.get_or_insert(status);
@@ -592,7 +683,7 @@ impl Stream for CallOutput {
                 let status = this
                     .shared
                     .take_failure()
-                    .unwrap_or_else(|| errors::function(e));
+                    .unwrap_or_else(|| this.shared.function_failed(e));
                 this.finish(Some(Err(status)))
             }
             Poll::Ready(None) => {

@@ -5,13 +5,17 @@
 //! negotiation; [`server`] hosts the services and the drain; [`run`] starts it all.
 //! See ARCHITECTURE.md.
 
+pub mod admin;
 pub mod bench;
 pub mod cli;
 pub mod client;
+pub mod config;
 pub mod engine;
 pub mod function;
+pub mod live;
 pub mod logging;
 pub mod negotiate;
 pub mod protocol;
 pub mod run;
 pub mod server;
+pub mod stats;

@@ -1,12 +1,23 @@
-//! Logs: `tracing` to stderr, filtered by `RUST_LOG` (default `info`).
+//! Logs: `tracing` to stderr, filtered by `RUST_LOG` (default `info`), as text or, with
+//! `LOG_FORMAT=json`, one JSON object per line. Each call has a span, `call`, carrying its id;
+//! nothing is logged per message at info level.
 
 use tracing_subscriber::EnvFilter;
 
 /// Installs the log subscriber (once; later calls do nothing).
 pub fn init() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let json = std::env::var("LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init()
+    } else {
+        builder.try_init()
+    };
 }

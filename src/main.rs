@@ -11,6 +11,15 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => invoker::run::serve(args).map(|()| ExitCode::SUCCESS),
         Command::Call(args) => invoker::client::call(args).map(|code| ExitCode::from(code as u8)),
+        Command::Status(args) => {
+            invoker::admin::status(&args.admin_socket).map(|code| ExitCode::from(code as u8))
+        }
+        Command::Reload(args) => invoker::admin::reload(
+            &args.admin_socket,
+            args.library.as_deref(),
+            args.handler.as_deref(),
+        )
+        .map(|code| ExitCode::from(code as u8)),
         Command::Bench(args) => invoker::bench::bench(args).map(|()| ExitCode::SUCCESS),
         Command::ReferenceEcho(args) => {
             invoker::bench::reference_echo(&args.host, args.port).map(|()| ExitCode::SUCCESS)

@@ -1,38 +1,101 @@
-//! Starting the daemon: load the function first, then bind the port (an open port means a
-//! loaded function), then serve.
+//! Starting the daemon: read the configuration, load the function and run its init hook, then
+//! bind the port (an open port means a loaded, initialised function), then serve: gRPC, and
+//! optionally the admin socket and `/metrics`. After the drain, the shutdown hooks run.
 
-use std::collections::HashMap;
+use std::sync::Arc;
 
 use anyhow::Context as _;
+use tokio_util::sync::CancellationToken;
 
+use crate::admin::{AdminService, reload_uri, serve_admin, serve_metrics};
 use crate::cli::ServeArgs;
-use crate::engine::Engine;
-use crate::function::Library;
 use crate::function::uri::FunctionUri;
-use crate::server::{ServeOptions, serve as serve_grpc};
+use crate::live::Live;
+use crate::server::{Calls, ServeOptions, serve as serve_grpc};
+use crate::stats::Stats;
 
 /// `invoker serve`.
 pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let uri = FunctionUri::parse(&args.function_uri)?;
-    let library = Library::load(&uri.path)?;
-    let function = library.function(uri.handler.as_deref())?;
+    let config = crate::config::load(args.config.as_deref(), args.function_config.as_deref())?;
+    let stats = Arc::new(Stats::new());
+    let live = Arc::new(Live::start(
+        &uri.path,
+        uri.handler.as_deref(),
+        &instance_id(),
+        config,
+        stats,
+    )?);
+    let current = live.current();
     tracing::info!(
-        function = %function.info().name,
-        library = %library.path().display(),
-        sdk = library.sdk_version(),
+        function = %current.function,
+        library = %current.library.display(),
+        sdk = %current.sdk_version,
         "function loaded"
     );
-    let engine = Engine::new(function, instance_id(), HashMap::new());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let options = ServeOptions {
-        host: args.host,
-        port: args.port,
-        grace: args.grace_period,
-    };
-    runtime.block_on(serve_grpc(options, engine))
+    let served = runtime.block_on(async {
+        let calls = Arc::new(Calls::default());
+        let stop = CancellationToken::new();
+        let mut helpers = tokio::task::JoinSet::new();
+        if let Some(port) = args.metrics_port {
+            let listener = tokio::net::TcpListener::bind((args.host.as_str(), port))
+                .await
+                .with_context(|| format!("cannot listen for /metrics on {}:{port}", args.host))?;
+            println!("metrics on http://{}/metrics", listener.local_addr()?);
+            let stopped = stop.clone().cancelled_owned();
+            helpers.spawn(serve_metrics(listener, live.clone(), stopped));
+        }
+        if let Some(socket) = args.admin_socket.clone() {
+            let service = AdminService::new(
+                live.clone(),
+                calls.clone(),
+                uri.path.clone(),
+                uri.handler.clone(),
+            );
+            let stopped = stop.clone().cancelled_owned();
+            helpers.spawn(async move { serve_admin(&socket, service, stopped).await });
+        }
+        helpers.spawn(reload_on_sighup(live.clone(), uri.clone(), stop.clone()));
+        let options = ServeOptions {
+            host: args.host,
+            port: args.port,
+            grace: args.grace_period,
+        };
+        let served = tokio::select! {
+            served = serve_grpc(options, live.clone(), calls) => served,
+            // A helper that fails (its port or socket is taken) stops the daemon.
+            Some(Ok(Err(e))) = helpers.join_next() => Err(e),
+        };
+        stop.cancel();
+        while helpers.join_next().await.is_some() {}
+        served
+    });
+    // After the drain (or a failed start), every loaded library's shutdown hook runs once.
+    live.shutdown();
+    served
+}
+
+/// Reloads the file `FUNCTION_URI` names on each SIGHUP, until `stop`.
+async fn reload_on_sighup(
+    live: Arc<Live>,
+    uri: FunctionUri,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangups = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            Some(()) = hangups.recv() => {
+                tracing::info!(library = %uri.path.display(), "SIGHUP: reloading the function");
+                reload_uri(live.clone(), uri.path.clone(), uri.handler.clone()).await;
+            }
+        }
+    }
 }
 
 /// This instance's id: the pod name when there is one, else host name and process id.

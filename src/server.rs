@@ -9,7 +9,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::Stream;
 use tokio::net::TcpListener;
@@ -19,12 +19,14 @@ use tonic::Status;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
-use crate::engine::{Engine, errors};
+use crate::engine::{CallMeta, errors};
+use crate::live::Live;
 use crate::protocol::call::CallService;
 use crate::protocol::proto::FILE_DESCRIPTOR_SET;
 use crate::protocol::proto::function_server::message_function_server::MessageFunctionServer;
 use crate::protocol::proto::streaming::riff_server::RiffServer;
 use crate::protocol::riff::RiffService;
+use crate::stats::Stats;
 
 /// The calls in flight, and whether new ones are still welcome.
 #[derive(Debug, Default)]
@@ -52,6 +54,11 @@ impl Calls {
     /// The number of calls in flight.
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// Whether the server is draining (after SIGTERM).
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
     }
 
     /// Refuses new calls from now on.
@@ -88,25 +95,74 @@ impl Drop for CallGuard {
 }
 
 impl CallGuard {
-    /// Wraps a call's response stream: counted in flight until it ends or is dropped, and
-    /// ended with UNAVAILABLE if the drain's grace period runs out first.
-    pub fn wrap<S, T>(self, inner: S) -> Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>
+    /// Wraps a call's response stream: counted in flight until it ends or is dropped; ended
+    /// with DEADLINE_EXCEEDED when the call's deadline passes, and with UNAVAILABLE if the
+    /// drain's grace period runs out first. Either way the function's stream is dropped then.
+    pub fn wrap<S, T>(
+        self,
+        inner: S,
+        meta: &CallMeta,
+        stats: Arc<Stats>,
+        span: tracing::Span,
+    ) -> Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>
     where
         S: Stream<Item = Result<T, Status>> + Send + 'static,
         T: Send + 'static,
     {
+        stats.call_started();
         Box::pin(Drainable {
             cancelled: Box::pin(self.calls.cancel.clone().cancelled_owned()),
-            inner: Box::pin(inner),
+            deadline: meta
+                .deadline
+                .map(|d| Box::pin(tokio::time::sleep_until(d.into()))),
+            call_cancelled: meta.cancelled.clone(),
+            inner: Some(Box::pin(inner)),
             guard: Some(self),
+            started: Instant::now(),
+            stats,
+            span,
         })
     }
 }
 
+/// The `CallMeta` of a request: a fresh id, and the deadline its `grpc-timeout` sets.
+pub fn call_meta<T>(request: &tonic::Request<T>) -> CallMeta {
+    let timeout = request
+        .metadata()
+        .get("grpc-timeout")
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_grpc_timeout);
+    CallMeta::new(timeout)
+}
+
+/// Parses a `grpc-timeout` value: at most 8 digits and a unit (H, M, S, m, u, n).
+pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
+    let (digits, unit) = value.split_at_checked(value.len().checked_sub(1)?)?;
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
 struct Drainable<S> {
-    inner: Pin<Box<S>>,
+    inner: Option<Pin<Box<S>>>,
     cancelled: Pin<Box<WaitForCancellationFutureOwned>>,
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The function's view of cancellation (its `Context`).
+    call_cancelled: Arc<AtomicBool>,
     guard: Option<CallGuard>,
+    started: Instant,
+    stats: Arc<Stats>,
+    span: tracing::Span,
 }
 
 impl<S, T> Stream for Drainable<S>
@@ -116,17 +172,31 @@ where
     type Item = Result<T, Status>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let Some(guard) = &self.guard else {
+        let this = &mut *self;
+        let Some(guard) = &this.guard else {
             return Poll::Ready(None);
         };
         if guard.calls.cancelled.load(Ordering::Acquire) {
-            return self.cancel();
+            return this.end(Some(errors::grace_over()));
         }
-        let polled = self.inner.as_mut().poll_next(cx);
+        if let Some(deadline) = this.deadline.as_mut()
+            && deadline.as_mut().poll(cx).is_ready()
+        {
+            return this.end(Some(errors::deadline_exceeded()));
+        }
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let polled = {
+            let _in_call = this.span.enter();
+            inner.as_mut().poll_next(cx)
+        };
         match polled {
-            Poll::Ready(None) => self.guard = None,
+            Poll::Ready(None) => return this.end(None),
             // Only a call that waits needs waking for cancellation: a busy one sees the flag.
-            Poll::Pending if self.cancelled.as_mut().poll(cx).is_ready() => return self.cancel(),
+            Poll::Pending if this.cancelled.as_mut().poll(cx).is_ready() => {
+                return this.end(Some(errors::grace_over()));
+            }
             _ => {}
         }
         polled
@@ -134,11 +204,31 @@ where
 }
 
 impl<S> Drainable<S> {
-    fn cancel<T>(&mut self) -> Poll<Option<Result<T, Status>>> {
-        self.guard = None;
-        Poll::Ready(Some(Err(Status::unavailable(
-            "Invoker: shutting down: the call did not finish within the drain grace period",
-        ))))
+    /// Ends the call: drops the function's stream (releasing it now), counts the call done.
+    fn end<T>(&mut self, status: Option<Status>) -> Poll<Option<Result<T, Status>>> {
+        if status.is_some() {
+            self.call_cancelled.store(true, Ordering::Release);
+        }
+        self.inner = None;
+        if self.guard.take().is_some() {
+            self.stats.call_finished(self.started.elapsed());
+        }
+        if let Some(status) = &status {
+            let _in_call = self.span.enter();
+            tracing::debug!(code = ?status.code(), "call ended: {}", status.message());
+        }
+        Poll::Ready(status.map(Err))
+    }
+}
+
+impl<S> Drop for Drainable<S> {
+    fn drop(&mut self) {
+        if self.guard.take().is_some() {
+            // The caller went away (cancelled) before the call ended.
+            self.call_cancelled.store(true, Ordering::Release);
+            self.inner = None;
+            self.stats.call_finished(self.started.elapsed());
+        }
     }
 }
 
@@ -154,12 +244,24 @@ pub struct ServeOptions {
 }
 
 /// Binds the port and serves `engine` until SIGTERM/SIGINT and the drain are done.
-pub async fn serve(options: ServeOptions, engine: Engine) -> anyhow::Result<()> {
+pub async fn serve(
+    options: ServeOptions,
+    live: Arc<Live>,
+    calls: Arc<Calls>,
+) -> anyhow::Result<()> {
     let listener = TcpListener::bind((options.host.as_str(), options.port))
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}:{}: {e}", options.host, options.port))?;
     let addr = listener.local_addr()?;
-    serve_on(listener, addr, options.grace, engine, shutdown_signal()).await
+    serve_on(
+        listener,
+        addr,
+        options.grace,
+        live,
+        calls,
+        shutdown_signal(),
+    )
+    .await
 }
 
 /// Serves on a bound listener until `signal` completes and the drain is done.
@@ -167,10 +269,10 @@ pub async fn serve_on(
     listener: TcpListener,
     addr: SocketAddr,
     grace: Duration,
-    engine: Engine,
+    live: Arc<Live>,
+    calls: Arc<Calls>,
     signal: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let calls = Arc::new(Calls::default());
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<MessageFunctionServer<CallService>>()
@@ -184,9 +286,9 @@ pub async fn serve_on(
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
-    let function = engine.function().info().name.clone();
-    let call_service = MessageFunctionServer::new(CallService::new(engine.clone(), calls.clone()));
-    let riff_service = RiffServer::new(RiffService::new(engine, calls.clone()));
+    let function = live.current().function;
+    let call_service = MessageFunctionServer::new(CallService::new(live.clone(), calls.clone()));
+    let riff_service = RiffServer::new(RiffService::new(live, calls.clone()));
 
     let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
     let drain = {

@@ -21,7 +21,7 @@ fn function(lib: &str, handler: &str) -> Function {
 
 fn ctx(f: &Function) -> CallContext {
     CallContext {
-        function_name: f.info().name.clone(),
+        function_name: f.info().name.as_str().into(),
         ..CallContext::default()
     }
 }

@@ -57,8 +57,8 @@ fn fail(status: Status) -> FrameStream {
 
 impl Engine {
     /// Runs one `streaming.Riff/Invoke` call.
-    pub fn invoke(&self, inbound: SignalStream) -> FrameStream {
-        let engine = self.clone();
+    pub fn invoke(&self, inbound: SignalStream, meta: super::CallMeta) -> FrameStream {
+        let engine = self.for_call(meta);
         let opened = async move {
             let mut inbound = inbound;
             let expected = match inbound.next().await {
@@ -132,7 +132,7 @@ impl Engine {
     /// A streaming function: inputs demultiplexed from the frames, outputs merged.
     fn invoke_streaming(&self, inbound: SignalStream, chosen: Vec<Chosen>) -> FrameStream {
         let info = self.function.info();
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Shared::new(self.stats.clone()));
         let inputs = info.inputs.len();
         let (demux, supplier_inbound) = if inputs == 0 {
             (None, Some(inbound))
@@ -156,7 +156,7 @@ impl Engine {
         let ctx = self.context(Vec::new());
         let outputs = match self.function.open(&ctx, input_streams) {
             Ok(outputs) => outputs,
-            Err(e) => return fail(errors::function(e)),
+            Err(e) => return fail(self.failed(e)),
         };
         let content_types = chosen
             .iter()
@@ -376,7 +376,7 @@ impl Stream for Merged {
                     let status = this
                         .shared
                         .take_failure()
-                        .unwrap_or_else(|| errors::function(e));
+                        .unwrap_or_else(|| this.shared.function_failed(e));
                     return this.finish(Some(Err(status)));
                 }
                 // This output is complete; the others go on.

@@ -17,9 +17,9 @@ use async_ffi::{ContextExt, FfiContext};
 use bytes::Bytes;
 use futures_util::Stream;
 use invoker_abi::{
-    ABI_VERSION, FunctionDescriptor, Header, HostContext, InMessage, InputStream, InvokeFn,
+    ABI_VERSION, FunctionDescriptor, Header, HostContext, InMessage, InitFn, InputStream, InvokeFn,
     LibraryDescriptor, OpenFn, OutMessage, OutputStream as RawOutputStream, Port, ROOT_SYMBOL,
-    RootFn, Slice, shape, status,
+    RootFn, ShutdownFn, Slice, shape, status,
 };
 
 use super::{
@@ -32,12 +32,52 @@ use super::{
 pub(crate) struct LoadedLibrary {
     _library: ManuallyDrop<libloading::Library>,
     path: PathBuf,
+    init: Option<InitFn>,
+    shutdown: Option<ShutdownFn>,
+    /// Set once the shutdown hook ran, so it runs at most once.
+    shut_down: std::sync::atomic::AtomicBool,
 }
 
 impl LoadedLibrary {
     /// The path the library was loaded from.
     pub(crate) fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Whether the library has an init or a shutdown hook.
+    pub(crate) fn hooks(&self) -> (bool, bool) {
+        (self.init.is_some(), self.shutdown.is_some())
+    }
+
+    /// Runs the library's init hook, if it has one, with the user configuration.
+    pub(crate) fn init(&self, config: &[(String, String)]) -> Result<(), FunctionError> {
+        let Some(init) = self.init else {
+            return Ok(());
+        };
+        let headers = abi_headers(config);
+        let mut error = OutMessage::EMPTY;
+        // SAFETY: the headers and the strings they point into live until the hook returns;
+        // `error` is writable; the hook was read from the validated descriptor of this
+        // library, which is loaded.
+        let code = unsafe { init(headers.as_ptr(), headers.len(), &mut error) };
+        match code {
+            status::READY => Ok(()),
+            // SAFETY: `error` was filled by the library for an error status.
+            code => Err(unsafe { error_of(code, error) }),
+        }
+    }
+
+    /// Runs the library's shutdown hook, if it has one and it has not run yet.
+    pub(crate) fn shutdown(&self) {
+        if let Some(shutdown) = self.shutdown
+            && !self
+                .shut_down
+                .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            // SAFETY: the hook comes from this loaded library's validated descriptor; the SDK
+            // catches panics inside it, and the flag above makes it run at most once.
+            unsafe { shutdown() }
+        }
     }
 }
 
@@ -138,6 +178,9 @@ pub(crate) fn load(path: &Path) -> Result<Loaded, LoadError> {
         library: Arc::new(LoadedLibrary {
             _library: ManuallyDrop::new(library),
             path: path.to_path_buf(),
+            init: descriptor.init,
+            shutdown: descriptor.shutdown,
+            shut_down: std::sync::atomic::AtomicBool::new(false),
         }),
         sdk_version,
         functions,
@@ -309,13 +352,14 @@ unsafe extern "C" fn ctx_log(data: *const c_void, level: u32, message: Slice) {
     // SAFETY: the library lends the message for the duration of this call.
     let bytes = unsafe { read_array(message.ptr, message.len) }.unwrap_or_default();
     let message = String::from_utf8_lossy(bytes);
-    let function = ctx.function_name.as_str();
+    let function = &*ctx.function_name;
+    let call = ctx.call_id;
     match level {
-        invoker_abi::level::ERROR => tracing::error!(function, "{message}"),
-        invoker_abi::level::WARN => tracing::warn!(function, "{message}"),
-        invoker_abi::level::INFO => tracing::info!(function, "{message}"),
-        invoker_abi::level::DEBUG => tracing::debug!(function, "{message}"),
-        _ => tracing::trace!(function, "{message}"),
+        invoker_abi::level::ERROR => tracing::error!(function, call, "{message}"),
+        invoker_abi::level::WARN => tracing::warn!(function, call, "{message}"),
+        invoker_abi::level::INFO => tracing::info!(function, call, "{message}"),
+        invoker_abi::level::DEBUG => tracing::debug!(function, call, "{message}"),
+        _ => tracing::trace!(function, call, "{message}"),
     }
 }
 

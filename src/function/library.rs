@@ -137,6 +137,22 @@ impl Library {
         &self.sdk_version
     }
 
+    /// Runs its init hook, if it has one, with the user configuration. A library whose init
+    /// failed must not serve.
+    pub fn init(&self, config: &[(String, String)]) -> Result<(), FunctionError> {
+        self.inner.init(config)
+    }
+
+    /// Runs its shutdown hook, if it has one, at most once however often this is called.
+    pub fn shutdown(&self) {
+        self.inner.shutdown()
+    }
+
+    /// Whether it has an init hook and a shutdown hook.
+    pub fn hooks(&self) -> (bool, bool) {
+        self.inner.hooks()
+    }
+
     /// The names of the functions it exports.
     pub fn handlers(&self) -> Vec<&str> {
         self.functions

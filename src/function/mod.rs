@@ -16,6 +16,8 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
+use crate::stats::Stats;
+
 pub use ffi::BoxInput;
 pub use ffi::OutputStream;
 pub use library::{Function, Library, LoadError};
@@ -94,17 +96,21 @@ pub enum FunctionError {
 #[derive(Debug, Default)]
 pub struct CallContext {
     /// The function's name.
-    pub function_name: String,
+    pub function_name: Arc<str>,
     /// This invoker instance's id.
-    pub instance_id: String,
+    pub instance_id: Arc<str>,
+    /// The call's id, unique in this process: logs from the function carry it.
+    pub call_id: u64,
     /// Headers of the call's (first) message.
     pub headers: Vec<(String, String)>,
     /// User configuration.
     pub config: Arc<HashMap<String, String>>,
     /// When the call must be finished, if the caller set a deadline.
     pub deadline: Option<Instant>,
-    /// Set when the caller cancels.
+    /// Set when the caller cancels or the deadline passes.
     pub cancelled: Arc<AtomicBool>,
+    /// Where custom metrics go.
+    pub stats: Option<Arc<Stats>>,
 }
 
 impl CallContext {
@@ -124,6 +130,9 @@ impl CallContext {
     }
 
     fn record_metric(&self, name: &str, value: f64) {
-        tracing::debug!(function = %self.function_name, metric = name, value, "custom metric");
+        tracing::debug!(function = %self.function_name, call = self.call_id, metric = name, value, "custom metric");
+        if let Some(stats) = &self.stats {
+            stats.custom_metric(name, value);
+        }
     }
 }

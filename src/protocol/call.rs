@@ -8,20 +8,21 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::proto::function_server::message_function_server::MessageFunction;
 use super::wire::Message;
-use crate::engine::{Engine, Inbound, Outbound};
-use crate::server::Calls;
+use crate::engine::{Inbound, Outbound};
+use crate::live::Live;
+use crate::server::{Calls, call_meta};
 
 /// The `MessageFunction` service.
 #[derive(Debug, Clone)]
 pub struct CallService {
-    engine: Engine,
+    live: Arc<Live>,
     calls: Arc<Calls>,
 }
 
 impl CallService {
-    /// A service running calls on `engine`, tracked by `calls`.
-    pub fn new(engine: Engine, calls: Arc<Calls>) -> Self {
-        CallService { engine, calls }
+    /// A service running calls on the function `live` serves, tracked by `calls`.
+    pub fn new(live: Arc<Live>, calls: Arc<Calls>) -> Self {
+        CallService { live, calls }
     }
 }
 
@@ -53,8 +54,24 @@ impl MessageFunction for CallService {
         request: Request<Streaming<Message>>,
     ) -> Result<Response<CallStream>, Status> {
         let guard = self.calls.enter()?;
-        let inbound = request.into_inner().map(|m| m.map(inbound)).boxed();
-        let outbound = self.engine.call(inbound).map(|r| r.map(message));
-        Ok(Response::new(guard.wrap(outbound)))
+        let meta = call_meta(&request);
+        let engine = self.live.engine();
+        let span = tracing::info_span!("call", id = meta.id, protocol = "Call");
+        let stats = engine.stats().clone();
+        let (received, sent) = (stats.clone(), stats.clone());
+        let inbound = request
+            .into_inner()
+            .map(move |m| {
+                received.received();
+                m.map(inbound)
+            })
+            .boxed();
+        let outbound = engine.call(inbound, meta.clone()).map(move |r| {
+            r.map(|out| {
+                sent.sent();
+                message(out)
+            })
+        });
+        Ok(Response::new(guard.wrap(outbound, &meta, stats, span)))
     }
 }

@@ -23,6 +23,11 @@ pub mod proto {
         tonic::include_proto!("streaming");
     }
 
+    /// The invoker's admin service (Unix socket only).
+    pub mod admin {
+        tonic::include_proto!("invoker.admin.v1");
+    }
+
     /// The encoded descriptors of every proto, for gRPC reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] =
         include_bytes!(concat!(env!("OUT_DIR"), "/descriptor.bin"));

@@ -11,20 +11,21 @@ use super::proto::streaming::riff_server::Riff;
 use super::proto::streaming::{
     InputSignal, OutputFrame, OutputSignal, input_signal, output_signal,
 };
-use crate::engine::{Engine, Inbound, Outbound, Signal};
-use crate::server::Calls;
+use crate::engine::{Inbound, Outbound, Signal};
+use crate::live::Live;
+use crate::server::{Calls, call_meta};
 
 /// The `Riff` service.
 #[derive(Debug, Clone)]
 pub struct RiffService {
-    engine: Engine,
+    live: Arc<Live>,
     calls: Arc<Calls>,
 }
 
 impl RiffService {
-    /// A service running calls on `engine`, tracked by `calls`.
-    pub fn new(engine: Engine, calls: Arc<Calls>) -> Self {
-        RiffService { engine, calls }
+    /// A service running calls on the function `live` serves, tracked by `calls`.
+    pub fn new(live: Arc<Live>, calls: Arc<Calls>) -> Self {
+        RiffService { live, calls }
     }
 }
 
@@ -86,11 +87,27 @@ impl Riff for RiffService {
         request: Request<Streaming<InputSignal>>,
     ) -> Result<Response<InvokeStream>, Status> {
         let guard = self.calls.enter()?;
-        let inbound = request.into_inner().map(|s| s.map(signal)).boxed();
-        let outbound = self
-            .engine
-            .invoke(inbound)
-            .map(|r| r.map(|(index, out)| output(index, out)));
-        Ok(Response::new(guard.wrap(outbound)))
+        let meta = call_meta(&request);
+        let engine = self.live.engine();
+        let span = tracing::info_span!("call", id = meta.id, protocol = "Invoke");
+        let stats = engine.stats().clone();
+        let (received, sent) = (stats.clone(), stats.clone());
+        let inbound = request
+            .into_inner()
+            .map(move |s| {
+                let signal = s.map(signal);
+                if let Ok(Signal::Data { .. }) = &signal {
+                    received.received();
+                }
+                signal
+            })
+            .boxed();
+        let outbound = engine.invoke(inbound, meta.clone()).map(move |r| {
+            r.map(|(index, out)| {
+                sent.sent();
+                output(index, out)
+            })
+        });
+        Ok(Response::new(guard.wrap(outbound, &meta, stats, span)))
     }
 }

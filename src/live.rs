@@ -1,0 +1,217 @@
+//! The function being served, replaceable while running (hot reload, like OpenWhisk's
+//! runtime taking a new action).
+//!
+//! Every load copies the library file to a fresh path first, loads the copy, runs its init hook
+//! and only then makes it the function for new calls; calls in flight keep the engine (and so
+//! the library) they started with. A library that fails to load, to offer the handler, or to
+//! initialise leaves the current one serving, and the error goes back to whoever asked. No
+//! library is ever unloaded (see ARCHITECTURE.md), so each reload costs the memory of one
+//! library; the copy's file is removed as soon as it is loaded.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use anyhow::Context as _;
+
+use crate::config;
+use crate::engine::Engine;
+use crate::function::{Function, Library};
+use crate::stats::Stats;
+
+/// What serves new calls.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Current {
+    /// The handler's name.
+    pub function: String,
+    /// The library file it was loaded from (before copying).
+    pub library: PathBuf,
+    /// The invoker-sdk version the library was built with.
+    pub sdk_version: String,
+    /// 1 for the function loaded at start, +1 per reload.
+    pub generation: u64,
+}
+
+/// The served function and everything needed to replace it.
+#[derive(Debug)]
+pub struct Live {
+    engine: RwLock<(Engine, Current)>,
+    /// Every library loaded so far, kept for their shutdown hooks (and never unloaded).
+    libraries: Mutex<Vec<Arc<Library>>>,
+    /// Serialises reloads.
+    reloading: Mutex<()>,
+    generations: AtomicU64,
+    instance_id: Arc<str>,
+    config: Arc<HashMap<String, String>>,
+    stats: Arc<Stats>,
+    copies: PathBuf,
+}
+
+impl Live {
+    /// Loads the function for the first time: `path`'s library, `handler` (optional when the
+    /// library exports one function). Fails, with a one-line reason, on any load or init error.
+    pub fn start(
+        path: &Path,
+        handler: Option<&str>,
+        instance_id: &str,
+        config: HashMap<String, String>,
+        stats: Arc<Stats>,
+    ) -> anyhow::Result<Live> {
+        let copies = std::env::temp_dir().join(format!("invoker-{}", std::process::id()));
+        let config = Arc::new(config);
+        let (library, function) = load(&copies, 1, path, handler, &config)?;
+        let current = Current {
+            function: function.info().name.clone(),
+            library: path.to_path_buf(),
+            sdk_version: library.sdk_version().to_owned(),
+            generation: 1,
+        };
+        stats.set_generation(1);
+        let engine = Engine::new(function, instance_id, config.clone(), stats.clone());
+        Ok(Live {
+            engine: RwLock::new((engine, current)),
+            libraries: Mutex::new(vec![library]),
+            reloading: Mutex::new(()),
+            generations: AtomicU64::new(1),
+            instance_id: instance_id.into(),
+            config,
+            stats,
+            copies,
+        })
+    }
+
+    /// The engine for a new call.
+    pub fn engine(&self) -> Engine {
+        match self.engine.read() {
+            Ok(guard) => guard.0.clone(),
+            Err(poisoned) => poisoned.into_inner().0.clone(),
+        }
+    }
+
+    /// What serves new calls.
+    pub fn current(&self) -> Current {
+        match self.engine.read() {
+            Ok(guard) => guard.1.clone(),
+            Err(poisoned) => poisoned.into_inner().1.clone(),
+        }
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
+    }
+
+    /// This instance's id.
+    pub fn instance_id(&self) -> &str {
+        &self.instance_id
+    }
+
+    /// Replaces the function for new calls with `handler` of the library at `path`. Without a
+    /// handler: the current function's name if the library exports it, else its only function.
+    /// On error the current function keeps serving.
+    pub fn reload(&self, path: &Path, handler: Option<&str>) -> anyhow::Result<Current> {
+        let _one_at_a_time = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
+        let generation = self.generations.load(Ordering::Acquire) + 1;
+        let name = match handler {
+            Some(handler) => Some(handler.to_owned()),
+            None => Some(self.current().function),
+        };
+        let loaded = load(
+            &self.copies,
+            generation,
+            path,
+            name.as_deref(),
+            &self.config,
+        );
+        let (library, function) = match (loaded, handler) {
+            (Ok(loaded), _) => loaded,
+            // The library does not export the current name: take its only function, if any.
+            (Err(_), None) => load(&self.copies, generation, path, None, &self.config)?,
+            (Err(e), Some(_)) => return Err(e),
+        };
+        let current = Current {
+            function: function.info().name.clone(),
+            library: path.to_path_buf(),
+            sdk_version: library.sdk_version().to_owned(),
+            generation,
+        };
+        let engine = Engine::new(
+            function,
+            &self.instance_id,
+            self.config.clone(),
+            self.stats.clone(),
+        );
+        self.libraries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(library);
+        *self.engine.write().unwrap_or_else(|p| p.into_inner()) = (engine, current.clone());
+        self.generations.store(generation, Ordering::Release);
+        self.stats.reloaded(generation);
+        tracing::info!(
+            function = %current.function,
+            library = %current.library.display(),
+            generation,
+            "reloaded: new calls use the new function; calls in flight finish on the old one"
+        );
+        Ok(current)
+    }
+
+    /// Runs the shutdown hook of every library loaded, once each, newest first.
+    pub fn shutdown(&self) {
+        let libraries = self.libraries.lock().unwrap_or_else(|p| p.into_inner());
+        for library in libraries.iter().rev() {
+            library.shutdown();
+        }
+    }
+}
+
+/// Copies the library to a fresh path, loads it, picks the function and runs the init hook.
+fn load(
+    copies: &Path,
+    generation: u64,
+    path: &Path,
+    handler: Option<&str>,
+    config: &HashMap<String, String>,
+) -> anyhow::Result<(Arc<Library>, Function)> {
+    if !path.is_file() {
+        // The loader's own message for a missing file.
+        Library::load(path)?;
+    }
+    std::fs::create_dir_all(copies)
+        .with_context(|| format!("cannot create {} for library copies", copies.display()))?;
+    let file_name = path.file_name().map_or_else(
+        || "function.so".into(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    let copy = copies.join(format!("{generation}-{file_name}"));
+    std::fs::copy(path, &copy).with_context(|| {
+        format!(
+            "cannot copy the library {} to {}",
+            path.display(),
+            copy.display()
+        )
+    })?;
+    let loaded = (|| {
+        let library = Library::load(&copy).map_err(|e| relabel(e.to_string(), &copy, path))?;
+        let function = library
+            .function(handler)
+            .map_err(|e| relabel(e.to_string(), &copy, path))?;
+        library
+            .init(&config::pairs(config))
+            .map_err(|e| anyhow::anyhow!("the init hook of {} failed: {e}", path.display()))?;
+        Ok((Arc::new(library), function))
+    })();
+    // Loaded (or not), the copy's file is no longer needed: the mapping outlives it.
+    let _ = std::fs::remove_file(&copy);
+    loaded
+}
+
+/// Names the file the operator gave in an error about its copy.
+fn relabel(message: String, copy: &Path, original: &Path) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{}",
+        message.replace(&*copy.to_string_lossy(), &original.to_string_lossy())
+    )
+}

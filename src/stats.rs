@@ -1,0 +1,305 @@
+//! What the invoker counts: messages in and out, the function's errors and panics, call
+//! durations, the last errors, and the function's custom metrics. The admin service's status
+//! reads them (like Pulsar's instance status), and `/metrics` renders them as Prometheus text.
+//!
+//! Per message this costs one relaxed atomic add; per call, one histogram observation. Errors
+//! and custom metrics, which are rare, take a lock.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::function::FunctionError;
+
+/// How many errors the status keeps.
+pub const RECENT_ERRORS: usize = 10;
+
+/// An error the function returned (or a panic), with when it happened.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordedError {
+    /// When, in milliseconds since the Unix epoch.
+    pub unix_millis: u64,
+    /// The error's text.
+    pub message: String,
+}
+
+type CustomFamily = Family<Vec<(String, String)>, Gauge<f64, AtomicU64>>;
+
+/// The counters of one invoker process, across reloads of the function.
+#[derive(Debug)]
+pub struct Stats {
+    registry: Registry,
+    received: Counter,
+    sent: Counter,
+    user_errors: Counter,
+    panics: Counter,
+    calls: Counter,
+    reloads: Counter,
+    in_flight: Gauge,
+    generation: Gauge,
+    durations: Histogram,
+    /// For the average call duration: total nanoseconds, and calls finished.
+    duration_nanos: AtomicU64,
+    finished: AtomicU64,
+    recent: Mutex<VecDeque<RecordedError>>,
+    custom: CustomFamily,
+    custom_values: Mutex<BTreeMap<String, f64>>,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats::new()
+    }
+}
+
+/// A snapshot of the counters, for the admin status.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Snapshot {
+    /// Messages received, over every call.
+    pub received: u64,
+    /// Messages sent.
+    pub sent: u64,
+    /// Errors the function returned (including inputs it could not decode).
+    pub user_errors: u64,
+    /// Panics in the function.
+    pub panics: u64,
+    /// Calls started.
+    pub calls: u64,
+    /// The average duration of a finished call.
+    pub average_call: Duration,
+    /// The last errors, oldest first.
+    pub recent_errors: Vec<RecordedError>,
+    /// The function's custom metrics.
+    pub custom: BTreeMap<String, f64>,
+}
+
+impl Stats {
+    /// Fresh counters, registered for `/metrics`.
+    pub fn new() -> Stats {
+        let mut registry = Registry::with_prefix("invoker");
+        let received = Counter::default();
+        let sent = Counter::default();
+        let user_errors = Counter::default();
+        let panics = Counter::default();
+        let calls = Counter::default();
+        let reloads = Counter::default();
+        let in_flight = Gauge::default();
+        let generation = Gauge::default();
+        // 50 µs to ~6.5 s.
+        let durations = Histogram::new(exponential_buckets(0.00005, 4.0, 9));
+        let custom = CustomFamily::default();
+        registry.register(
+            "messages_received",
+            "Messages received by the function, over every call",
+            received.clone(),
+        );
+        registry.register("messages_sent", "Messages the function sent", sent.clone());
+        registry.register(
+            "function_errors",
+            "Errors the function returned, including inputs it could not decode",
+            user_errors.clone(),
+        );
+        registry.register("function_panics", "Panics in the function", panics.clone());
+        registry.register("calls", "Calls started", calls.clone());
+        registry.register(
+            "reloads",
+            "Times the function was replaced while running",
+            reloads.clone(),
+        );
+        registry.register("calls_in_flight", "Calls in flight", in_flight.clone());
+        registry.register(
+            "function_generation",
+            "Which load of the function serves new calls (1 at start, +1 per reload)",
+            generation.clone(),
+        );
+        registry.register(
+            "call_duration_seconds",
+            "Duration of finished calls",
+            durations.clone(),
+        );
+        registry.register(
+            "function_metric",
+            "Custom metrics the function recorded (the sum of the values it added)",
+            custom.clone(),
+        );
+        Stats {
+            registry,
+            received,
+            sent,
+            user_errors,
+            panics,
+            calls,
+            reloads,
+            in_flight,
+            generation,
+            durations,
+            duration_nanos: AtomicU64::new(0),
+            finished: AtomicU64::new(0),
+            recent: Mutex::new(VecDeque::with_capacity(RECENT_ERRORS)),
+            custom,
+            custom_values: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// A message arrived for the function.
+    pub fn received(&self) {
+        self.received.inc();
+    }
+
+    /// The function sent a message.
+    pub fn sent(&self) {
+        self.sent.inc();
+    }
+
+    /// A call started.
+    pub fn call_started(&self) {
+        self.calls.inc();
+        self.in_flight.inc();
+    }
+
+    /// A call ended after `took`.
+    pub fn call_finished(&self, took: Duration) {
+        self.in_flight.dec();
+        self.durations.observe(took.as_secs_f64());
+        self.duration_nanos.fetch_add(
+            u64::try_from(took.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+        self.finished.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The function failed: counts it and keeps its text among the recent errors.
+    pub fn function_failed(&self, error: &FunctionError) {
+        match error {
+            FunctionError::Panicked(_) => self.panics.inc(),
+            FunctionError::Failed(_) | FunctionError::BadInput(_) | FunctionError::Abi(_) => {
+                self.user_errors.inc()
+            }
+        };
+        let unix_millis = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        if let Ok(mut recent) = self.recent.lock() {
+            if recent.len() == RECENT_ERRORS {
+                recent.pop_front();
+            }
+            recent.push_back(RecordedError {
+                unix_millis,
+                message: error.to_string(),
+            });
+        }
+    }
+
+    /// The function was replaced; `generation` now serves new calls.
+    pub fn reloaded(&self, generation: u64) {
+        self.reloads.inc();
+        self.set_generation(generation);
+    }
+
+    /// Which load of the function serves new calls.
+    pub fn set_generation(&self, generation: u64) {
+        self.generation.set(generation as i64);
+    }
+
+    /// The function added `value` to its custom metric `name`.
+    pub fn custom_metric(&self, name: &str, value: f64) {
+        if !value.is_finite() {
+            tracing::debug!(
+                metric = name,
+                value,
+                "ignoring a non-finite custom metric value"
+            );
+            return;
+        }
+        self.custom
+            .get_or_create(&vec![("name".to_owned(), name.to_owned())])
+            .inc_by(value);
+        if let Ok(mut values) = self.custom_values.lock() {
+            *values.entry(name.to_owned()).or_default() += value;
+        }
+    }
+
+    /// The counters now.
+    pub fn snapshot(&self) -> Snapshot {
+        let finished = self.finished.load(Ordering::Relaxed);
+        let nanos = self.duration_nanos.load(Ordering::Relaxed);
+        Snapshot {
+            received: self.received.get(),
+            sent: self.sent.get(),
+            user_errors: self.user_errors.get(),
+            panics: self.panics.get(),
+            calls: self.calls.get(),
+            average_call: Duration::from_nanos(nanos.checked_div(finished).unwrap_or(0)),
+            recent_errors: self
+                .recent
+                .lock()
+                .map(|r| r.iter().cloned().collect())
+                .unwrap_or_default(),
+            custom: self
+                .custom_values
+                .lock()
+                .map(|v| v.clone())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Every metric as Prometheus text exposition.
+    pub fn prometheus_text(&self) -> String {
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut text, &self.registry);
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_and_renders() {
+        let stats = Stats::new();
+        stats.call_started();
+        stats.received();
+        stats.received();
+        stats.sent();
+        stats.function_failed(&FunctionError::Failed("no".into()));
+        stats.function_failed(&FunctionError::Panicked("boom".into()));
+        stats.custom_metric("words", 2.0);
+        stats.custom_metric("words", 3.0);
+        stats.call_finished(Duration::from_millis(4));
+        let snapshot = stats.snapshot();
+        assert_eq!((snapshot.received, snapshot.sent), (2, 1));
+        assert_eq!((snapshot.user_errors, snapshot.panics), (1, 1));
+        assert_eq!(snapshot.average_call, Duration::from_millis(4));
+        assert_eq!(snapshot.recent_errors.len(), 2);
+        assert_eq!(snapshot.recent_errors[0].message, "no");
+        assert_eq!(snapshot.custom.get("words"), Some(&5.0));
+        let text = stats.prometheus_text();
+        assert!(text.contains("invoker_messages_received_total 2"), "{text}");
+        assert!(
+            text.contains("invoker_function_metric{name=\"words\"} 5"),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn keeps_only_the_last_errors() {
+        let stats = Stats::new();
+        for i in 0..RECENT_ERRORS + 3 {
+            stats.function_failed(&FunctionError::Failed(format!("e{i}")));
+        }
+        let recent = stats.snapshot().recent_errors;
+        assert_eq!(recent.len(), RECENT_ERRORS);
+        assert_eq!(recent[0].message, "e3");
+    }
+}
