@@ -35,6 +35,8 @@ use tonic::transport::Channel;
 pub struct Daemon {
     pub child: Child,
     pub addr: String,
+    /// The `/metrics` address, when started with METRICS_PORT.
+    pub metrics: Option<String>,
     stderr: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
@@ -70,9 +72,13 @@ impl Daemon {
         });
         let out = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(out).lines();
+        let mut metrics = None;
         let addr = loop {
             match lines.next() {
                 Some(Ok(line)) => {
+                    if let Some(url) = line.strip_prefix("metrics on http://") {
+                        metrics = url.strip_suffix("/metrics").map(str::to_owned);
+                    }
                     if let Some(addr) = line.strip_prefix("listening on ") {
                         break addr.to_owned();
                     }
@@ -92,6 +98,7 @@ impl Daemon {
         Daemon {
             child,
             addr,
+            metrics,
             stderr,
         }
     }

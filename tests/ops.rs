@@ -1,0 +1,328 @@
+//! Production operation through the real binary: status, /metrics, deadlines, hot reload
+//! (admin socket and SIGHUP), user config, lifecycle hooks, JSON logs.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::{Daemon, call, lib, msg, uri};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+/// A fresh directory for one test's files.
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("invoker-ops-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Runs `invoker ARGS`; returns (exit code, stdout, stderr).
+fn invoker(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_invoker"))
+        .args(args)
+        .output()
+        .expect("run invoker");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `invoker status` as JSON.
+fn status(socket: &Path) -> serde_json::Value {
+    let (code, out, err) = invoker(&["status", "--admin-socket", socket.to_str().unwrap()]);
+    assert_eq!(code, 0, "invoker status failed: {err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("status is not JSON ({e}): {out}"))
+}
+
+fn signal(daemon: &Daemon, signal: Signal) {
+    kill(Pid::from_raw(daemon.child.id() as i32), signal).unwrap();
+}
+
+/// GET http://addr/metrics over a plain HTTP/1.1 connection; returns (status line, body).
+fn get_metrics(addr: &str) -> (String, String) {
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    (
+        head.lines().next().unwrap_or_default().to_owned(),
+        body.to_owned(),
+    )
+}
+
+/// Checks Prometheus/OpenMetrics text line by line; returns each sample's name (with labels)
+/// and value.
+fn parse_prometheus(text: &str) -> Vec<(String, f64)> {
+    assert!(text.ends_with("# EOF\n"), "no # EOF terminator:\n{text}");
+    let mut samples = Vec::new();
+    for line in text.lines() {
+        if let Some(comment) = line.strip_prefix("# ") {
+            let kind = comment.split_whitespace().next().unwrap_or_default();
+            assert!(
+                ["HELP", "TYPE", "UNIT", "EOF"].contains(&kind),
+                "bad comment line: {line}"
+            );
+            continue;
+        }
+        let (name, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("not a sample line: {line}"));
+        let bare = name.split('{').next().unwrap();
+        assert!(
+            !bare.is_empty()
+                && bare
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            "bad metric name in: {line}"
+        );
+        if name.contains('{') {
+            assert!(name.ends_with('}'), "unterminated labels in: {line}");
+        }
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value in: {line}"));
+        samples.push((name.to_owned(), value));
+    }
+    samples
+}
+
+fn sample(samples: &[(String, f64)], name: &str) -> Option<f64> {
+    samples.iter().find(|(n, _)| n == name).map(|(_, v)| *v)
+}
+
+#[tokio::test]
+async fn status_counts_what_the_test_sent() {
+    let dir = scratch("status");
+    let socket = dir.join("admin.sock");
+    let daemon = Daemon::start_with(
+        &uri("greeter", Some("hello")),
+        &[("ADMIN_SOCKET", socket.to_str().unwrap())],
+    );
+    let mut client = daemon.client().await;
+    for name in ["Ada", "Grace", "Barbara"] {
+        let outcome = call(&mut client, vec![msg(name, &[])]).await;
+        assert_eq!(outcome.code(), tonic::Code::Ok);
+    }
+    let failed = call(&mut client, vec![msg("Riff", &[])]).await;
+    assert_eq!(failed.code(), tonic::Code::Unknown);
+
+    let status = status(&socket);
+    assert_eq!(status["state"], "SERVING");
+    assert_eq!(status["function"], "hello");
+    assert_eq!(status["generation"], 1);
+    assert_eq!(status["messages_received"], 4);
+    assert_eq!(status["messages_sent"], 3);
+    assert_eq!(status["user_errors"], 1);
+    assert_eq!(status["panics"], 0);
+    assert_eq!(status["calls"], 4);
+    assert_eq!(status["calls_in_flight"], 0);
+    assert!(
+        status["average_call_millis"].as_f64().unwrap() > 0.0,
+        "{status}"
+    );
+    let errors = status["recent_errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 1, "{status}");
+    assert_eq!(errors[0]["message"], "error condition");
+    assert!(errors[0]["unix_millis"].as_u64().unwrap() > 1_700_000_000_000);
+    assert!(
+        status["library"]
+            .as_str()
+            .unwrap()
+            .ends_with("libgreeter.so")
+    );
+}
+
+#[tokio::test]
+async fn metrics_are_prometheus_text() {
+    let daemon = Daemon::start_with(&uri("shapes", Some("panics")), &[("METRICS_PORT", "0")]);
+    let mut client = daemon.client().await;
+    for text in ["one", "two"] {
+        let outcome = call(&mut client, vec![msg(text, &[])]).await;
+        assert_eq!(outcome.code(), tonic::Code::Internal);
+    }
+    let addr = daemon
+        .metrics
+        .clone()
+        .expect("the daemon printed its metrics address");
+    let (status_line, body) = tokio::task::spawn_blocking(move || get_metrics(&addr))
+        .await
+        .unwrap();
+    assert!(status_line.contains(" 200 "), "{status_line}");
+    let samples = parse_prometheus(&body);
+    assert_eq!(
+        sample(&samples, "invoker_messages_received_total"),
+        Some(2.0)
+    );
+    assert_eq!(sample(&samples, "invoker_function_panics_total"), Some(2.0));
+    assert_eq!(sample(&samples, "invoker_messages_sent_total"), Some(0.0));
+    assert_eq!(sample(&samples, "invoker_calls_total"), Some(2.0));
+    assert_eq!(
+        sample(&samples, "invoker_call_duration_seconds_count"),
+        Some(2.0)
+    );
+    assert_eq!(sample(&samples, "invoker_function_generation"), Some(1.0));
+}
+
+#[tokio::test]
+async fn a_deadline_cancels_a_slow_call() {
+    let daemon = Daemon::start(&uri("streams", Some("ticker")));
+    let mut client = daemon.client().await;
+    let mut request = tonic::Request::new(futures_util::stream::pending());
+    request.set_timeout(Duration::from_millis(300));
+    let mut replies = client
+        .call(request)
+        .await
+        .expect("the call opens")
+        .into_inner();
+    let mut ticks = 0;
+    let ended = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match replies.message().await {
+                Ok(Some(_)) => ticks += 1,
+                Ok(None) => panic!("the ticker ended without a status after {ticks} ticks"),
+                Err(status) => break status,
+            }
+        }
+    });
+    let status = ended.await.expect("the deadline ended the call");
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+    assert!(status.message().starts_with("Invoker:"), "{status:?}");
+    assert!(ticks > 0, "no tick before the deadline");
+    // The server goes on serving.
+    let mut request = tonic::Request::new(futures_util::stream::pending());
+    request.set_timeout(Duration::from_millis(50));
+    let replies = client.call(request).await.expect("the call opens");
+    let mut replies = replies.into_inner();
+    while let Ok(Some(_)) = replies.message().await {}
+}
+
+#[tokio::test]
+async fn reload_under_load_fails_no_call() {
+    let dir = scratch("reload");
+    let socket = dir.join("admin.sock");
+    let daemon = Daemon::start_with(
+        &uri("rot13", None),
+        &[("ADMIN_SOCKET", socket.to_str().unwrap())],
+    );
+    let channel = daemon.channel().await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (old, new) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let mut clients = Vec::new();
+    for _ in 0..16 {
+        let mut client =
+            invoker::protocol::proto::function::message_function_client::MessageFunctionClient::new(
+                channel.clone(),
+            );
+        let (stop, old, new) = (stop.clone(), old.clone(), new.clone());
+        clients.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let outcome = call(&mut client, vec![msg("World", &[])]).await;
+                assert_eq!(outcome.code(), tonic::Code::Ok, "{:?}", outcome.status);
+                match outcome.texts().as_slice() {
+                    [reply] if reply == "Jbeyq" => old.fetch_add(1, Ordering::Relaxed),
+                    [reply] if reply == "Hello World" => new.fetch_add(1, Ordering::Relaxed),
+                    other => panic!("a reply from neither version: {other:?}"),
+                };
+            }
+        }));
+    }
+    while old.load(Ordering::Relaxed) < 200 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let greeter = lib("greeter");
+    let (socket_arg, greeter_arg) = (
+        socket.to_str().unwrap().to_owned(),
+        greeter.to_str().unwrap().to_owned(),
+    );
+    let (code, out, err) = tokio::task::spawn_blocking(move || {
+        invoker(&[
+            "reload",
+            "--admin-socket",
+            &socket_arg,
+            "--handler",
+            "hello",
+            &greeter_arg,
+        ])
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "reload failed: {err}");
+    assert!(out.contains("serving 'hello'"), "{out}");
+    assert!(out.contains("generation 2"), "{out}");
+    let after = new.load(Ordering::Relaxed);
+    while new.load(Ordering::Relaxed) < after + 200 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        client.await.expect("every call of this client succeeded");
+    }
+    let status = tokio::task::spawn_blocking(move || status(&socket))
+        .await
+        .unwrap();
+    assert_eq!(status["function"], "hello");
+    assert_eq!(status["generation"], 2);
+    assert_eq!(status["user_errors"], 0);
+}
+
+#[tokio::test]
+async fn a_failed_reload_keeps_the_old_function_serving() {
+    let dir = scratch("failed-reload");
+    let socket = dir.join("admin.sock");
+    let daemon = Daemon::start_with(
+        &uri("rot13", None),
+        &[("ADMIN_SOCKET", socket.to_str().unwrap())],
+    );
+    let not_a_library = dir.join("libnot.so");
+    std::fs::write(&not_a_library, "not a library").unwrap();
+    let socket_arg = socket.to_str().unwrap().to_owned();
+    let bad = not_a_library.to_str().unwrap().to_owned();
+    let greeter = lib("greeter").to_str().unwrap().to_owned();
+    let (bad_library, unknown_handler) = tokio::task::spawn_blocking(move || {
+        (
+            invoker(&["reload", "--admin-socket", &socket_arg, &bad]),
+            invoker(&[
+                "reload",
+                "--admin-socket",
+                &socket_arg,
+                "--handler",
+                "nope",
+                &greeter,
+            ]),
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(bad_library.0, 9, "FAILED_PRECONDITION: {bad_library:?}");
+    assert!(
+        bad_library.2.contains("the old function keeps serving"),
+        "{bad_library:?}"
+    );
+    assert!(bad_library.2.contains("libnot.so"), "{bad_library:?}");
+    assert_eq!(unknown_handler.0, 9, "{unknown_handler:?}");
+    assert!(
+        unknown_handler.2.contains("double, greet_json, hello"),
+        "the error lists the handlers: {unknown_handler:?}"
+    );
+
+    let mut client = daemon.client().await;
+    let outcome = call(&mut client, vec![msg("Hello World", &[])]).await;
+    assert_eq!(outcome.texts(), ["Uryyb Jbeyq"]);
+    let status = tokio::task::spawn_blocking(move || status(&socket))
+        .await
+        .unwrap();
+    assert_eq!(status["generation"], 1);
+}
