@@ -326,3 +326,55 @@ async fn a_failed_reload_keeps_the_old_function_serving() {
         .unwrap();
     assert_eq!(status["generation"], 1);
 }
+
+#[tokio::test]
+async fn sighup_reloads_the_file_function_uri_names() {
+    let dir = scratch("sighup");
+    let function = dir.join("libfunction.so");
+    std::fs::copy(lib("rot13"), &function).unwrap();
+    let socket = dir.join("admin.sock");
+    let daemon = Daemon::start_with(
+        function.to_str().unwrap(),
+        &[("ADMIN_SOCKET", socket.to_str().unwrap())],
+    );
+    let mut client = daemon.client().await;
+    let outcome = call(&mut client, vec![msg("World", &[])]).await;
+    assert_eq!(outcome.texts(), ["Jbeyq"]);
+
+    // A library without `encode` and with several functions: the reload fails, and says so.
+    std::fs::copy(lib("greeter"), &function).unwrap();
+    signal(&daemon, Signal::SIGHUP);
+    let mut waited = 0;
+    while !daemon.stderr().contains("reload failed") {
+        assert!(waited < 500, "no reload error logged:\n{}", daemon.stderr());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        waited += 1;
+    }
+    assert!(
+        daemon.stderr().contains("the old function keeps serving"),
+        "{}",
+        daemon.stderr()
+    );
+    let outcome = call(&mut client, vec![msg("World", &[])]).await;
+    assert_eq!(outcome.texts(), ["Jbeyq"], "the old function still serves");
+
+    // Another version of the same function: new calls get it.
+    std::fs::copy(lib("version2"), &function).unwrap();
+    signal(&daemon, Signal::SIGHUP);
+    let mut waited = 0;
+    loop {
+        let outcome = call(&mut client, vec![msg("World", &[])]).await;
+        if outcome.texts() == ["v2:World"] {
+            break;
+        }
+        assert_eq!(outcome.texts(), ["Jbeyq"]);
+        assert!(waited < 500, "SIGHUP did not reload:\n{}", daemon.stderr());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        waited += 1;
+    }
+    let status = tokio::task::spawn_blocking(move || status(&socket))
+        .await
+        .unwrap();
+    assert_eq!(status["generation"], 2);
+    assert_eq!(status["function"], "encode");
+}
