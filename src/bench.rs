@@ -87,7 +87,6 @@ impl Server {
             .args(args)
             .env("GRPC_PORT", "0")
             .env("HOST", "127.0.0.1")
-            .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
@@ -109,6 +108,23 @@ impl Server {
         };
         std::thread::spawn(move || for _ in lines {});
         Ok((Server { child, addr }, started))
+    }
+
+    /// CPU time the server has used so far (user + system), from /proc.
+    fn cpu_seconds(&self) -> anyhow::Result<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
+        // Fields after the command name, which is in parentheses and may contain spaces.
+        let rest = stat.rsplit_once(')').context("malformed /proc stat")?.1;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        // utime and stime are fields 14 and 15 of stat(5), 12 and 13 after the name.
+        let ticks: u64 = fields
+            .get(11..13)
+            .context("short /proc stat")?
+            .iter()
+            .map(|f| f.parse::<u64>().unwrap_or(0))
+            .sum();
+        // USER_HZ is 100 on Linux.
+        Ok(ticks as f64 / 100.0)
     }
 
     fn rss_kib(&self) -> anyhow::Result<u64> {
@@ -396,6 +412,8 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
         figure("streaming 16 KiB, 1 stream", "msgs/s", true),
         figure("memory per idle stream", "KiB", false),
         figure("exec to first reply", "ms", false),
+        figure("server CPU per call, 64 in flight", "µs", false),
+        figure("server CPU per message, 8 streams", "µs", false),
     ];
     let run = |group: &str| args.only.as_deref().is_none_or(|only| only == group);
     runtime.block_on(async {
@@ -409,9 +427,14 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
                     figures[0].keep_best(side, rate);
                     figures[1].keep_best(side, p50.as_secs_f64() * 1e6);
                     figures[2].keep_best(side, p99.as_secs_f64() * 1e6);
+                    let cpu = server.cpu_seconds()?;
+                    let started = Instant::now();
                     let (rate, _, p99) = request_reply(channel, 64, duration).await?;
+                    let calls = rate * started.elapsed().as_secs_f64();
                     figures[3].keep_best(side, rate);
                     figures[4].keep_best(side, p99.as_secs_f64() * 1e6);
+                    let cpu = server.cpu_seconds()? - cpu;
+                    figures[10].keep_best(side, cpu / calls * 1e6);
                 }
 
                 if run("streaming") {
@@ -430,11 +453,14 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
                         )
                         .await?,
                     );
-                    figures[6].keep_best(
-                        side,
-                        streaming(channel, 8, duration, min_messages, numbers, "text/plain")
-                            .await?,
-                    );
+                    let cpu = server.cpu_seconds()?;
+                    let started = Instant::now();
+                    let rate = streaming(channel, 8, duration, min_messages, numbers, "text/plain")
+                        .await?;
+                    let messages = rate * started.elapsed().as_secs_f64();
+                    figures[6].keep_best(side, rate);
+                    let cpu = server.cpu_seconds()? - cpu;
+                    figures[11].keep_best(side, cpu / messages * 1e6);
                     figures[8].keep_best(side, idle_memory(&server, idle_streams).await?);
                 }
 

@@ -138,34 +138,61 @@ pub mod errors {
 
 /// Whether a request/reply function's calls may run inline on an async worker thread.
 ///
-/// Calling a function inline costs nothing, while `block_in_place` costs a thread hand-off per
-/// call (a quarter of the throughput of a fast function, measured in BENCHMARKS.md), but only
-/// `block_in_place` keeps a blocking function from stalling other calls. So a function starts
-/// in `block_in_place`; after [`Blocking::FAST_CALLS`] calls in a row each shorter than
-/// [`Blocking::THRESHOLD`] it runs inline; and the first call seen to take longer marks it
-/// as blocking for good. A function that is fast for a long time and then blocks stalls one
-/// worker thread for that one call.
+/// Calling a function inline costs nothing, while handing the call to the blocking pool costs
+/// two thread wake-ups (a third of the server's CPU per call for a fast function, measured in
+/// BENCHMARKS.md); but only the blocking pool keeps a blocking function from stalling other
+/// calls. So calls go to the blocking pool until [`Blocking::FAST_CALLS`] calls in a row each
+/// took less than [`Blocking::THRESHOLD`]; then they run inline, until one takes longer, which
+/// sends the function back to the pool for the next streak. A function that blocks often
+/// never earns a streak; one that is fast for a long time and then blocks holds one worker for
+/// that one call. A thread preempted by the OS mid-call looks slow too, which only costs one
+/// more streak in the pool.
+///
+/// At most one call runs inline at a time (others meanwhile go to the pool), and none does
+/// when the runtime has a single worker: a function that turns blocking can stall at most one
+/// worker, never the whole runtime.
 #[derive(Debug, Default)]
 pub struct Blocking {
     fast_calls: AtomicU32,
-    blocks: AtomicBool,
+    /// Set while a call runs inline.
+    inline_busy: AtomicBool,
+    /// Set once the function has been seen to block, for a single info log.
+    seen_blocking: AtomicBool,
+}
+
+/// Clears [`Blocking::inline_busy`] when the inline call is over.
+struct InlineCall<'a>(&'a Blocking);
+
+impl Drop for InlineCall<'_> {
+    fn drop(&mut self) {
+        self.0.inline_busy.store(false, Ordering::Release);
+    }
 }
 
 impl Blocking {
-    /// A call at least this long means the function blocks.
+    /// A call at least this long counts as blocking.
     pub const THRESHOLD: Duration = Duration::from_millis(1);
     /// How many fast calls in a row let a function run inline.
     pub const FAST_CALLS: u32 = 64;
 
-    fn runs_inline(&self) -> bool {
-        !self.blocks.load(Ordering::Relaxed)
-            && self.fast_calls.load(Ordering::Relaxed) >= Self::FAST_CALLS
+    /// Whether the next call may run inline; if so, the returned guard marks it running.
+    fn try_inline(&self) -> Option<InlineCall<'_>> {
+        if self.fast_calls.load(Ordering::Relaxed) < Self::FAST_CALLS
+            || self.inline_busy.swap(true, Ordering::Acquire)
+        {
+            return None;
+        }
+        let call = InlineCall(self);
+        let workers = tokio::runtime::Handle::try_current()
+            .map_or(1, |handle| handle.metrics().num_workers());
+        (workers > 1).then_some(call)
     }
 
-    /// Records a call's duration; true when this call is the one that revealed blocking.
+    /// Records a call's duration; true when this is the first call seen to block.
     fn record(&self, took: Duration) -> bool {
         if took >= Self::THRESHOLD {
-            return !self.blocks.swap(true, Ordering::Relaxed);
+            self.fast_calls.store(0, Ordering::Relaxed);
+            return !self.seen_blocking.swap(true, Ordering::Relaxed);
         }
         if self.fast_calls.load(Ordering::Relaxed) < Self::FAST_CALLS {
             self.fast_calls.fetch_add(1, Ordering::Relaxed);
@@ -306,11 +333,11 @@ impl Engine {
     /// `chosen`. Returns the output, if any, with the correlationId echoed.
     ///
     /// `default_content_type` is the protocol's media type for a message without one.
-    pub fn invoke_once(
+    pub async fn invoke_once(
         &self,
         message: Option<Inbound>,
         default_content_type: &str,
-        chosen: Option<&Chosen>,
+        chosen: Option<Chosen>,
     ) -> Result<Option<Outbound>, Status> {
         let info = self.function.info();
         let correlation = message
@@ -338,23 +365,26 @@ impl Engine {
             _ => Vec::new(),
         };
         let ctx = self.context(headers);
-        let index = chosen.map_or(0, |c| c.index);
+        let index = chosen.as_ref().map_or(0, |c| c.index);
+        let function = self.function.clone();
         // Times the function itself, not the hand-off to another thread.
-        let invoke = || {
+        let invoke = move || {
             let started = Instant::now();
-            let output = self.function.invoke(&ctx, input.as_ref(), index);
+            let output = function.invoke(&ctx, input.as_ref(), index);
             (output, started.elapsed())
         };
-        let (output, took) = if self.blocking.runs_inline() {
+        let (output, took) = if let Some(_inline) = self.blocking.try_inline() {
             invoke()
         } else {
-            // Maybe blocking: let the runtime move other tasks off this thread meanwhile.
-            tokio::task::block_in_place(invoke)
+            // Maybe blocking: run it on the blocking pool, so the worker threads go on.
+            tokio::task::spawn_blocking(invoke)
+                .await
+                .map_err(|e| Status::internal(format!("Invoker: the call did not finish: {e}")))?
         };
         if self.blocking.record(took) {
             tracing::info!(
                 function = %info.name,
-                "the function blocks: its calls run off the async worker threads from now on"
+                "a call took over 1 ms: the function's calls run on the blocking pool until it is fast again"
             );
         }
         let output = output.map_err(|e| self.failed(e))?;
@@ -377,15 +407,18 @@ impl Engine {
                         None => None,
                         Some(Err(status)) => Some((Err(status), State::Done)),
                         Some(Ok(message)) => {
-                            let invoked = engine
-                                .choose_output(message.accept().as_deref())
-                                .and_then(|chosen| {
-                                    engine.invoke_once(
-                                        Some(message),
-                                        CALL_DEFAULT_CONTENT_TYPE,
-                                        chosen.as_ref(),
-                                    )
-                                });
+                            let invoked = match engine.choose_output(message.accept().as_deref()) {
+                                Ok(chosen) => {
+                                    engine
+                                        .invoke_once(
+                                            Some(message),
+                                            CALL_DEFAULT_CONTENT_TYPE,
+                                            chosen,
+                                        )
+                                        .await
+                                }
+                                Err(status) => Err(status),
+                            };
                             match invoked {
                                 Ok(Some(out)) => Some((Ok(out), State::AwaitEnd(inbound))),
                                 Ok(None) => engine.await_end(inbound).await,
@@ -394,9 +427,14 @@ impl Engine {
                         }
                     },
                     State::First(inbound) => {
-                        let invoked = engine.choose_output(None).and_then(|chosen| {
-                            engine.invoke_once(None, CALL_DEFAULT_CONTENT_TYPE, chosen.as_ref())
-                        });
+                        let invoked = match engine.choose_output(None) {
+                            Ok(chosen) => {
+                                engine
+                                    .invoke_once(None, CALL_DEFAULT_CONTENT_TYPE, chosen)
+                                    .await
+                            }
+                            Err(status) => Err(status),
+                        };
                         match invoked {
                             Ok(Some(out)) => Some((Ok(out), State::AwaitEnd(inbound))),
                             Ok(None) => engine.await_end(inbound).await,

@@ -407,6 +407,34 @@ async fn a_blocking_function_does_not_stall_other_calls() {
 }
 
 #[tokio::test]
+async fn a_function_that_turns_blocking_does_not_stall_other_calls() {
+    let daemon = Daemon::start(&uri("probe", Some("sleep_ms")));
+    let channel = daemon.channel().await;
+    let mut client = daemon.client().await;
+    // Fast calls first: the invoker starts running them inline on its worker threads.
+    for _ in 0..200 {
+        let fast = call(&mut client, vec![msg("0", &[])]).await;
+        assert_eq!(fast.texts(), ["slept 0 ms"]);
+    }
+    let slow: Vec<_> = (0..3)
+        .map(|_| {
+            let mut client = invoker::protocol::proto::function::message_function_client::MessageFunctionClient::new(channel.clone());
+            tokio::spawn(async move { call(&mut client, vec![msg("3000", &[])]).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let fast = call(&mut client, vec![msg("0", &[])]).await;
+    assert_eq!(fast.texts(), ["slept 0 ms"]);
+    assert!(
+        slow.iter().all(|task| !task.is_finished()),
+        "the quick call finished while the three blocking ones still ran"
+    );
+    for task in slow {
+        assert_eq!(task.await.unwrap().texts(), ["slept 3000 ms"]);
+    }
+}
+
+#[tokio::test]
 async fn health_and_reflection_are_served() {
     let daemon = Daemon::start(&uri("rot13", None));
     let mut health = HealthClient::new(daemon.channel().await);

@@ -378,3 +378,37 @@ async fn sighup_reloads_the_file_function_uri_names() {
     assert_eq!(status["generation"], 2);
     assert_eq!(status["function"], "encode");
 }
+
+#[tokio::test]
+async fn json_logs_tag_what_a_function_logs_with_its_call() {
+    let daemon = Daemon::start_with(
+        &uri("shapes", Some("record")),
+        &[("LOG_FORMAT", "json"), ("RUST_LOG", "info")],
+    );
+    let mut client = daemon.client().await;
+    let outcome = call(&mut client, vec![msg("a fine day", &[])]).await;
+    assert_eq!(outcome.code(), tonic::Code::Ok);
+    let mut waited = 0;
+    while !daemon.stderr().contains("recorded: a fine day") {
+        assert!(
+            waited < 500,
+            "the function's log is missing:\n{}",
+            daemon.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        waited += 1;
+    }
+    let logs = daemon.stderr();
+    let mut lines = logs.lines().map(|line| {
+        serde_json::from_str::<serde_json::Value>(line)
+            .unwrap_or_else(|e| panic!("a log line that is not JSON ({e}): {line}"))
+    });
+    let recorded = lines
+        .find(|l| l["fields"]["message"] == "recorded: a fine day")
+        .expect("the function's log line");
+    assert_eq!(recorded["level"], "INFO");
+    assert_eq!(recorded["fields"]["function"], "record");
+    let call_id = recorded["fields"]["call"].as_u64().expect("the call id");
+    assert_eq!(recorded["span"]["name"], "call", "{recorded}");
+    assert_eq!(recorded["span"]["id"].as_u64(), Some(call_id), "{recorded}");
+}

@@ -102,12 +102,19 @@ impl Engine {
         let engine = self.clone();
         let takes_input = !self.function.info().inputs.is_empty();
         // A function without input runs once, right after the StartFrame.
-        let first = if takes_input {
-            None
+        let ran_once = if takes_input {
+            stream::empty().boxed()
         } else {
-            Some(self.invoke_once(None, INVOKE_DEFAULT_CONTENT_TYPE, chosen.as_ref()))
+            let engine = self.clone();
+            let chosen = chosen.clone();
+            stream::once(async move {
+                engine
+                    .invoke_once(None, INVOKE_DEFAULT_CONTENT_TYPE, chosen)
+                    .await
+            })
+            .boxed()
         };
-        let ran_once = stream::iter(first).filter_map(|r| async move { r.transpose() });
+        let ran_once = ran_once.filter_map(|r| async move { r.transpose() });
         let per_frame = inbound.then(move |signal| {
             let engine = engine.clone();
             let chosen = chosen.clone();
@@ -116,11 +123,11 @@ impl Engine {
                     Signal::Data {
                         arg_index: 0,
                         message,
-                    } if takes_input => engine.invoke_once(
-                        Some(message),
-                        INVOKE_DEFAULT_CONTENT_TYPE,
-                        chosen.as_ref(),
-                    ),
+                    } if takes_input => {
+                        engine
+                            .invoke_once(Some(message), INVOKE_DEFAULT_CONTENT_TYPE, chosen)
+                            .await
+                    }
                     other => Err(violation(&other, usize::from(takes_input))),
                 }
             }
