@@ -367,8 +367,11 @@ impl Engine {
         let ctx = self.context(headers);
         let index = chosen.as_ref().map_or(0, |c| c.index);
         let function = self.function.clone();
+        // The call's span, for what the function logs, on whichever thread runs it.
+        let span = tracing::Span::current();
         // Times the function itself, not the hand-off to another thread.
         let invoke = move || {
+            let _in_call = span.enter();
             let started = Instant::now();
             let output = function.invoke(&ctx, input.as_ref(), index);
             (output, started.elapsed())

@@ -60,7 +60,7 @@ impl Live {
     ) -> anyhow::Result<Live> {
         let copies = std::env::temp_dir().join(format!("invoker-{}", std::process::id()));
         let config = Arc::new(config);
-        let (library, function) = load(&copies, 1, path, handler, &config)?;
+        let (library, function) = load(&copies, path, &Select::from(handler), &config)?;
         let current = Current {
             function: function.info().name.clone(),
             library: path.to_path_buf(),
@@ -113,23 +113,11 @@ impl Live {
     pub fn reload(&self, path: &Path, handler: Option<&str>) -> anyhow::Result<Current> {
         let _one_at_a_time = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
         let generation = self.generations.load(Ordering::Acquire) + 1;
-        let name = match handler {
-            Some(handler) => Some(handler.to_owned()),
-            None => Some(self.current().function),
+        let selection = match handler {
+            Some(handler) => Select::Named(handler.to_owned()),
+            None => Select::PreferNamed(self.current().function),
         };
-        let loaded = load(
-            &self.copies,
-            generation,
-            path,
-            name.as_deref(),
-            &self.config,
-        );
-        let (library, function) = match (loaded, handler) {
-            (Ok(loaded), _) => loaded,
-            // The library does not export the current name: take its only function, if any.
-            (Err(_), None) => load(&self.copies, generation, path, None, &self.config)?,
-            (Err(e), Some(_)) => return Err(e),
-        };
+        let (library, function) = load(&self.copies, path, &selection, &self.config)?;
         let current = Current {
             function: function.info().name.clone(),
             library: path.to_path_buf(),
@@ -168,11 +156,13 @@ impl Live {
 }
 
 /// Copies the library to a fresh path, loads it, picks the function and runs the init hook.
+///
+/// Every attempt gets its own path, failed ones included: `dlopen` hands back the library
+/// already loaded under a path it has seen, and no library is ever unloaded.
 fn load(
     copies: &Path,
-    generation: u64,
     path: &Path,
-    handler: Option<&str>,
+    selection: &Select,
     config: &HashMap<String, String>,
 ) -> anyhow::Result<(Arc<Library>, Function)> {
     if !path.is_file() {
@@ -185,7 +175,9 @@ fn load(
         || "function.so".into(),
         |n| n.to_string_lossy().into_owned(),
     );
-    let copy = copies.join(format!("{generation}-{file_name}"));
+    static ATTEMPTS: AtomicU64 = AtomicU64::new(0);
+    let attempt = ATTEMPTS.fetch_add(1, Ordering::Relaxed) + 1;
+    let copy = copies.join(format!("{attempt}-{file_name}"));
     std::fs::copy(path, &copy).with_context(|| {
         format!(
             "cannot copy the library {} to {}",
@@ -195,9 +187,15 @@ fn load(
     })?;
     let loaded = (|| {
         let library = Library::load(&copy).map_err(|e| relabel(e.to_string(), &copy, path))?;
-        let function = library
-            .function(handler)
-            .map_err(|e| relabel(e.to_string(), &copy, path))?;
+        let function = match selection {
+            Select::Named(name) => library.function(Some(name)),
+            Select::Only => library.function(None),
+            Select::PreferNamed(name) if library.handlers().contains(&name.as_str()) => {
+                library.function(Some(name))
+            }
+            Select::PreferNamed(_) => library.function(None),
+        }
+        .map_err(|e| relabel(e.to_string(), &copy, path))?;
         library
             .init(&config::pairs(config))
             .map_err(|e| anyhow::anyhow!("the init hook of {} failed: {e}", path.display()))?;
@@ -206,6 +204,22 @@ fn load(
     // Loaded (or not), the copy's file is no longer needed: the mapping outlives it.
     let _ = std::fs::remove_file(&copy);
     loaded
+}
+
+/// Which function of a library to serve.
+enum Select {
+    /// This handler.
+    Named(String),
+    /// The library's only function.
+    Only,
+    /// This handler if the library has it, else its only function.
+    PreferNamed(String),
+}
+
+impl From<Option<&str>> for Select {
+    fn from(handler: Option<&str>) -> Select {
+        handler.map_or(Select::Only, |h| Select::Named(h.to_owned()))
+    }
 }
 
 /// Names the file the operator gave in an error about its copy.

@@ -59,7 +59,15 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
             let stopped = stop.clone().cancelled_owned();
             helpers.spawn(async move { serve_admin(&socket, service, stopped).await });
         }
-        helpers.spawn(reload_on_sighup(live.clone(), uri.clone(), stop.clone()));
+        // Installed before the port opens: SIGHUP's default action would end the process.
+        let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("cannot listen for SIGHUP")?;
+        helpers.spawn(reload_on_sighup(
+            live.clone(),
+            uri.clone(),
+            hangups,
+            stop.clone(),
+        ));
         let options = ServeOptions {
             host: args.host,
             port: args.port,
@@ -83,10 +91,9 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
 async fn reload_on_sighup(
     live: Arc<Live>,
     uri: FunctionUri,
+    mut hangups: tokio::signal::unix::Signal,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut hangups = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return Ok(()),

@@ -350,21 +350,23 @@ pub async fn serve_on(
 /// How long connections may stay open after the drain.
 const CONNECTION_LINGER: Duration = Duration::from_secs(2);
 
-/// Completes on SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut sigterm) => {
-                sigterm.recv().await;
+/// Completes on SIGTERM or SIGINT. The handlers are installed when this is called, not when
+/// first polled, so a signal that arrives as soon as the port is open is not missed.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
+    use tokio::signal::unix::{SignalKind, signal};
+    let sigterm = signal(SignalKind::terminate());
+    let sigint = signal(SignalKind::interrupt());
+    async move {
+        let (mut sigterm, mut sigint) = match (sigterm, sigint) {
+            (Ok(term), Ok(int)) => (term, int),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::error!("cannot listen for SIGTERM/SIGINT: {e}");
+                return std::future::pending().await;
             }
-            Err(e) => {
-                tracing::error!("cannot listen for SIGTERM: {e}");
-                std::future::pending::<()>().await;
-            }
+        };
+        tokio::select! {
+            _ = sigterm.recv() => tracing::info!("SIGTERM received"),
+            _ = sigint.recv() => tracing::info!("SIGINT received"),
         }
-    };
-    tokio::select! {
-        _ = terminate => tracing::info!("SIGTERM received"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
     }
 }

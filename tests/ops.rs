@@ -412,3 +412,131 @@ async fn json_logs_tag_what_a_function_logs_with_its_call() {
     assert_eq!(recorded["span"]["name"], "call", "{recorded}");
     assert_eq!(recorded["span"]["id"].as_u64(), Some(call_id), "{recorded}");
 }
+
+#[tokio::test]
+async fn the_context_example_reads_each_field() {
+    let dir = scratch("context");
+    let config = dir.join("config.json");
+    std::fs::write(&config, r#"{"greeting": "from the file", "other": 1}"#).unwrap();
+    let daemon = Daemon::start_with(
+        &uri("context", Some("describe")),
+        &[
+            ("FUNCTION_CONFIG_FILE", config.to_str().unwrap()),
+            ("FUNCTION_CONFIG", r#"{"greeting": "Hi"}"#),
+            ("HOSTNAME", "pod-7"),
+            ("METRICS_PORT", "0"),
+        ],
+    );
+    let mut client = daemon.client().await;
+    let mut request = tonic::Request::new(futures_util::stream::iter([msg(
+        "Ada",
+        &[("correlationId", "c-42"), ("x-team", "blue")],
+    )]));
+    request.set_timeout(Duration::from_secs(60));
+    let mut replies = client.call(request).await.unwrap().into_inner();
+    let reply = replies.message().await.unwrap().expect("a reply");
+    assert_eq!(
+        common::header(&reply, "Content-Type"),
+        Some("application/json")
+    );
+    assert_eq!(common::header(&reply, "correlationId"), Some("c-42"));
+    let described: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap();
+    assert_eq!(described["function"], "describe");
+    assert!(
+        described["instance"]
+            .as_str()
+            .unwrap()
+            .starts_with("pod-7-"),
+        "{described}"
+    );
+    assert_eq!(described["correlation_id"], "c-42");
+    assert_eq!(described["headers"]["x-team"], "blue");
+    assert_eq!(
+        described["greeting"], "Hi",
+        "FUNCTION_CONFIG overrides the file"
+    );
+    let deadline = described["deadline_ms"].as_u64().expect("a deadline");
+    assert!(deadline > 50_000 && deadline <= 60_000, "{described}");
+    assert_eq!(described["cancelled"], false);
+    assert_eq!(described["input"], "Ada");
+    while replies.message().await.unwrap().is_some() {}
+
+    // What it logged carries the function's name; what it recorded is a metric.
+    let mut waited = 0;
+    while !daemon.stderr().contains("describing Ada") {
+        assert!(waited < 500, "no log:\n{}", daemon.stderr());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        waited += 1;
+    }
+    let addr = daemon.metrics.clone().unwrap();
+    let (_, body) = tokio::task::spawn_blocking(move || get_metrics(&addr))
+        .await
+        .unwrap();
+    let samples = parse_prometheus(&body);
+    assert_eq!(
+        sample(&samples, "invoker_function_metric{name=\"described\"}"),
+        Some(1.0),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn a_failing_init_hook_fails_start_up_with_its_message() {
+    let out = Command::new(env!("CARGO_BIN_EXE_invoker"))
+        .args(["serve", "--port", "0"])
+        .env("FUNCTION_URI", uri("context", Some("describe")))
+        .env("FUNCTION_CONFIG", r#"{"fail_init": "no database"}"#)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("init hook") && stderr.contains("init failed: no database"),
+        "{stderr}"
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("listening on"),
+        "the port opened although init failed"
+    );
+}
+
+#[tokio::test]
+async fn the_shutdown_hook_runs_after_the_drain() {
+    let dir = scratch("shutdown");
+    let marker = dir.join("shutdown.txt");
+    let config = serde_json::json!({ "shutdown_file": marker }).to_string();
+    let mut daemon = Daemon::start_with(
+        &uri("context", Some("describe")),
+        &[("FUNCTION_CONFIG", config.as_str())],
+    );
+    let mut client = daemon.client().await;
+    let outcome = call(&mut client, vec![msg("Ada", &[])]).await;
+    assert_eq!(outcome.code(), tonic::Code::Ok);
+    assert!(!marker.exists(), "the shutdown hook ran early");
+    signal(&daemon, Signal::SIGTERM);
+    let code = daemon.exit_code().await;
+    assert_eq!(code, Some(0), "{}", daemon.stderr());
+    assert_eq!(
+        std::fs::read_to_string(&marker).expect("the shutdown hook wrote its file"),
+        "shutdown hook ran\n"
+    );
+}
+
+#[tokio::test]
+async fn a_deadline_drops_a_waiting_function() {
+    let daemon = Daemon::start(&uri("context", Some("slow")));
+    let mut client = daemon.client().await;
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(msg("first", &[])).await.unwrap();
+    let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    request.set_timeout(Duration::from_millis(300));
+    let mut replies = client.call(request).await.unwrap().into_inner();
+    let first = replies.message().await.unwrap().expect("the echo");
+    assert_eq!(common::text(&first), "first");
+    let ended = tokio::time::timeout(Duration::from_secs(30), replies.message())
+        .await
+        .expect("the deadline ended the call");
+    let status = ended.expect_err("the call ends with a status");
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+    drop(tx);
+}

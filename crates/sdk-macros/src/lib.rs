@@ -32,6 +32,96 @@ pub fn function(attr: TokenStream, item: TokenStream) -> TokenStream {
     expanded.into()
 }
 
+const INIT_SUPPORTED: &str = "an init hook is `fn name(config: &invoker_sdk::Config)` returning nothing or `Result<(), E>` where E: Display";
+const SHUTDOWN_SUPPORTED: &str = "a shutdown hook is `fn name()` returning nothing";
+
+/// Marks a library's init hook: `fn(&Config)` or `fn(&Config) -> Result<(), E>`, run once
+/// after the invoker loads the library and before any call. An error stops the invoker from
+/// serving the library.
+#[proc_macro_attribute]
+pub fn init(attr: TokenStream, item: TokenStream) -> TokenStream {
+    let item_fn = parse_macro_input!(item as ItemFn);
+    hook(attr.into(), &item_fn, Hook::Init).into()
+}
+
+/// Marks a library's shutdown hook: `fn()`, run once when the invoker exits, after the drain.
+#[proc_macro_attribute]
+pub fn shutdown(attr: TokenStream, item: TokenStream) -> TokenStream {
+    let item_fn = parse_macro_input!(item as ItemFn);
+    hook(attr.into(), &item_fn, Hook::Shutdown).into()
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Hook {
+    Init,
+    Shutdown,
+}
+
+fn hook(attr: TokenStream2, item: &ItemFn, kind: Hook) -> TokenStream2 {
+    let expanded = expand_hook(attr, item, kind).unwrap_or_else(|e| e.to_compile_error());
+    quote! { #item #expanded }
+}
+
+fn expand_hook(attr: TokenStream2, item: &ItemFn, kind: Hook) -> syn::Result<TokenStream2> {
+    let sig = &item.sig;
+    let supported = match kind {
+        Hook::Init => INIT_SUPPORTED,
+        Hook::Shutdown => SHUTDOWN_SUPPORTED,
+    };
+    if !attr.is_empty() {
+        return err(
+            attr.span(),
+            format!("this attribute takes no arguments; {supported}"),
+        );
+    }
+    if sig.asyncness.is_some()
+        || sig.unsafety.is_some()
+        || sig.abi.is_some()
+        || !sig.generics.params.is_empty()
+        || sig.variadic.is_some()
+    {
+        return err(sig.span(), supported);
+    }
+    let ident = &sig.ident;
+    let name = ident.to_string().trim_start_matches("r#").to_owned();
+    let private = quote!(::invoker_sdk::private);
+    match kind {
+        Hook::Init => {
+            let takes_config = sig.inputs.len() == 1
+                && matches!(sig.inputs.first(), Some(FnArg::Typed(arg)) if matches!(&*arg.ty, Type::Reference(r) if r.mutability.is_none()));
+            if !takes_config {
+                return err(sig.inputs.span(), supported);
+            }
+            let registration = format_ident!("__INVOKER_INIT_{}", name.to_uppercase());
+            Ok(quote! {
+                #[#private::linkme::distributed_slice(#private::INIT_HOOKS)]
+                #[linkme(crate = #private::linkme)]
+                #[doc(hidden)]
+                #[allow(non_upper_case_globals)]
+                static #registration: #private::InitHook = #private::InitHook {
+                    name: #name,
+                    run: |config: &::invoker_sdk::Config| {
+                        #private::IntoInitResult::into_init_result(#ident(config))
+                    },
+                };
+            })
+        }
+        Hook::Shutdown => {
+            if !sig.inputs.is_empty() || !matches!(sig.output, ReturnType::Default) {
+                return err(sig.span(), supported);
+            }
+            let registration = format_ident!("__INVOKER_SHUTDOWN_{}", name.to_uppercase());
+            Ok(quote! {
+                #[#private::linkme::distributed_slice(#private::SHUTDOWN_HOOKS)]
+                #[linkme(crate = #private::linkme)]
+                #[doc(hidden)]
+                #[allow(non_upper_case_globals)]
+                static #registration: #private::ShutdownHook = #private::ShutdownHook { run: #ident };
+            })
+        }
+    }
+}
+
 fn err<T>(span: Span, message: impl std::fmt::Display) -> syn::Result<T> {
     Err(syn::Error::new(span, message))
 }

@@ -113,11 +113,49 @@
 //!
 //! Implement [`FromPayload`] or [`IntoPayload`] for your own types to add more.
 //!
+//! # Lifecycle hooks
+//! A library may have an init hook, run once after the invoker loads it and before any call,
+//! with the user configuration (the invoker's `--config` file and `FUNCTION_CONFIG`), and a
+//! shutdown hook, run once when the invoker exits, after the calls in flight have drained. A
+//! failing (or panicking) init hook stops the invoker from serving the library, with the hook's
+//! message.
+//!
+//! ```
+//! use std::sync::OnceLock;
+//! use invoker_sdk::Config;
+//!
+//! static GREETING: OnceLock<String> = OnceLock::new();
+//!
+//! #[invoker_sdk::init]
+//! fn setup(config: &Config) -> Result<(), String> {
+//!     let greeting = config.get("greeting").unwrap_or("Hello");
+//!     if greeting.is_empty() {
+//!         return Err("the greeting must not be empty".into());
+//!     }
+//!     GREETING.get_or_init(|| greeting.to_owned());
+//!     Ok(())
+//! }
+//!
+//! #[invoker_sdk::shutdown]
+//! fn teardown() {
+//!     eprintln!("goodbye");
+//! }
+//!
+//! #[invoker_sdk::function]
+//! fn greet(name: String) -> String {
+//!     format!("{} {name}", GREETING.get().map_or("Hello", String::as_str))
+//! }
+//! ```
+//!
+//! With several hooks of a kind in one library, all run, in link order; init stops at the
+//! first error.
+//!
 //! # Panics
 //! A panic in your function is caught at the library boundary (so build with the default
 //! `panic = "unwind"`): the call ends with `INTERNAL` and the panic message, and the invoker
 //! goes on serving.
 
+mod config;
 mod context;
 pub mod fan_out;
 mod input;
@@ -129,9 +167,10 @@ pub mod time;
 pub mod private;
 
 pub use bytes::Bytes;
+pub use config::Config;
 pub use context::Context;
 pub use input::Input;
-pub use invoker_sdk_macros::function;
+pub use invoker_sdk_macros::{function, init, shutdown};
 pub use message::{Headers, Message};
 pub use payload::{
     APPLICATION_JSON, FORM_URLENCODED, Form, FromPayload, IntoPayload, Json, OCTET_STREAM,

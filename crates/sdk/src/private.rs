@@ -50,6 +50,101 @@ pub enum Entry {
     Open(OpenFn),
 }
 
+/// Every init hook of this library, collected at link time.
+#[linkme::distributed_slice]
+pub static INIT_HOOKS: [InitHook];
+
+/// Every shutdown hook of this library, collected at link time.
+#[linkme::distributed_slice]
+pub static SHUTDOWN_HOOKS: [ShutdownHook];
+
+/// An init hook as `#[init]` registers it.
+pub struct InitHook {
+    /// The hook's name, for error messages.
+    pub name: &'static str,
+    /// Runs the author's function.
+    pub run: fn(&crate::Config) -> Result<(), String>,
+}
+
+/// A shutdown hook as `#[shutdown]` registers it.
+pub struct ShutdownHook {
+    /// Runs the author's function.
+    pub run: fn(),
+}
+
+/// What an init hook may return: nothing, or a `Result` with a `Display` error.
+pub trait IntoInitResult {
+    /// The outcome, with the error as text.
+    fn into_init_result(self) -> Result<(), String>;
+}
+
+impl IntoInitResult for () {
+    fn into_init_result(self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+impl<E: Display> IntoInitResult for Result<(), E> {
+    fn into_init_result(self) -> Result<(), String> {
+        self.map_err(|e| e.to_string())
+    }
+}
+
+/// Runs every init hook with the configuration the host lends.
+///
+/// # Safety
+/// `config` must point at `config_len` headers whose strings are UTF-8 and valid for the call;
+/// `error` must be writable.
+unsafe extern "C" fn init_shim(
+    config: *const Header,
+    config_len: usize,
+    error: *mut OutMessage,
+) -> u32 {
+    let pairs: &[Header] = if config.is_null() || config_len == 0 {
+        &[]
+    } else {
+        // SAFETY: the host lends `config_len` headers for the duration of this call.
+        unsafe { std::slice::from_raw_parts(config, config_len) }
+    };
+    // SAFETY: the host lends UTF-8 strings for the duration of this call; they are copied.
+    let config = crate::Config::new(
+        pairs
+            .iter()
+            .map(|h| unsafe { (abi_str(h.name), abi_str(h.value)) }),
+    );
+    for hook in INIT_HOOKS.iter() {
+        match catch_unwind(AssertUnwindSafe(|| (hook.run)(&config))) {
+            Ok(Ok(())) => {}
+            // SAFETY: the caller guarantees `error` is writable.
+            Ok(Err(message)) => {
+                return unsafe { write_error(error, status::FUNCTION_ERROR, message) };
+            }
+            Err(panic) => {
+                let message = format!(
+                    "init hook '{}' panicked: {}",
+                    hook.name,
+                    panic_message(&*panic)
+                );
+                // SAFETY: as above.
+                return unsafe { write_error(error, status::PANIC, message) };
+            }
+        }
+    }
+    status::READY
+}
+
+/// Runs every shutdown hook; a panic in one is reported on stderr and the others still run.
+extern "C" fn shutdown_shim() {
+    for hook in SHUTDOWN_HOOKS.iter() {
+        if let Err(panic) = catch_unwind(AssertUnwindSafe(hook.run)) {
+            eprintln!(
+                "invoker-sdk: a shutdown hook panicked: {}",
+                panic_message(&*panic)
+            );
+        }
+    }
+}
+
 /// Why a call failed, as the shims report it.
 #[derive(Debug)]
 pub enum CallError {
@@ -634,8 +729,8 @@ fn build_descriptors() -> Descriptors {
         functions: pointers.as_ptr(),
         functions_len: pointers.len(),
         panic_unwind: cfg!(panic = "unwind"),
-        init: None,
-        shutdown: None,
+        init: (!INIT_HOOKS.is_empty()).then_some(init_shim as invoker_abi::InitFn),
+        shutdown: (!SHUTDOWN_HOOKS.is_empty()).then_some(shutdown_shim as invoker_abi::ShutdownFn),
     };
     Descriptors {
         library,

@@ -1,0 +1,89 @@
+//! The call's `Context`, user configuration and lifecycle hooks, in one library.
+//!
+//! - `describe`: returns everything its `Context` knows about the call, logs through the
+//!   invoker and records a custom metric.
+//! - `slow`: a stream that answers once and then waits forever, to show deadlines.
+//! - an init hook that reads the configuration (`fail_init` makes it fail; `shutdown_file`
+//!   names a file the shutdown hook writes to), and that shutdown hook.
+
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+
+use invoker_sdk::stream::{self, Stream, StreamExt};
+use invoker_sdk::{Config, Context, Input, Json};
+use serde::Serialize;
+
+/// Where the shutdown hook reports that it ran, from the `shutdown_file` configuration.
+static SHUTDOWN_FILE: OnceLock<String> = OnceLock::new();
+
+/// Everything a function can learn from its `Context`.
+#[derive(Debug, Serialize)]
+pub struct Description {
+    /// The function's name.
+    pub function: String,
+    /// The invoker instance.
+    pub instance: String,
+    /// The message's `correlationId`, if any.
+    pub correlation_id: Option<String>,
+    /// The message's headers (the first value of each).
+    pub headers: BTreeMap<String, String>,
+    /// The `greeting` user configuration value.
+    pub greeting: Option<String>,
+    /// Milliseconds left until the call's deadline, if it has one.
+    pub deadline_ms: Option<u64>,
+    /// Whether the call is cancelled.
+    pub cancelled: bool,
+    /// The input.
+    pub input: String,
+}
+
+/// Describes the call it runs in.
+#[invoker_sdk::function]
+pub fn describe(ctx: &Context, input: String) -> Json<Description> {
+    ctx.log_info(&format!("describing {input}"));
+    ctx.record_metric("described", 1.0);
+    let mut headers = BTreeMap::new();
+    for (name, value) in ctx.headers().iter() {
+        headers
+            .entry(name.to_owned())
+            .or_insert_with(|| value.to_owned());
+    }
+    Json(Description {
+        function: ctx.function_name().to_owned(),
+        instance: ctx.instance_id().to_owned(),
+        correlation_id: ctx.correlation_id().map(str::to_owned),
+        headers,
+        greeting: ctx.config("greeting").map(str::to_owned),
+        deadline_ms: ctx.deadline().map(|d| d.as_millis() as u64),
+        cancelled: ctx.is_cancelled(),
+        input,
+    })
+}
+
+/// Echoes its first input, then waits forever: only a deadline or the caller ends it.
+#[invoker_sdk::function]
+pub fn slow(inputs: Input<String>) -> impl Stream<Item = String> {
+    inputs.take(1).chain(stream::pending())
+}
+
+/// Reads the configuration once, when the invoker loads the library.
+#[invoker_sdk::init]
+pub fn setup(config: &Config) -> Result<(), String> {
+    if let Some(reason) = config.get("fail_init") {
+        return Err(format!("init failed: {reason}"));
+    }
+    if let Some(path) = config.get("shutdown_file") {
+        SHUTDOWN_FILE.get_or_init(|| path.to_owned());
+    }
+    Ok(())
+}
+
+/// Runs when the invoker exits: reports that it ran, when asked to.
+#[invoker_sdk::shutdown]
+pub fn teardown() {
+    if let Some(path) = SHUTDOWN_FILE.get()
+        && let Err(e) = std::fs::write(path, "shutdown hook ran\n")
+    {
+        eprintln!("context: cannot write {path}: {e}");
+    }
+}
