@@ -18,6 +18,15 @@ pub struct Cli {
 pub enum Command {
     /// Load the function and serve it over gRPC until SIGTERM/SIGINT.
     Serve(ServeArgs),
+    /// Run a function locally: messages from stdin, one per line; results to stdout.
+    ///
+    /// Exits 0, or with the gRPC status code of the first failed call (2 for a function
+    /// error, 3 for input it cannot decode, 13 for a panic).
+    Run(RunArgs),
+    /// Scaffold a function crate from an invoker's templates (invoker.yaml).
+    Init(InitArgs),
+    /// Validate an Invoker resource (invoker.yaml) and install it in the local registry.
+    Apply(ApplyArgs),
     /// Send messages to a running invoker in one Call and print the replies.
     ///
     /// Exits with the gRPC status code the call ended with (0 for OK).
@@ -33,6 +42,86 @@ pub enum Command {
     /// The bare tonic echo server `invoker bench` compares against.
     #[command(hide = true)]
     ReferenceEcho(ReferenceArgs),
+}
+
+/// `invoker run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The function: file:///abs/path/libname.so?handler=name, or a path to the library.
+    #[arg(
+        long = "function-uri",
+        visible_alias = "function",
+        short = 'f',
+        env = "FUNCTION_URI",
+        value_name = "URI"
+    )]
+    pub function_uri: String,
+
+    /// The messages' Content-Type (default: text/plain).
+    #[arg(long)]
+    pub content_type: Option<String>,
+
+    /// The Accept header of every message.
+    #[arg(long)]
+    pub accept: Option<String>,
+
+    /// Read and write NDJSON: each input line {"payload": ..., "headers": {...}}, each output
+    /// line {"payload": "...", "headers": {...}} with the reply's Content-Type.
+    #[arg(long)]
+    pub ndjson: bool,
+
+    /// A JSON file of user configuration, as for `invoker serve`.
+    #[arg(long, env = "FUNCTION_CONFIG_FILE", value_name = "FILE")]
+    pub config: Option<std::path::PathBuf>,
+
+    /// User configuration as a JSON object.
+    #[arg(long, env = "FUNCTION_CONFIG", value_name = "JSON")]
+    pub function_config: Option<String>,
+}
+
+/// `invoker init`.
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// The function's name (also the crate's): lowercase letters, digits, '-' and '_'.
+    pub name: String,
+
+    /// The installed invoker whose templates to use (see `invoker apply`); `rust`, the one
+    /// built into this binary, when none is installed under that name.
+    #[arg(long, default_value = "rust")]
+    pub invoker: String,
+
+    /// The handler: the Rust function's name (default: from the function's name).
+    #[arg(long)]
+    pub handler: Option<String>,
+
+    /// Where to create the crate (default: ./NAME).
+    #[arg(long)]
+    pub dir: Option<std::path::PathBuf>,
+
+    /// The crates/sdk directory of an invoker checkout (default: the one this binary was built
+    /// from), until invoker-sdk is published.
+    #[arg(long, env = "INVOKER_SDK_PATH", value_name = "DIR")]
+    pub sdk_path: Option<std::path::PathBuf>,
+
+    /// The image the generated riff Function resource names (default: NAME:0.1.0).
+    #[arg(long)]
+    pub image: Option<String>,
+
+    /// Print the files instead of writing them.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// `invoker apply`.
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// The Invoker resource.
+    #[arg(long, short = 'f', value_name = "FILE")]
+    pub file: std::path::PathBuf,
+
+    /// Validate and print the resource as it would be applied; install nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 /// `invoker status`.
@@ -135,6 +224,8 @@ pub struct CallArgs {
     pub show_headers: bool,
 
     /// The payloads, one message each, sent in one call (none for a function without input).
+    /// Without payloads, and with stdin not a terminal, each line of stdin is one (`-` reads
+    /// stdin explicitly).
     pub payloads: Vec<String>,
 }
 

@@ -18,7 +18,20 @@ use tonic::transport::Channel;
 
 /// Sends the messages of `args` in one `MessageFunction/Call`, prints each reply to stdout,
 /// and returns the gRPC status code the call ended with.
-pub fn call(args: CallArgs) -> anyhow::Result<Code> {
+pub fn call(mut args: CallArgs) -> anyhow::Result<Code> {
+    use std::io::{BufRead, IsTerminal};
+    let from_stdin = match args.payloads.as_slice() {
+        [] => !std::io::stdin().is_terminal(),
+        [only] => only == "-",
+        _ => false,
+    };
+    if from_stdin {
+        args.payloads = std::io::stdin()
+            .lock()
+            .lines()
+            .collect::<Result<_, _>>()
+            .context("cannot read messages from stdin")?;
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -6,6 +6,7 @@
 //! See ARCHITECTURE.md.
 
 pub mod admin;
+pub mod author;
 pub mod bench;
 pub mod cli;
 pub mod client;
@@ -13,6 +14,7 @@ pub mod config;
 pub mod engine;
 pub mod function;
 pub mod live;
+pub mod local;
 pub mod logging;
 pub mod negotiate;
 pub mod protocol;

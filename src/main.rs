@@ -10,6 +10,20 @@ fn main() -> ExitCode {
     invoker::logging::init();
     let result = match cli.command {
         Command::Serve(args) => invoker::run::serve(args).map(|()| ExitCode::SUCCESS),
+        Command::Run(args) => invoker::local::run(args).map(ExitCode::from),
+        Command::Init(args) => invoker::author::init(invoker::author::InitOptions {
+            name: args.name,
+            invoker: args.invoker,
+            handler: args.handler,
+            dir: args.dir,
+            sdk_path: args.sdk_path,
+            image: args.image,
+            dry_run: args.dry_run,
+        })
+        .map(|()| ExitCode::SUCCESS),
+        Command::Apply(args) => {
+            invoker::author::apply(&args.file, args.dry_run).map(|()| ExitCode::SUCCESS)
+        }
         Command::Call(args) => invoker::client::call(args).map(|code| ExitCode::from(code as u8)),
         Command::Status(args) => {
             invoker::admin::status(&args.admin_socket).map(|code| ExitCode::from(code as u8))

@@ -1,0 +1,513 @@
+//! The author's and the platform's side of packaging: the riff `Invoker` resource
+//! (`invoker.yaml`), a local registry of installed invokers (`invoker apply`), and scaffolding
+//! a function crate from an invoker's templates (`invoker init`).
+//!
+//! Templates use riff's placeholder syntax, `{{.Name}}` (spaces allowed inside the braces);
+//! only the names in [`Vars`] exist, and any other is an error when the resource is applied,
+//! so a template that would not render never reaches the registry.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+use serde::{Deserialize, Serialize};
+
+/// The invoker resource this binary ships with (the repository's `invoker.yaml`).
+pub const EMBEDDED: &str = include_str!("../invoker.yaml");
+
+/// A riff `Invoker` resource.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Invoker {
+    /// `projectriff.io/v1alpha1`.
+    pub api_version: String,
+    /// `Invoker`.
+    pub kind: String,
+    /// Its name.
+    pub metadata: Metadata,
+    /// What it does.
+    pub spec: InvokerSpec,
+}
+
+/// Resource metadata.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Metadata {
+    /// The invoker's name, by which `invoker init --invoker` finds it.
+    pub name: String,
+}
+
+/// The invoker's spec.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InvokerSpec {
+    /// The invoker's version (the base image tag).
+    pub version: String,
+    /// Globs of the artifacts it builds functions from.
+    pub matchers: Vec<String>,
+    /// The handler's default and what it means.
+    pub handler: Handler,
+    /// The template of the riff Function resource.
+    pub function_template: yaml_serde::Value,
+    /// Files written into a function's directory (the Dockerfile).
+    pub files: Vec<File>,
+    /// Files `invoker init` writes into a new function crate (an extension riff ignores).
+    #[serde(default)]
+    pub scaffold: Vec<File>,
+    /// Help text.
+    #[serde(default)]
+    pub doc: String,
+}
+
+/// The handler setting.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Handler {
+    /// Template of the default handler.
+    pub default: String,
+    /// What the handler names.
+    pub description: String,
+}
+
+/// A templated file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct File {
+    /// Where it goes, relative to the function's directory.
+    pub path: String,
+    /// Its template.
+    pub template: String,
+}
+
+/// The values templates can use.
+#[derive(Debug, Clone)]
+pub struct Vars {
+    /// The function (and package) name, e.g. `hello-world`.
+    pub function_name: String,
+    /// The name as a Rust identifier, e.g. `hello_world`.
+    pub crate_name: String,
+    /// The handler.
+    pub handler: String,
+    /// The built library, relative to the function's directory.
+    pub artifact: String,
+    /// The library's file name.
+    pub artifact_base: String,
+    /// The invoker's version.
+    pub invoker_version: String,
+    /// The `invoker-sdk` dependency, as a Cargo.toml value.
+    pub sdk_dependency: String,
+}
+
+impl Vars {
+    /// The values for a function called `name` (handler still to be chosen).
+    pub fn new(name: &str, invoker_version: &str, sdk_dependency: &str) -> Vars {
+        let crate_name = name.replace('-', "_");
+        Vars {
+            function_name: name.to_owned(),
+            handler: String::new(),
+            artifact: format!("target/release/lib{crate_name}.so"),
+            artifact_base: format!("lib{crate_name}.so"),
+            crate_name,
+            invoker_version: invoker_version.to_owned(),
+            sdk_dependency: sdk_dependency.to_owned(),
+        }
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        Some(match name {
+            "FunctionName" => &self.function_name,
+            "CrateName" => &self.crate_name,
+            "Handler" => &self.handler,
+            "Artifact" => &self.artifact,
+            "ArtifactBase" => &self.artifact_base,
+            "InvokerVersion" => &self.invoker_version,
+            "SdkDependency" => &self.sdk_dependency,
+            _ => return None,
+        })
+    }
+}
+
+/// Renders a template: each `{{.Name}}` becomes its value.
+pub fn render(template: &str, vars: &Vars) -> anyhow::Result<String> {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(start) = rest.find("{{") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after
+            .find("}}")
+            .with_context(|| format!("a '{{{{' without '}}}}' in: {}", line_of(rest, start)))?;
+        let inner = after[..end].trim();
+        let value = inner
+            .strip_prefix('.')
+            .and_then(|name| vars.get(name))
+            .with_context(|| {
+                format!(
+                    "unknown placeholder '{{{{{inner}}}}}' (known: .FunctionName, .CrateName, .Handler, .Artifact, .ArtifactBase, .InvokerVersion, .SdkDependency)"
+                )
+            })?;
+        out.push_str(value);
+        rest = &after[end + 2..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+fn line_of(text: &str, at: usize) -> &str {
+    text[at..].lines().next().unwrap_or_default()
+}
+
+impl Invoker {
+    /// Parses and validates a resource.
+    pub fn parse(text: &str) -> anyhow::Result<Invoker> {
+        let invoker: Invoker =
+            yaml_serde::from_str(text).context("not a valid Invoker resource")?;
+        invoker.validate()?;
+        Ok(invoker)
+    }
+
+    /// Checks the resource's shape, and that every template renders for a sample function.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.api_version != "projectriff.io/v1alpha1" {
+            bail!(
+                "apiVersion is '{}'; an Invoker is projectriff.io/v1alpha1",
+                self.api_version
+            );
+        }
+        if self.kind != "Invoker" {
+            bail!("kind is '{}', not Invoker", self.kind);
+        }
+        let name = &self.metadata.name;
+        if name.is_empty()
+            || name.len() > 63
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            || name.starts_with('-')
+            || name.ends_with('-')
+        {
+            bail!("metadata.name '{name}' is not a DNS label (lowercase letters, digits, '-')");
+        }
+        let spec = &self.spec;
+        if spec.version.trim().is_empty() {
+            bail!("spec.version is empty");
+        }
+        if spec.matchers.is_empty() || spec.matchers.iter().any(|m| m.trim().is_empty()) {
+            bail!("spec.matchers must list the artifacts it builds from, like \"*.so\"");
+        }
+        if spec.handler.description.trim().is_empty() {
+            bail!("spec.handler.description is empty");
+        }
+        let protocol = spec
+            .function_template
+            .get("spec")
+            .and_then(|s| s.get("protocol"))
+            .and_then(|p| p.as_str());
+        if protocol != Some("grpc") {
+            bail!(
+                "spec.functionTemplate.spec.protocol must be grpc, the protocol this invoker serves"
+            );
+        }
+        if !spec.files.iter().any(|f| f.path == "Dockerfile") {
+            bail!("spec.files has no Dockerfile");
+        }
+        let mut vars = Vars::new("sample-function", &spec.version, "{ path = \"sdk\" }");
+        vars.handler =
+            render(&spec.handler.default, &vars).context("spec.handler.default does not render")?;
+        for file in spec.files.iter().chain(&spec.scaffold) {
+            if file.path.is_empty()
+                || Path::new(&file.path).is_absolute()
+                || file.path.split('/').any(|part| part == "..")
+            {
+                bail!(
+                    "file path '{}' must be relative, inside the function's directory",
+                    file.path
+                );
+            }
+            render(&file.template, &vars)
+                .with_context(|| format!("the template of {} does not render", file.path))?;
+        }
+        Ok(())
+    }
+
+    /// The riff Function resource for a function `name` built into `image`.
+    pub fn function_resource(&self, name: &str, image: &str) -> anyhow::Result<String> {
+        let mut spec = self
+            .spec
+            .function_template
+            .get("spec")
+            .cloned()
+            .unwrap_or(yaml_serde::Value::Mapping(Default::default()));
+        if let yaml_serde::Value::Mapping(map) = &mut spec {
+            map.insert("input".into(), name.into());
+            let mut container = yaml_serde::Mapping::new();
+            container.insert("image".into(), image.into());
+            map.insert("container".into(), yaml_serde::Value::Mapping(container));
+        }
+        let mut metadata = yaml_serde::Mapping::new();
+        metadata.insert("name".into(), name.into());
+        let mut function = yaml_serde::Mapping::new();
+        function.insert("apiVersion".into(), "projectriff.io/v1alpha1".into());
+        function.insert("kind".into(), "Function".into());
+        function.insert("metadata".into(), yaml_serde::Value::Mapping(metadata));
+        function.insert("spec".into(), spec);
+        Ok(yaml_serde::to_string(&function)?)
+    }
+}
+
+/// Where installed invokers live: `$INVOKER_HOME/invokers`, else
+/// `$XDG_CONFIG_HOME/invoker/invokers`, else `~/.config/invoker/invokers`.
+pub fn registry_dir() -> anyhow::Result<PathBuf> {
+    let var = |name: &str| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    let home = if let Some(home) = var("INVOKER_HOME") {
+        home
+    } else if let Some(config) = var("XDG_CONFIG_HOME") {
+        config.join("invoker")
+    } else if let Some(home) = var("HOME") {
+        home.join(".config").join("invoker")
+    } else {
+        bail!("set INVOKER_HOME (or HOME) to say where installed invokers live");
+    };
+    Ok(home.join("invokers"))
+}
+
+/// `invoker apply -f FILE [--dry-run]`.
+pub fn apply(file: &Path, dry_run: bool) -> anyhow::Result<()> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let invoker =
+        Invoker::parse(&text).with_context(|| format!("{} is not applied", file.display()))?;
+    let name = &invoker.metadata.name;
+    if dry_run {
+        print!("{}", yaml_serde::to_string(&invoker)?);
+        eprintln!("invoker '{name}' is valid (dry run: nothing installed)");
+        return Ok(());
+    }
+    let dir = registry_dir()?;
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let path = dir.join(format!("{name}.yaml"));
+    std::fs::write(&path, &text).with_context(|| format!("cannot write {}", path.display()))?;
+    println!(
+        "invoker '{name}' {} applied to {}",
+        invoker.spec.version,
+        path.display()
+    );
+    Ok(())
+}
+
+/// The installed invoker called `name`, or the embedded one if that is its name.
+pub fn installed(name: &str) -> anyhow::Result<Invoker> {
+    let path = registry_dir()?.join(format!("{name}.yaml"));
+    if path.is_file() {
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        return Invoker::parse(&text).with_context(|| format!("{} is not valid", path.display()));
+    }
+    let embedded = Invoker::parse(EMBEDDED)?;
+    if embedded.metadata.name == name {
+        return Ok(embedded);
+    }
+    bail!(
+        "no invoker '{name}' is installed (in {}); install it with `invoker apply -f invoker.yaml`",
+        path.display()
+    )
+}
+
+/// What `invoker init` needs.
+#[derive(Debug)]
+pub struct InitOptions {
+    /// The function's name.
+    pub name: String,
+    /// Which installed invoker's templates to use.
+    pub invoker: String,
+    /// The handler (default: the invoker's default).
+    pub handler: Option<String>,
+    /// Where to create the crate (default: `./NAME`).
+    pub dir: Option<PathBuf>,
+    /// Path of the invoker-sdk crate.
+    pub sdk_path: Option<PathBuf>,
+    /// The image the Function resource names (default: `NAME:0.1.0`).
+    pub image: Option<String>,
+    /// Print the files instead of writing them.
+    pub dry_run: bool,
+}
+
+/// The SDK this binary was built beside, when it is still there.
+fn default_sdk_path() -> Option<PathBuf> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("crates")
+        .join("sdk");
+    path.join("Cargo.toml").is_file().then_some(path)
+}
+
+/// Renders the files of a new function crate: (relative path, content), in order.
+pub fn scaffold(options: &InitOptions) -> anyhow::Result<Vec<(String, String)>> {
+    let name = &options.name;
+    let valid_name = name.bytes().next().is_some_and(|b| b.is_ascii_lowercase())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if !valid_name {
+        bail!(
+            "'{name}' is not a function name: start with a lowercase letter; use lowercase letters, digits, '-' and '_'"
+        );
+    }
+    let invoker = installed(&options.invoker)?;
+    let sdk = match &options.sdk_path {
+        Some(path) => path.clone(),
+        None => default_sdk_path().context(
+            "cannot find invoker-sdk: pass --sdk-path with the crates/sdk directory of an invoker checkout",
+        )?,
+    };
+    let sdk = std::path::absolute(&sdk)?;
+    if !sdk.join("Cargo.toml").is_file() {
+        bail!(
+            "{} is not the invoker-sdk crate (no Cargo.toml)",
+            sdk.display()
+        );
+    }
+    let sdk_dependency = format!("{{ path = {} }}", toml_string(&sdk.display().to_string()));
+    let mut vars = Vars::new(name, &invoker.spec.version, &sdk_dependency);
+    vars.handler = match &options.handler {
+        Some(handler) => handler.clone(),
+        None => render(&invoker.spec.handler.default, &vars)?,
+    };
+    let is_ident = vars
+        .handler
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && vars
+            .handler
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !is_ident {
+        bail!("the handler '{}' is not a Rust function name", vars.handler);
+    }
+    let mut files = Vec::new();
+    for file in invoker.spec.scaffold.iter().chain(&invoker.spec.files) {
+        files.push((file.path.clone(), render(&file.template, &vars)?));
+    }
+    let image = options
+        .image
+        .clone()
+        .unwrap_or_else(|| format!("{name}:0.1.0"));
+    files.push((
+        "function.yaml".to_owned(),
+        invoker.function_resource(name, &image)?,
+    ));
+    Ok(files)
+}
+
+/// A TOML basic string.
+fn toml_string(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// `invoker init NAME`.
+pub fn init(options: InitOptions) -> anyhow::Result<()> {
+    let files = scaffold(&options)?;
+    if options.dry_run {
+        for (path, content) in &files {
+            println!("--- {path}");
+            print!("{content}");
+            if !content.ends_with('\n') {
+                println!();
+            }
+        }
+        return Ok(());
+    }
+    let dir = options
+        .dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(&options.name));
+    if dir.exists() {
+        bail!(
+            "{} already exists: choose another name or --dir",
+            dir.display()
+        );
+    }
+    let mut written = BTreeMap::new();
+    for (path, content) in &files {
+        let target = dir.join(path);
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+        std::fs::write(&target, content)
+            .with_context(|| format!("cannot write {}", target.display()))?;
+        written.insert(path.clone(), target);
+    }
+    println!("created {} with:", dir.display());
+    for path in written.keys() {
+        println!("  {path}");
+    }
+    println!(
+        "next: cd {} && cargo build --release && invoker run -f target/release/lib{}.so",
+        dir.display(),
+        options.name.replace('-', "_")
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars() -> Vars {
+        let mut vars = Vars::new("hello-world", "0.1.0", "{ path = \"/sdk\" }");
+        vars.handler = "hello".into();
+        vars
+    }
+
+    #[test]
+    fn renders_placeholders() {
+        let text = render(
+            "FROM x:{{.InvokerVersion}}\nCOPY {{ .Artifact }} /f/{{.ArtifactBase}}",
+            &vars(),
+        )
+        .unwrap();
+        assert_eq!(
+            text,
+            "FROM x:0.1.0\nCOPY target/release/libhello_world.so /f/libhello_world.so"
+        );
+    }
+
+    #[test]
+    fn unknown_or_broken_placeholders_are_errors() {
+        let e = render("{{.Nope}}", &vars()).unwrap_err();
+        assert!(
+            e.to_string().contains("unknown placeholder '{{.Nope}}'"),
+            "{e}"
+        );
+        assert!(render("{{.Handler", &vars()).is_err());
+        assert!(render("{{Handler}}", &vars()).is_err());
+    }
+
+    #[test]
+    fn the_embedded_invoker_is_valid() {
+        let invoker = Invoker::parse(EMBEDDED).unwrap();
+        assert_eq!(invoker.metadata.name, "rust");
+        assert_eq!(invoker.spec.matchers, ["*.so"]);
+    }
+
+    #[test]
+    fn validation_names_the_problem() {
+        let wrong_kind = EMBEDDED.replace("kind: Invoker", "kind: Function");
+        let e = Invoker::parse(&wrong_kind).unwrap_err();
+        assert!(e.to_string().contains("kind is 'Function'"), "{e}");
+        let wrong_protocol = EMBEDDED.replace("protocol: grpc", "protocol: http");
+        let e = Invoker::parse(&wrong_protocol).unwrap_err();
+        assert!(e.to_string().contains("protocol must be grpc"), "{e}");
+    }
+}
