@@ -142,11 +142,12 @@ pub mod errors {
 /// two thread wake-ups (a third of the server's CPU per call for a fast function, measured in
 /// BENCHMARKS.md); but only the blocking pool keeps a blocking function from stalling other
 /// calls. So calls go to the blocking pool until [`Blocking::FAST_CALLS`] calls in a row each
-/// took less than [`Blocking::THRESHOLD`]; then they run inline, until one takes longer, which
-/// sends the function back to the pool for the next streak. A function that blocks often
+/// took less than [`Blocking::THRESHOLD`]; then they run inline, until
+/// [`Blocking::SLOW_CALLS`] calls within [`Blocking::FAST_CALLS`] take longer, which sends the
+/// function back to the pool for the next streak. One slow call alone does not: on a busy
+/// machine a thread preempted by the OS mid-call looks slow too. A function that blocks often
 /// never earns a streak; one that is fast for a long time and then blocks holds one worker for
-/// that one call. A thread preempted by the OS mid-call looks slow too, which only costs one
-/// more streak in the pool.
+/// two of its calls.
 ///
 /// At most one call runs inline at a time (others meanwhile go to the pool), and none does
 /// when the runtime has a single worker: a function that turns blocking can stall at most one
@@ -154,6 +155,9 @@ pub mod errors {
 #[derive(Debug, Default)]
 pub struct Blocking {
     fast_calls: AtomicU32,
+    /// Slow calls since the window began, and calls in the window, while inline.
+    slow_in_window: AtomicU32,
+    window: AtomicU32,
     /// Set while a call runs inline.
     inline_busy: AtomicBool,
     /// Set once the function has been seen to block, for a single info log.
@@ -172,8 +176,11 @@ impl Drop for InlineCall<'_> {
 impl Blocking {
     /// A call at least this long counts as blocking.
     pub const THRESHOLD: Duration = Duration::from_millis(1);
-    /// How many fast calls in a row let a function run inline.
+    /// How many fast calls in a row let a function run inline (and the window, in calls, in
+    /// which slow calls are counted).
     pub const FAST_CALLS: u32 = 64;
+    /// How many slow calls within the window send an inline function back to the pool.
+    pub const SLOW_CALLS: u32 = 2;
 
     /// Whether the next call may run inline; if so, the returned guard marks it running.
     fn try_inline(&self) -> Option<InlineCall<'_>> {
@@ -189,10 +196,20 @@ impl Blocking {
     }
 
     /// Records a call's duration; true when this is the first call seen to block.
-    fn record(&self, took: Duration) -> bool {
+    fn record(&self, took: Duration, inline: bool) -> bool {
+        if inline && self.window.fetch_add(1, Ordering::Relaxed) + 1 >= Self::FAST_CALLS {
+            self.window.store(0, Ordering::Relaxed);
+            self.slow_in_window.store(0, Ordering::Relaxed);
+        }
         if took >= Self::THRESHOLD {
-            self.fast_calls.store(0, Ordering::Relaxed);
-            return !self.seen_blocking.swap(true, Ordering::Relaxed);
+            let back_to_pool = !inline
+                || self.slow_in_window.fetch_add(1, Ordering::Relaxed) + 1 >= Self::SLOW_CALLS;
+            if back_to_pool {
+                self.fast_calls.store(0, Ordering::Relaxed);
+                self.slow_in_window.store(0, Ordering::Relaxed);
+                return !self.seen_blocking.swap(true, Ordering::Relaxed);
+            }
+            return false;
         }
         if self.fast_calls.load(Ordering::Relaxed) < Self::FAST_CALLS {
             self.fast_calls.fetch_add(1, Ordering::Relaxed);
@@ -376,7 +393,9 @@ impl Engine {
             let output = function.invoke(&ctx, input.as_ref(), index);
             (output, started.elapsed())
         };
-        let (output, took) = if let Some(_inline) = self.blocking.try_inline() {
+        let inline = self.blocking.try_inline();
+        let ran_inline = inline.is_some();
+        let (output, took) = if let Some(_inline) = inline {
             invoke()
         } else {
             // Maybe blocking: run it on the blocking pool, so the worker threads go on.
@@ -384,7 +403,7 @@ impl Engine {
                 .await
                 .map_err(|e| Status::internal(format!("Invoker: the call did not finish: {e}")))?
         };
-        if self.blocking.record(took) {
+        if self.blocking.record(took, ran_inline) {
             tracing::info!(
                 function = %info.name,
                 "a call took over 1 ms: the function's calls run on the blocking pool until it is fast again"
