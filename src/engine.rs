@@ -219,7 +219,7 @@ impl Blocking {
 }
 
 /// What the protocol knows of a call before the engine runs it.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct CallMeta {
     /// Unique in this process; logs about the call carry it.
     pub id: u64,
@@ -227,16 +227,32 @@ pub struct CallMeta {
     pub deadline: Option<Instant>,
     /// Set when the caller cancels or the deadline passes; the function's `Context` reads it.
     pub cancelled: Arc<AtomicBool>,
+    /// The call's span: entered while the function runs (its logs carry the call), not per
+    /// message.
+    pub span: tracing::Span,
+}
+
+impl Default for CallMeta {
+    fn default() -> Self {
+        CallMeta {
+            id: 0,
+            deadline: None,
+            cancelled: Arc::default(),
+            span: tracing::Span::none(),
+        }
+    }
 }
 
 impl CallMeta {
     /// A new call with a fresh id, and a deadline `timeout` from now if there is one.
     pub fn new(timeout: Option<Duration>) -> CallMeta {
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         CallMeta {
-            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            id,
             deadline: timeout.and_then(|t| Instant::now().checked_add(t)),
             cancelled: Arc::default(),
+            span: tracing::info_span!("call", id),
         }
     }
 }
@@ -385,7 +401,7 @@ impl Engine {
         let index = chosen.as_ref().map_or(0, |c| c.index);
         let function = self.function.clone();
         // The call's span, for what the function logs, on whichever thread runs it.
-        let span = tracing::Span::current();
+        let span = self.meta.span.clone();
         // Times the function itself, not the hand-off to another thread.
         let invoke = move || {
             let _in_call = span.enter();
@@ -516,7 +532,8 @@ impl Engine {
             None => supplier_inbound = Some(inbound),
         }
         let ctx = self.context(Vec::new());
-        let output = match self.function.open(&ctx, inputs) {
+        let opened = self.meta.span.in_scope(|| self.function.open(&ctx, inputs));
+        let output = match opened {
             Ok(mut outputs) => outputs.remove(0),
             Err(e) => {
                 let status = self.failed(e);

@@ -103,7 +103,6 @@ impl CallGuard {
         inner: S,
         meta: &CallMeta,
         stats: Arc<Stats>,
-        span: tracing::Span,
     ) -> Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>
     where
         S: Stream<Item = Result<T, Status>> + Send + 'static,
@@ -120,7 +119,7 @@ impl CallGuard {
             guard: Some(self),
             started: Instant::now(),
             stats,
-            span,
+            span: meta.span.clone(),
         })
     }
 }
@@ -187,10 +186,7 @@ where
         let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(None);
         };
-        let polled = {
-            let _in_call = this.span.enter();
-            inner.as_mut().poll_next(cx)
-        };
+        let polled = inner.as_mut().poll_next(cx);
         match polled {
             Poll::Ready(None) => return this.end(None),
             // Only a call that waits needs waking for cancellation: a busy one sees the flag.

@@ -161,7 +161,11 @@ impl Engine {
             })
             .collect();
         let ctx = self.context(Vec::new());
-        let outputs = match self.function.open(&ctx, input_streams) {
+        let opened = self
+            .meta
+            .span
+            .in_scope(|| self.function.open(&ctx, input_streams));
+        let outputs = match opened {
             Ok(outputs) => outputs,
             Err(e) => return fail(self.failed(e)),
         };

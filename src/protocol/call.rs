@@ -56,7 +56,6 @@ impl MessageFunction for CallService {
         let guard = self.calls.enter()?;
         let meta = call_meta(&request);
         let engine = self.live.engine();
-        let span = tracing::info_span!("call", id = meta.id, protocol = "Call");
         let stats = engine.stats().clone();
         let (received, sent) = (stats.clone(), stats.clone());
         let inbound = request
@@ -72,6 +71,6 @@ impl MessageFunction for CallService {
                 message(out)
             })
         });
-        Ok(Response::new(guard.wrap(outbound, &meta, stats, span)))
+        Ok(Response::new(guard.wrap(outbound, &meta, stats)))
     }
 }

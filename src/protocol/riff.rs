@@ -89,7 +89,6 @@ impl Riff for RiffService {
         let guard = self.calls.enter()?;
         let meta = call_meta(&request);
         let engine = self.live.engine();
-        let span = tracing::info_span!("call", id = meta.id, protocol = "Invoke");
         let stats = engine.stats().clone();
         let (received, sent) = (stats.clone(), stats.clone());
         let inbound = request
@@ -108,6 +107,6 @@ impl Riff for RiffService {
                 output(index, out)
             })
         });
-        Ok(Response::new(guard.wrap(outbound, &meta, stats, span)))
+        Ok(Response::new(guard.wrap(outbound, &meta, stats)))
     }
 }
