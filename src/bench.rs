@@ -69,9 +69,9 @@ pub fn reference_echo(host: &str, port: u16) -> anyhow::Result<()> {
 // ---------------------------------------------------------------------------------------------
 // Servers under test
 
-/// A server process under test.
+/// A server under test: a child process, or (`--server`) one already running elsewhere.
 struct Server {
-    child: Child,
+    child: Option<Child>,
     addr: String,
 }
 
@@ -107,12 +107,21 @@ impl Server {
             }
         };
         std::thread::spawn(move || for _ in lines {});
+        let child = Some(child);
         Ok((Server { child, addr }, started))
+    }
+
+    /// The child's process id: figures read from /proc need one.
+    fn pid(&self) -> anyhow::Result<u32> {
+        self.child
+            .as_ref()
+            .map(Child::id)
+            .context("not measured for a server started elsewhere")
     }
 
     /// CPU time the server has used so far (user + system), from /proc.
     fn cpu_seconds(&self) -> anyhow::Result<f64> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()?))?;
         // Fields after the command name, which is in parentheses and may contain spaces.
         let rest = stat.rsplit_once(')').context("malformed /proc stat")?.1;
         let fields: Vec<&str> = rest.split_whitespace().collect();
@@ -128,7 +137,7 @@ impl Server {
     }
 
     fn rss_kib(&self) -> anyhow::Result<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?))?;
         status
             .lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -146,8 +155,10 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
@@ -161,10 +172,19 @@ enum Side {
 struct Setup {
     exe: PathBuf,
     lib_dir: PathBuf,
+    /// `--server`: the one server to drive, already running.
+    external: Option<String>,
 }
 
 impl Setup {
     fn start(&self, side: Side, library: &str, handler: &str) -> anyhow::Result<(Server, Instant)> {
+        if let Some(addr) = &self.external {
+            let server = Server {
+                child: None,
+                addr: addr.clone(),
+            };
+            return Ok((server, Instant::now()));
+        }
         match side {
             Side::Invoker => {
                 let uri = format!(
@@ -380,14 +400,26 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
             .to_path_buf(),
     };
     for lib in ["librot13.so", "libstreams.so"] {
-        if !lib_dir.join(lib).is_file() {
+        if args.server.is_none() && !lib_dir.join(lib).is_file() {
             bail!(
                 "{} is missing: build the workspace (cargo build --release --workspace) or pass --lib-dir",
                 lib_dir.join(lib).display()
             );
         }
     }
-    let setup = Setup { exe, lib_dir };
+    if args.server.is_some() && args.only.as_deref() == Some("startup") {
+        bail!("--server measures a running server: startup cannot be measured that way");
+    }
+    // With --server there is one side, reported in the invoker's column.
+    let sides: &[Side] = match args.server {
+        Some(_) => &[Side::Invoker],
+        None => &[Side::Invoker, Side::Reference],
+    };
+    let setup = Setup {
+        exe,
+        lib_dir,
+        external: args.server,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -418,7 +450,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let run = |group: &str| args.only.as_deref().is_none_or(|only| only == group);
     runtime.block_on(async {
         for round in 0..rounds {
-            for side in [Side::Invoker, Side::Reference] {
+            for &side in sides {
                 eprintln!("round {} of {rounds}: {side:?}", round + 1);
                 if run("request-reply") {
                     let (server, _) = setup.start(side, "librot13.so", "encode")?;
@@ -427,14 +459,16 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
                     figures[0].keep_best(side, rate);
                     figures[1].keep_best(side, p50.as_secs_f64() * 1e6);
                     figures[2].keep_best(side, p99.as_secs_f64() * 1e6);
-                    let cpu = server.cpu_seconds()?;
+                    let cpu = server.cpu_seconds().ok();
                     let started = Instant::now();
                     let (rate, _, p99) = request_reply(channel, 64, duration).await?;
                     let calls = rate * started.elapsed().as_secs_f64();
                     figures[3].keep_best(side, rate);
                     figures[4].keep_best(side, p99.as_secs_f64() * 1e6);
-                    let cpu = server.cpu_seconds()? - cpu;
-                    figures[10].keep_best(side, cpu / calls * 1e6);
+                    if let Some(cpu) = cpu {
+                        let cpu = server.cpu_seconds()? - cpu;
+                        figures[10].keep_best(side, cpu / calls * 1e6);
+                    }
                 }
 
                 if run("streaming") {
@@ -453,15 +487,17 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
                         )
                         .await?,
                     );
-                    let cpu = server.cpu_seconds()?;
+                    let cpu = server.cpu_seconds().ok();
                     let started = Instant::now();
                     let rate = streaming(channel, 8, duration, min_messages, numbers, "text/plain")
                         .await?;
                     let messages = rate * started.elapsed().as_secs_f64();
                     figures[6].keep_best(side, rate);
-                    let cpu = server.cpu_seconds()? - cpu;
-                    figures[11].keep_best(side, cpu / messages * 1e6);
-                    figures[8].keep_best(side, idle_memory(&server, idle_streams).await?);
+                    if let Some(cpu) = cpu {
+                        let cpu = server.cpu_seconds()? - cpu;
+                        figures[11].keep_best(side, cpu / messages * 1e6);
+                        figures[8].keep_best(side, idle_memory(&server, idle_streams).await?);
+                    }
                 }
 
                 if run("large") {

@@ -171,6 +171,12 @@ pub struct BenchArgs {
     /// Where librot13.so and libstreams.so are (default: beside this binary).
     #[arg(long, value_name = "DIR")]
     pub lib_dir: Option<std::path::PathBuf>,
+
+    /// Drive a server that is already running (say, under a profiler) instead of starting
+    /// the invoker and the reference: needs --only, and a server of the function that group
+    /// uses (request-reply: rot13 encode; streaming: running_average; large: echo).
+    #[arg(long, value_name = "HOST:PORT", requires = "only")]
+    pub server: Option<String>,
 }
 
 /// `invoker reference-echo`.

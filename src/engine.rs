@@ -12,7 +12,7 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -30,6 +30,7 @@ use crate::stats::Stats;
 
 mod invoke;
 
+pub use crate::function::CallMeta;
 pub use invoke::{FrameStream, INVOKE_DEFAULT_CONTENT_TYPE, Signal, SignalStream};
 
 /// The media type of a Call message without Content-Type (SPEC §5).
@@ -218,57 +219,27 @@ impl Blocking {
     }
 }
 
-/// What the protocol knows of a call before the engine runs it.
-#[derive(Debug, Clone)]
-pub struct CallMeta {
-    /// Unique in this process; logs about the call carry it.
-    pub id: u64,
-    /// When the caller stops waiting (from `grpc-timeout`).
-    pub deadline: Option<Instant>,
-    /// Set when the caller cancels or the deadline passes; the function's `Context` reads it.
-    pub cancelled: Arc<AtomicBool>,
-    /// The call's span: entered while the function runs (its logs carry the call), not per
-    /// message.
-    pub span: tracing::Span,
-}
-
-impl Default for CallMeta {
-    fn default() -> Self {
-        CallMeta {
-            id: 0,
-            deadline: None,
-            cancelled: Arc::default(),
-            span: tracing::Span::none(),
-        }
-    }
-}
-
-impl CallMeta {
-    /// A new call with a fresh id, and a deadline `timeout` from now if there is one.
-    pub fn new(timeout: Option<Duration>) -> CallMeta {
-        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-        CallMeta {
-            id,
-            deadline: timeout.and_then(|t| Instant::now().checked_add(t)),
-            cancelled: Arc::default(),
-            span: tracing::info_span!("call", id),
-        }
-    }
-}
-
-/// Runs calls of one function.
+/// Runs calls of one function. Cloning it (once per call) costs two reference counts.
 #[derive(Debug, Clone)]
 pub struct Engine {
+    inner: Arc<Inner>,
+    /// The call this copy of the engine runs (see [`Engine::call`]).
+    meta: CallMeta,
+}
+
+/// What every call of the function shares.
+#[derive(Debug)]
+struct Inner {
     function: Function,
-    /// Whether calls may run inline (see [`Blocking`]).
-    blocking: Arc<Blocking>,
+    /// Whether calls may run inline.
+    blocking: Blocking,
     instance_id: Arc<str>,
     function_name: Arc<str>,
     config: Arc<HashMap<String, String>>,
     stats: Arc<Stats>,
-    /// The call this copy of the engine runs (see [`Engine::call`]).
-    meta: CallMeta,
+    /// Each output's media types as Content-Type values, shared by every reply that has no
+    /// Accept parameters to add.
+    output_types: Vec<Vec<Arc<str>>>,
 }
 
 /// What the inbound side of a call yields.
@@ -285,13 +256,27 @@ impl Engine {
         config: Arc<HashMap<String, String>>,
         stats: Arc<Stats>,
     ) -> Self {
+        let output_types = function
+            .info()
+            .outputs
+            .iter()
+            .map(|port| {
+                port.media_types
+                    .iter()
+                    .map(|t| Arc::from(t.as_str()))
+                    .collect()
+            })
+            .collect();
         Engine {
-            function_name: function.info().name.as_str().into(),
-            function,
-            blocking: Arc::new(Blocking::default()),
-            instance_id: instance_id.into(),
-            config,
-            stats,
+            inner: Arc::new(Inner {
+                function_name: function.info().name.as_str().into(),
+                function,
+                blocking: Blocking::default(),
+                instance_id: instance_id.into(),
+                config,
+                stats,
+                output_types,
+            }),
             meta: CallMeta::default(),
         }
     }
@@ -299,44 +284,58 @@ impl Engine {
     /// A copy of the engine for one call.
     fn for_call(&self, meta: CallMeta) -> Engine {
         Engine {
+            inner: self.inner.clone(),
             meta,
-            ..self.clone()
+        }
+    }
+
+    /// The Content-Type of output `port` as `chosen`: shared, unless the Accept range that
+    /// chose it added parameters.
+    fn content_type(&self, port: usize, chosen: &Chosen) -> Arc<str> {
+        match self
+            .inner
+            .output_types
+            .get(port)
+            .and_then(|t| t.get(chosen.index))
+        {
+            Some(shared) if chosen.params.is_empty() => shared.clone(),
+            _ => Arc::from(
+                chosen.content_type(&self.inner.function.info().outputs[port].media_types),
+            ),
         }
     }
 
     /// The counters this engine reports to.
     pub fn stats(&self) -> &Arc<Stats> {
-        &self.stats
+        &self.inner.stats
     }
 
     /// Counts the function's failure and maps it to its status.
     fn failed(&self, e: FunctionError) -> Status {
-        self.stats.function_failed(&e);
+        self.inner.stats.function_failed(&e);
         errors::function(e)
     }
 
     /// The function this engine runs.
     pub fn function(&self) -> &Function {
-        &self.function
+        &self.inner.function
     }
 
     fn context(&self, headers: Vec<(String, String)>) -> CallContext {
         CallContext {
-            function_name: self.function_name.clone(),
-            instance_id: self.instance_id.clone(),
-            call_id: self.meta.id,
+            function_name: self.inner.function_name.clone(),
+            instance_id: self.inner.instance_id.clone(),
+            call: self.meta.clone(),
             headers,
-            config: self.config.clone(),
-            deadline: self.meta.deadline,
-            cancelled: self.meta.cancelled.clone(),
-            stats: Some(self.stats.clone()),
+            config: self.inner.config.clone(),
+            stats: Some(self.inner.stats.clone()),
         }
     }
 
     /// Runs one `MessageFunction/Call`: messages in, messages out, in the function's shape.
     pub fn call(&self, inbound: InboundStream, meta: CallMeta) -> OutboundStream {
         let engine = self.for_call(meta);
-        let info = engine.function.info();
+        let info = engine.inner.function.info();
         match info.shape {
             Shape::RequestReply => engine.at_most_one(inbound),
             Shape::Streaming if info.inputs.len() > 1 || info.outputs.len() != 1 => {
@@ -354,7 +353,7 @@ impl Engine {
 
     /// Chooses a request/reply function's output type for an Accept (None: no output).
     fn choose_output(&self, accept: Option<&str>) -> Result<Option<Chosen>, Status> {
-        match self.function.info().outputs.first() {
+        match self.inner.function.info().outputs.first() {
             Some(port) => negotiate::accept(accept, &port.media_types)
                 .map(Some)
                 .map_err(errors::negotiation),
@@ -372,7 +371,7 @@ impl Engine {
         default_content_type: &str,
         chosen: Option<Chosen>,
     ) -> Result<Option<Outbound>, Status> {
-        let info = self.function.info();
+        let info = self.inner.function.info();
         let correlation = message
             .as_ref()
             .and_then(|m| m.header("correlationId"))
@@ -399,17 +398,14 @@ impl Engine {
         };
         let ctx = self.context(headers);
         let index = chosen.as_ref().map_or(0, |c| c.index);
-        let function = self.function.clone();
-        // The call's span, for what the function logs, on whichever thread runs it.
-        let span = self.meta.span.clone();
+        let function = self.inner.function.clone();
         // Times the function itself, not the hand-off to another thread.
         let invoke = move || {
-            let _in_call = span.enter();
             let started = Instant::now();
             let output = function.invoke(&ctx, input.as_ref(), index);
             (output, started.elapsed())
         };
-        let inline = self.blocking.try_inline();
+        let inline = self.inner.blocking.try_inline();
         let ran_inline = inline.is_some();
         let (output, took) = if let Some(_inline) = inline {
             invoke()
@@ -419,7 +415,7 @@ impl Engine {
                 .await
                 .map_err(|e| Status::internal(format!("Invoker: the call did not finish: {e}")))?
         };
-        if self.blocking.record(took, ran_inline) {
+        if self.inner.blocking.record(took, ran_inline) {
             tracing::info!(
                 function = %info.name,
                 "a call took over 1 ms: the function's calls run on the blocking pool until it is fast again"
@@ -427,8 +423,7 @@ impl Engine {
         }
         let output = output.map_err(|e| self.failed(e))?;
         Ok(output.map(|out| {
-            let content_type =
-                chosen.map_or_else(|| Arc::from(""), |c| Arc::from(c.content_type.as_str()));
+            let content_type = chosen.map_or_else(|| Arc::from(""), |c| self.content_type(0, &c));
             outbound(out, content_type, correlation)
         }))
     }
@@ -436,7 +431,7 @@ impl Engine {
     /// A request/reply function as an at-most-one stream.
     fn at_most_one(&self, inbound: InboundStream) -> OutboundStream {
         let engine = self.clone();
-        let takes_input = !self.function.info().inputs.is_empty();
+        let takes_input = !self.inner.function.info().inputs.is_empty();
         stream::unfold(State::First(inbound), move |state| {
             let engine = engine.clone();
             async move {
@@ -493,7 +488,7 @@ impl Engine {
         &self,
         mut inbound: InboundStream,
     ) -> Option<(Result<Outbound, Status>, State)> {
-        let info = self.function.info();
+        let info = self.inner.function.info();
         match inbound.next().await {
             None => None,
             Some(Err(status)) => Some((Err(status), State::Done)),
@@ -516,8 +511,8 @@ impl Engine {
 
     /// A streaming function over a Call: one input stream, one output stream.
     fn streaming(&self, inbound: InboundStream) -> OutboundStream {
-        let info = self.function.info();
-        let shared = Arc::new(Shared::new(self.stats.clone()));
+        let info = self.inner.function.info();
+        let shared = Arc::new(Shared::new(self.inner.stats.clone()));
         let offered: Arc<[String]> = info.outputs[0].media_types.clone().into();
         let mut inputs = Vec::new();
         let mut supplier_inbound = None;
@@ -532,7 +527,7 @@ impl Engine {
             None => supplier_inbound = Some(inbound),
         }
         let ctx = self.context(Vec::new());
-        let opened = self.meta.span.in_scope(|| self.function.open(&ctx, inputs));
+        let opened = self.inner.function.open(&ctx, inputs);
         let output = match opened {
             Ok(mut outputs) => outputs.remove(0),
             Err(e) => {
@@ -747,11 +742,8 @@ impl Stream for CallOutput {
             Poll::Ready(Some(Ok(message))) => {
                 let content_type = this.content_type.get_or_insert_with(|| {
                     // Output came before any Accept: the function's preferred type.
-                    let chosen = this.shared.chosen.get_or_init(|| Chosen {
-                        index: 0,
-                        content_type: this.offered.first().cloned().unwrap_or_default(),
-                    });
-                    Arc::from(chosen.content_type.as_str())
+                    let chosen = this.shared.chosen.get_or_init(Chosen::default);
+                    Arc::from(chosen.content_type(&this.offered))
                 });
                 let out = outbound(message, content_type.clone(), None);
                 Poll::Ready(Some(Ok(out)))

@@ -58,13 +58,25 @@ impl fmt::Display for NegotiationError {
 impl std::error::Error for NegotiationError {}
 
 /// The output media type chosen for an Accept header.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Chosen {
     /// Index into the offered media types.
     pub index: usize,
-    /// The Content-Type to send: the offered type plus the parameters (other than `q` and
-    /// what follows it) of the Accept range that chose it.
-    pub content_type: String,
+    /// The parameters (other than `q` and what follows it) of the Accept range that chose it,
+    /// each `; name=value`, in order; empty (and not allocated) when there are none, as in
+    /// the common case.
+    pub params: String,
+}
+
+impl Chosen {
+    /// The Content-Type to send: the offered type plus the kept parameters.
+    pub fn content_type<S: AsRef<str>>(&self, offered: &[S]) -> String {
+        let essence = offered.get(self.index).map_or("", AsRef::as_ref);
+        let mut content_type = String::with_capacity(essence.len() + self.params.len());
+        content_type.push_str(essence);
+        content_type.push_str(&self.params);
+        content_type
+    }
 }
 
 fn owned<S: AsRef<str>>(offered: &[S]) -> Vec<String> {
@@ -240,11 +252,8 @@ pub fn accept<S: AsRef<str>>(
         offered: owned(offered),
     };
     let Some(header) = header else {
-        let first = offered.first().ok_or_else(not_acceptable)?;
-        return Ok(Chosen {
-            index: 0,
-            content_type: first.as_ref().to_owned(),
-        });
+        offered.first().ok_or_else(not_acceptable)?;
+        return Ok(Chosen::default());
     };
     let ranges: Vec<Range<'_>> = split_unquoted(header, ',')
         .into_iter()
@@ -273,15 +282,12 @@ pub fn accept<S: AsRef<str>>(
         }
     }
     let (_, _, index, range) = best.ok_or_else(not_acceptable)?;
-    let mut content_type = offered[index].as_ref().to_owned();
+    let mut params = String::new();
     for param in &range.params {
-        content_type.push_str("; ");
-        content_type.push_str(param);
+        params.push_str("; ");
+        params.push_str(param);
     }
-    Ok(Chosen {
-        index,
-        content_type,
-    })
+    Ok(Chosen { index, params })
 }
 
 #[cfg(test)]
@@ -292,7 +298,9 @@ mod tests {
     const NUMBER: [&str; 2] = ["text/plain", "application/json"];
 
     fn chosen(accept_header: &str, offered: &[&str]) -> String {
-        accept(Some(accept_header), offered).unwrap().content_type
+        accept(Some(accept_header), offered)
+            .unwrap()
+            .content_type(offered)
     }
 
     #[test]
@@ -341,7 +349,7 @@ mod tests {
             accept(None, &NUMBER).unwrap(),
             Chosen {
                 index: 0,
-                content_type: "text/plain".into()
+                params: String::new()
             }
         );
         assert_eq!(accept(Some(" "), &NUMBER).unwrap().index, 0);
@@ -418,7 +426,7 @@ mod tests {
         fn accept_never_panics(header in ".*") {
             if let Ok(c) = accept(Some(&header), &NUMBER) {
                 prop_assert!(c.index < NUMBER.len());
-                prop_assert!(c.content_type.starts_with(NUMBER[c.index]));
+                prop_assert!(c.content_type(&NUMBER).starts_with(NUMBER[c.index]));
             }
         }
 
@@ -426,7 +434,7 @@ mod tests {
         fn accept_never_panics_on_header_like_input(header in "[a-z*/;=,\"\\\\ q.0-9+-]{0,40}") {
             if let Ok(c) = accept(Some(&header), &NUMBER) {
                 prop_assert!(c.index < NUMBER.len());
-                prop_assert!(c.content_type.starts_with(NUMBER[c.index]));
+                prop_assert!(c.content_type(&NUMBER).starts_with(NUMBER[c.index]));
             }
         }
 

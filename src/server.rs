@@ -112,14 +112,13 @@ impl CallGuard {
         Box::pin(Drainable {
             cancelled: Box::pin(self.calls.cancel.clone().cancelled_owned()),
             deadline: meta
-                .deadline
+                .deadline()
                 .map(|d| Box::pin(tokio::time::sleep_until(d.into()))),
-            call_cancelled: meta.cancelled.clone(),
+            meta: meta.clone(),
             inner: Some(Box::pin(inner)),
             guard: Some(self),
             started: Instant::now(),
             stats,
-            span: meta.span.clone(),
         })
     }
 }
@@ -156,12 +155,11 @@ struct Drainable<S> {
     inner: Option<Pin<Box<S>>>,
     cancelled: Pin<Box<WaitForCancellationFutureOwned>>,
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
-    /// The function's view of cancellation (its `Context`).
-    call_cancelled: Arc<AtomicBool>,
+    /// The call: cancelling it is what the function's `Context` sees.
+    meta: CallMeta,
     guard: Option<CallGuard>,
     started: Instant,
     stats: Arc<Stats>,
-    span: tracing::Span,
 }
 
 impl<S, T> Stream for Drainable<S>
@@ -203,14 +201,16 @@ impl<S> Drainable<S> {
     /// Ends the call: drops the function's stream (releasing it now), counts the call done.
     fn end<T>(&mut self, status: Option<Status>) -> Poll<Option<Result<T, Status>>> {
         if status.is_some() {
-            self.call_cancelled.store(true, Ordering::Release);
+            self.meta.cancel();
         }
         self.inner = None;
         if self.guard.take().is_some() {
             self.stats.call_finished(self.started.elapsed());
         }
-        if let Some(status) = &status {
-            let _in_call = self.span.enter();
+        if let Some(status) = &status
+            && tracing::enabled!(tracing::Level::DEBUG)
+        {
+            let _in_call = self.meta.span().enter();
             tracing::debug!(code = ?status.code(), "call ended: {}", status.message());
         }
         Poll::Ready(status.map(Err))
@@ -221,7 +221,7 @@ impl<S> Drop for Drainable<S> {
     fn drop(&mut self) {
         if self.guard.take().is_some() {
             // The caller went away (cancelled) before the call ended.
-            self.call_cancelled.store(true, Ordering::Release);
+            self.meta.cancel();
             self.inner = None;
             self.stats.call_finished(self.started.elapsed());
         }

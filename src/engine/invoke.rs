@@ -73,7 +73,7 @@ impl Engine {
                     ));
                 }
             };
-            let info = engine.function.info();
+            let info = engine.inner.function.info();
             if expected.len() != info.outputs.len() {
                 return fail(errors::protocol_violation(format!(
                     "the StartFrame expects {} outputs, but '{}' has {}",
@@ -100,7 +100,7 @@ impl Engine {
     /// A request/reply function applied to every data frame, in order.
     fn map_frames(&self, inbound: SignalStream, chosen: Option<Chosen>) -> FrameStream {
         let engine = self.clone();
-        let takes_input = !self.function.info().inputs.is_empty();
+        let takes_input = !self.inner.function.info().inputs.is_empty();
         // A function without input runs once, right after the StartFrame.
         let ran_once = if takes_input {
             stream::empty().boxed()
@@ -138,8 +138,8 @@ impl Engine {
 
     /// A streaming function: inputs demultiplexed from the frames, outputs merged.
     fn invoke_streaming(&self, inbound: SignalStream, chosen: Vec<Chosen>) -> FrameStream {
-        let info = self.function.info();
-        let shared = Arc::new(Shared::new(self.stats.clone()));
+        let info = self.inner.function.info();
+        let shared = Arc::new(Shared::new(self.inner.stats.clone()));
         let inputs = info.inputs.len();
         let (demux, supplier_inbound) = if inputs == 0 {
             (None, Some(inbound))
@@ -161,17 +161,15 @@ impl Engine {
             })
             .collect();
         let ctx = self.context(Vec::new());
-        let opened = self
-            .meta
-            .span
-            .in_scope(|| self.function.open(&ctx, input_streams));
+        let opened = self.inner.function.open(&ctx, input_streams);
         let outputs = match opened {
             Ok(outputs) => outputs,
             Err(e) => return fail(self.failed(e)),
         };
         let content_types = chosen
             .iter()
-            .map(|c| Arc::from(c.content_type.as_str()))
+            .enumerate()
+            .map(|(port, c)| self.content_type(port, c))
             .collect();
         Box::pin(Merged {
             outputs: outputs.into_iter().map(Some).collect(),

@@ -352,8 +352,20 @@ unsafe extern "C" fn ctx_log(data: *const c_void, level: u32, message: Slice) {
     // SAFETY: the library lends the message for the duration of this call.
     let bytes = unsafe { read_array(message.ptr, message.len) }.unwrap_or_default();
     let message = String::from_utf8_lossy(bytes);
+    let enabled_to = match level {
+        invoker_abi::level::ERROR => tracing::Level::ERROR,
+        invoker_abi::level::WARN => tracing::Level::WARN,
+        invoker_abi::level::INFO => tracing::Level::INFO,
+        invoker_abi::level::DEBUG => tracing::Level::DEBUG,
+        _ => tracing::Level::TRACE,
+    };
+    if enabled_to > tracing::level_filters::LevelFilter::current() {
+        // Filtered out: no need to make the call's span for it.
+        return;
+    }
     let function = &*ctx.function_name;
-    let call = ctx.call_id;
+    let call = ctx.call.id();
+    let _in_call = ctx.call.span().enter();
     match level {
         invoker_abi::level::ERROR => tracing::error!(function, call, "{message}"),
         invoker_abi::level::WARN => tracing::warn!(function, call, "{message}"),
