@@ -523,6 +523,7 @@ impl Engine {
                 input_types: port.media_types.clone().into(),
                 output_types: offered.clone(),
                 held: None,
+                last_type: None,
             }) as _),
             None => supplier_inbound = Some(inbound),
         }
@@ -625,6 +626,8 @@ struct CallInput {
     output_types: Arc<[String]>,
     /// A message held back for one poll after it decided the output type.
     held: Option<InputMessage>,
+    /// The last Content-Type seen, and the input media type it chose.
+    last_type: Option<(String, usize)>,
 }
 
 impl Stream for CallInput {
@@ -647,18 +650,26 @@ impl Stream for CallInput {
             }
             Poll::Ready(Some(Ok(message))) => message,
         };
-        let media_type = match negotiate::content_type(
-            message.header("Content-Type"),
-            CALL_DEFAULT_CONTENT_TYPE,
-            &this.input_types,
-        ) {
-            Ok(index) => index,
-            Err(e) => {
-                this.shared.fail(errors::negotiation(e));
-                return Poll::Pending;
-            }
+        let given = message.header("Content-Type");
+        let media_type = match &this.last_type {
+            // A stream's messages usually share one Content-Type: negotiated once.
+            Some((last, index)) if given == Some(last.as_str()) => *index,
+            _ => match negotiate::content_type(given, CALL_DEFAULT_CONTENT_TYPE, &this.input_types)
+            {
+                Ok(index) => {
+                    this.last_type = given.map(|g| (g.to_owned(), index));
+                    index
+                }
+                Err(e) => {
+                    this.shared.fail(errors::negotiation(e));
+                    return Poll::Pending;
+                }
+            },
         };
-        let accept = message.accept().filter(|_| this.shared.decided().is_none());
+        let accept = match this.shared.decided() {
+            None => message.accept(),
+            Some(_) => None,
+        };
         let decides = accept.is_some();
         if let Some(accept) = accept {
             match negotiate::accept(Some(&accept), &this.output_types) {
