@@ -82,10 +82,17 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         while helpers.join_next().await.is_some() {}
         served
     });
+    // A request/reply call still blocked in the function after the grace period (its caller
+    // already got UNAVAILABLE) holds a blocking-pool thread that nothing can stop: dropping the
+    // runtime would wait for it forever. Give it a moment, then leave it behind.
+    runtime.shutdown_timeout(BLOCKED_CALL_WAIT);
     // After the drain (or a failed start), every loaded library's shutdown hook runs once.
     live.shutdown();
     served
 }
+
+/// How long shutdown waits for calls still blocked in the function after the drain.
+const BLOCKED_CALL_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Reloads the file `FUNCTION_URI` names on each SIGHUP, until `stop`.
 async fn reload_on_sighup(

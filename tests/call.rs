@@ -334,13 +334,18 @@ async fn ticker_runs_until_the_client_half_closes() {
     }
     assert_eq!(ticks, ["0", "1", "2"]);
     drop(tx); // half-close
-    loop {
-        match replies.message().await {
-            Ok(Some(_)) => continue, // ticks already on their way
-            Ok(None) => break,
-            Err(status) => panic!("the call should end OK, got {status:?}"),
+    let stopped = tokio::time::timeout(common::HANG, async {
+        loop {
+            match replies.message().await {
+                Ok(Some(_)) => continue, // ticks already on their way
+                Ok(None) => break,
+                Err(status) => panic!("the call should end OK, got {status:?}"),
+            }
         }
-    }
+    });
+    stopped
+        .await
+        .expect("the ticker did not stop at half-close");
     // A message to a supplier is refused, not dropped.
     let out = call(&mut client, vec![msg("x", &[])]).await;
     assert_status(&out, Code::FailedPrecondition, "Invoker:");

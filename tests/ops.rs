@@ -42,6 +42,36 @@ fn status(socket: &Path) -> serde_json::Value {
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("status is not JSON ({e}): {out}"))
 }
 
+/// Waits until the admin status shows `n` calls in flight.
+async fn wait_for_calls_in_flight(socket: &Path, n: u64) {
+    let socket = socket.to_path_buf();
+    let waited = tokio::time::timeout(common::HANG, async move {
+        loop {
+            let socket = socket.clone();
+            let status = tokio::task::spawn_blocking(move || status(&socket))
+                .await
+                .unwrap();
+            if status["calls_in_flight"].as_u64() == Some(n) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    waited.await.expect("the calls never were in flight");
+}
+
+/// Waits until the daemon's log contains `line`.
+async fn wait_for_log(daemon: &Daemon, line: &str) {
+    let waited = tokio::time::timeout(common::HANG, async {
+        while !daemon.stderr().contains(line) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    if waited.await.is_err() {
+        panic!("'{line}' is not in the log:\n{}", daemon.stderr());
+    }
+}
+
 fn signal(daemon: &Daemon, signal: Signal) {
     kill(Pid::from_raw(daemon.child.id() as i32), signal).unwrap();
 }
@@ -417,7 +447,11 @@ async fn json_logs_tag_what_a_function_logs_with_its_call() {
 async fn the_context_example_reads_each_field() {
     let dir = scratch("context");
     let config = dir.join("config.json");
-    std::fs::write(&config, r#"{"greeting": "from the file", "other": 1}"#).unwrap();
+    std::fs::write(
+        &config,
+        r#"{"greeting": "from the file", "farewell": "from the file too"}"#,
+    )
+    .unwrap();
     let daemon = Daemon::start_with(
         &uri("context", Some("describe")),
         &[
@@ -455,6 +489,7 @@ async fn the_context_example_reads_each_field() {
         described["greeting"], "Hi",
         "FUNCTION_CONFIG overrides the file"
     );
+    assert_eq!(described["farewell"], "from the file too", "{described}");
     let deadline = described["deadline_ms"].as_u64().expect("a deadline");
     assert!(deadline > 50_000 && deadline <= 60_000, "{described}");
     assert_eq!(described["cancelled"], false);
@@ -504,22 +539,77 @@ async fn a_failing_init_hook_fails_start_up_with_its_message() {
 async fn the_shutdown_hook_runs_after_the_drain() {
     let dir = scratch("shutdown");
     let marker = dir.join("shutdown.txt");
+    let socket = dir.join("admin.sock");
     let config = serde_json::json!({ "shutdown_file": marker }).to_string();
     let mut daemon = Daemon::start_with(
-        &uri("context", Some("describe")),
-        &[("FUNCTION_CONFIG", config.as_str())],
+        &uri("context", Some("until_cancelled")),
+        &[
+            ("FUNCTION_CONFIG", config.as_str()),
+            ("ADMIN_SOCKET", socket.to_str().unwrap()),
+        ],
     );
     let mut client = daemon.client().await;
-    let outcome = call(&mut client, vec![msg("Ada", &[])]).await;
-    assert_eq!(outcome.code(), tonic::Code::Ok);
-    assert!(!marker.exists(), "the shutdown hook ran early");
+    let in_flight = tokio::spawn(async move { call(&mut client, vec![msg("1500", &[])]).await });
+    wait_for_calls_in_flight(&socket, 1).await;
     signal(&daemon, Signal::SIGTERM);
+    // The call drains normally; the hook has not run while it was in flight.
+    let outcome = in_flight.await.unwrap();
+    assert_eq!(outcome.code(), tonic::Code::Ok, "{outcome:?}");
+    assert_eq!(outcome.texts(), ["was not cancelled"]);
+    assert!(!marker.exists(), "the shutdown hook ran before the drain");
     let code = daemon.exit_code().await;
     assert_eq!(code, Some(0), "{}", daemon.stderr());
     assert_eq!(
         std::fs::read_to_string(&marker).expect("the shutdown hook wrote its file"),
         "shutdown hook ran\n"
     );
+}
+
+#[tokio::test]
+async fn a_call_blocked_in_the_function_does_not_keep_the_invoker_alive_after_the_grace() {
+    let dir = scratch("blocked");
+    let socket = dir.join("admin.sock");
+    let mut daemon = Daemon::start_with(
+        &uri("probe", Some("sleep_ms")),
+        &[
+            ("GRACE_PERIOD", "0.5"),
+            ("ADMIN_SOCKET", socket.to_str().unwrap()),
+        ],
+    );
+    let mut client = daemon.client().await;
+    // Ten minutes: far longer than the test waits for the invoker to exit.
+    let in_flight = tokio::spawn(async move { call(&mut client, vec![msg("600000", &[])]).await });
+    wait_for_calls_in_flight(&socket, 1).await;
+    signal(&daemon, Signal::SIGTERM);
+    let outcome = in_flight.await.unwrap();
+    assert_eq!(outcome.code(), tonic::Code::Unavailable, "{outcome:?}");
+    assert!(
+        outcome.status.message().starts_with("Invoker:"),
+        "{outcome:?}"
+    );
+    assert_eq!(daemon.exit_code().await, Some(0), "{}", daemon.stderr());
+}
+
+#[tokio::test]
+async fn a_deadline_cancels_a_running_request_reply_function() {
+    let daemon = Daemon::start(&uri("context", Some("until_cancelled")));
+    let mut client = daemon.client().await;
+    let mut request = tonic::Request::new(futures_util::stream::iter([msg("600000", &[])]));
+    request.set_timeout(Duration::from_millis(300));
+    let replies = client.call(request).await;
+    let status = match replies {
+        Err(status) => status,
+        Ok(replies) => {
+            let mut replies = replies.into_inner();
+            let ended = tokio::time::timeout(common::HANG, replies.message()).await;
+            ended
+                .expect("the deadline ended the call")
+                .expect_err("the call ends with a status")
+        }
+    };
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+    // The function, still running, sees its call cancelled (and says so in the log).
+    wait_for_log(&daemon, "until_cancelled: saw the call cancelled").await;
 }
 
 #[tokio::test]
@@ -538,5 +628,7 @@ async fn a_deadline_drops_a_waiting_function() {
         .expect("the deadline ended the call");
     let status = ended.expect_err("the call ends with a status");
     assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+    // The function's stream was released at the deadline, with the caller still connected.
+    wait_for_log(&daemon, "slow: stream released").await;
     drop(tx);
 }

@@ -104,13 +104,20 @@ impl Daemon {
     }
 
     /// Waits (without blocking the async runtime, which drives the test's connections) until
-    /// the daemon exits, and returns its exit code.
+    /// the daemon exits, and returns its exit code. A daemon that has not exited after
+    /// [`HANG`] fails the test: it hangs.
     pub async fn exit_code(&mut self) -> Option<i32> {
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                return status.code();
+        let waited = tokio::time::timeout(HANG, async {
+            loop {
+                if let Some(status) = self.child.try_wait().expect("wait") {
+                    return status.code();
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        });
+        match waited.await {
+            Ok(code) => code,
+            Err(_) => panic!("the daemon did not exit:\n{}", self.stderr()),
         }
     }
 
@@ -197,8 +204,22 @@ impl Outcome {
     }
 }
 
-/// Sends `messages`, half-closes, and collects everything until the call ends.
+/// How long a test waits for something that must happen before it calls it a hang: far
+/// longer than anything takes, so that it only turns a hang into a failure.
+pub const HANG: Duration = Duration::from_secs(60);
+
+/// Sends `messages`, half-closes, and collects everything until the call ends (a call that
+/// has not ended after [`HANG`] fails the test).
 pub async fn call(client: &mut MessageFunctionClient<Channel>, messages: Vec<Message>) -> Outcome {
+    tokio::time::timeout(HANG, call_unbounded(client, messages))
+        .await
+        .expect("the call hung")
+}
+
+async fn call_unbounded(
+    client: &mut MessageFunctionClient<Channel>,
+    messages: Vec<Message>,
+) -> Outcome {
     let request = futures_util::stream::iter(messages);
     let response = match client.call(request).await {
         Ok(r) => r,

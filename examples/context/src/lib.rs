@@ -2,7 +2,10 @@
 //!
 //! - `describe`: returns everything its `Context` knows about the call, logs through the
 //!   invoker and records a custom metric.
-//! - `slow`: a stream that answers once and then waits forever, to show deadlines.
+//! - `slow`: a stream that answers once and then waits forever, to show deadlines; it says on
+//!   stderr when the invoker releases it.
+//! - `until_cancelled`: a request/reply function that waits (up to the number of milliseconds
+//!   it is given) until its call is cancelled, and logs what it saw.
 //! - an init hook that reads the configuration (`fail_init` makes it fail; `shutdown_file`
 //!   names a file the shutdown hook writes to), and that shutdown hook.
 
@@ -29,6 +32,8 @@ pub struct Description {
     pub headers: BTreeMap<String, String>,
     /// The `greeting` user configuration value.
     pub greeting: Option<String>,
+    /// The `farewell` user configuration value.
+    pub farewell: Option<String>,
     /// Milliseconds left until the call's deadline, if it has one.
     pub deadline_ms: Option<u64>,
     /// Whether the call is cancelled.
@@ -54,6 +59,7 @@ pub fn describe(ctx: &Context, input: String) -> Json<Description> {
         correlation_id: ctx.correlation_id().map(str::to_owned),
         headers,
         greeting: ctx.config("greeting").map(str::to_owned),
+        farewell: ctx.config("farewell").map(str::to_owned),
         deadline_ms: ctx.deadline().map(|d| d.as_millis() as u64),
         cancelled: ctx.is_cancelled(),
         input,
@@ -63,7 +69,37 @@ pub fn describe(ctx: &Context, input: String) -> Json<Description> {
 /// Echoes its first input, then waits forever: only a deadline or the caller ends it.
 #[invoker_sdk::function]
 pub fn slow(inputs: Input<String>) -> impl Stream<Item = String> {
-    inputs.take(1).chain(stream::pending())
+    let released = Released;
+    inputs.take(1).chain(stream::pending()).map(move |item| {
+        let _kept_with_the_stream = &released;
+        item
+    })
+}
+
+/// Says on stderr when the stream that owns it is released.
+struct Released;
+
+impl Drop for Released {
+    fn drop(&mut self) {
+        eprintln!("slow: stream released");
+    }
+}
+
+/// Waits up to `millis` for the call to be cancelled (its deadline passing, the caller going
+/// away), checking every 10 ms, and logs whether it was.
+#[invoker_sdk::function]
+pub fn until_cancelled(ctx: &Context, millis: u64) -> String {
+    let started = std::time::Instant::now();
+    while !ctx.is_cancelled() && started.elapsed().as_millis() < u128::from(millis) {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let seen = if ctx.is_cancelled() {
+        "saw the call cancelled"
+    } else {
+        "was not cancelled"
+    };
+    ctx.log_info(&format!("until_cancelled: {seen}"));
+    seen.to_owned()
 }
 
 /// Reads the configuration once, when the invoker loads the library.
