@@ -547,3 +547,15 @@ async fn calls_still_running_after_the_grace_period_end_unavailable() {
     drop(tx);
     assert_eq!(daemon.exit_code().await, Some(0), "{}", daemon.stderr());
 }
+
+#[tokio::test]
+async fn a_message_with_two_hundred_thousand_headers_is_answered() {
+    // A client controls the headers: their number must not make a call slow for everyone.
+    let daemon = Daemon::start(&uri("greeter", Some("hello")));
+    let mut client = daemon.client().await;
+    let names: Vec<String> = (0..200_000).map(|i| format!("x-{i}")).collect();
+    let headers: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "v")).collect();
+    let out = call(&mut client, vec![msg("World", &headers)]).await;
+    assert_eq!(out.code(), Code::Ok, "{:?}", out.status);
+    assert_eq!(out.texts(), ["Hello World"]);
+}

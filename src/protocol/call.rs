@@ -28,19 +28,17 @@ impl CallService {
 
 /// A Call message as the engine's inbound message: the wire type already holds header pairs.
 pub fn inbound(message: Message) -> Inbound {
+    let payload = message.payload.clone();
     Inbound {
-        payload: message.payload,
-        headers: message.headers,
+        payload,
+        headers: message.into_headers(),
     }
 }
 
 /// The engine's outbound message as a Call message: Content-Type first, then the rest.
 pub fn message(out: Outbound) -> Message {
-    Message {
-        payload: out.payload,
-        content_type: (!out.content_type.is_empty()).then_some(out.content_type),
-        headers: out.headers,
-    }
+    let content_type = (!out.content_type.is_empty()).then_some(out.content_type);
+    Message::new(out.payload, content_type, out.headers)
 }
 
 type CallStream = Pin<Box<dyn Stream<Item = Result<Message, Status>> + Send>>;

@@ -8,6 +8,7 @@
 //! fresh map per message. Clients, and the reference server of `invoker bench`, use the
 //! generated type; the two interoperate because the bytes are the same (tested below).
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use bytes::{Buf, BufMut, Bytes};
@@ -22,11 +23,66 @@ pub struct Message {
     /// Field 1, `payload`.
     pub payload: Bytes,
     /// Sent as the first header, `Content-Type`, when set. Decoding never sets it: a received
-    /// Content-Type is in `headers` like any other header.
+    /// Content-Type is in the headers like any other header.
     pub content_type: Option<Arc<str>>,
-    /// Field 2, `headers`, flattened: one pair per value, in the order received. A name that
-    /// occurs in several map entries keeps the last entry's values, as protobuf maps do.
-    pub headers: Vec<(String, String)>,
+    /// Field 2, `headers`, flattened: one pair per value, in the order received. While
+    /// decoding, pairs of a name that a later map entry repeats are still here (see
+    /// [`Message::into_headers`]).
+    headers: Vec<(String, String)>,
+    /// What decoding saw of repeated names.
+    repeats: Repeats,
+}
+
+/// Up to this many headers, names are found by scanning; beyond, by hashing or sorting, so
+/// that no message costs more than about linear time in its headers (a client controls them).
+const SCAN_LIMIT: usize = 32;
+
+/// Decoding's record of header names that came again in a later map entry.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Repeats {
+    /// Every name decoded so far, once there are more than [`SCAN_LIMIT`] pairs.
+    names: Option<HashSet<String>>,
+    /// For each repetition of a name: how many pairs were decoded before it. That name's
+    /// pairs before that point are stale: a repeated map key keeps the last entry.
+    stale: Vec<(String, usize)>,
+}
+
+impl Message {
+    /// A message to send.
+    pub fn new(
+        payload: Bytes,
+        content_type: Option<Arc<str>>,
+        headers: Vec<(String, String)>,
+    ) -> Message {
+        Message {
+            payload,
+            content_type,
+            headers,
+            repeats: Repeats::default(),
+        }
+    }
+
+    /// The headers as (name, value) pairs in the order received. A name that occurs in
+    /// several map entries keeps the last entry's values, as protobuf maps do.
+    pub fn into_headers(self) -> Vec<(String, String)> {
+        let Message {
+            headers, repeats, ..
+        } = self;
+        if repeats.stale.is_empty() {
+            return headers;
+        }
+        let mut cuts: HashMap<&str, usize> = HashMap::new();
+        for (name, cut) in &repeats.stale {
+            let at = cuts.entry(name.as_str()).or_default();
+            *at = (*at).max(*cut);
+        }
+        headers
+            .into_iter()
+            .enumerate()
+            .filter(|(i, (name, _))| cuts.get(name.as_str()).is_none_or(|cut| i >= cut))
+            .map(|(_, pair)| pair)
+            .collect()
+    }
 }
 
 const PAYLOAD: u32 = 1;
@@ -45,28 +101,39 @@ fn encode_str(tag: u32, s: &str, buf: &mut impl BufMut) {
     buf.put_slice(s.as_bytes());
 }
 
-/// One header map entry as it is encoded: a name and its values, which are `single` and then
-/// the values of the pairs in `rest` that have this name.
+/// One header map entry as it is encoded: a name and its values.
 struct Entry<'a> {
     name: &'a str,
-    single: Option<&'a str>,
-    rest: &'a [(String, String)],
+    values: EntryValues<'a>,
 }
 
-impl<'a> Entry<'a> {
-    fn values(&self) -> impl Iterator<Item = &'a str> + use<'a> {
-        let name = self.name;
-        self.single.into_iter().chain(
-            self.rest
+/// Where an entry's values are.
+enum EntryValues<'a> {
+    /// One value.
+    One(&'a str),
+    /// The values of the pairs in this slice that have the entry's name.
+    Scan(&'a [(String, String)]),
+    /// The values of these pairs.
+    Picked(&'a [(String, String)], &'a [usize]),
+}
+
+impl Entry<'_> {
+    fn for_each_value(&self, mut f: impl FnMut(&str)) {
+        match self.values {
+            EntryValues::One(value) => f(value),
+            EntryValues::Scan(rest) => rest
                 .iter()
-                .filter(move |(n, _)| n == name)
-                .map(|(_, v)| v.as_str()),
-        )
+                .filter(|(n, _)| n == self.name)
+                .for_each(|(_, v)| f(v)),
+            EntryValues::Picked(headers, picks) => picks.iter().for_each(|&i| f(&headers[i].1)),
+        }
     }
 
     /// The length of the `HeaderValue` message.
     fn values_len(&self) -> usize {
-        self.values().map(|v| str_len(VALUES, v)).sum()
+        let mut len = 0;
+        self.for_each_value(|v| len += str_len(VALUES, v));
+        len
     }
 
     /// The length of the map entry message.
@@ -89,40 +156,47 @@ impl<'a> Entry<'a> {
         encode_str(ENTRY_KEY, self.name, buf);
         encode_key(ENTRY_VALUE, WireType::LengthDelimited, buf);
         encode_varint(self.values_len() as u64, buf);
-        for value in self.values() {
-            encode_str(VALUES, value, buf);
-        }
+        self.for_each_value(|value| encode_str(VALUES, value, buf));
     }
 }
 
 impl Message {
     /// Every header map entry: Content-Type first, then each other name once, with all of its
-    /// values in order. Messages carry a handful of headers, so grouping by a scan is cheapest.
-    fn entries(&self) -> impl Iterator<Item = Entry<'_>> {
-        let content_type = self.content_type.as_deref().map(|ct| Entry {
-            name: "Content-Type",
-            single: Some(ct),
-            rest: &[],
-        });
-        let headers = &self.headers;
-        let owns_content_type = self.content_type.is_some();
-        let others = headers
-            .iter()
-            .enumerate()
-            .filter_map(move |(i, (name, _))| {
-                // The negotiated Content-Type is the only one sent; each name is sent once.
-                if (owns_content_type && name.eq_ignore_ascii_case("Content-Type"))
-                    || headers[..i].iter().any(|(n, _)| n == name)
-                {
-                    return None;
-                }
-                Some(Entry {
-                    name,
-                    single: None,
-                    rest: &headers[i..],
-                })
+    /// values in order. A handful of headers are grouped by a scan, many by a sort.
+    fn for_each_entry(&self, mut f: impl FnMut(&Entry<'_>)) {
+        if let Some(content_type) = self.content_type.as_deref() {
+            f(&Entry {
+                name: "Content-Type",
+                values: EntryValues::One(content_type),
             });
-        content_type.into_iter().chain(others)
+        }
+        // The negotiated Content-Type is the only one sent.
+        let owns_content_type = self.content_type.is_some();
+        let skip = |name: &str| owns_content_type && name.eq_ignore_ascii_case("Content-Type");
+        let headers = &self.headers;
+        if headers.len() <= SCAN_LIMIT {
+            for (i, (name, _)) in headers.iter().enumerate() {
+                if skip(name) || headers[..i].iter().any(|(n, _)| n == name) {
+                    continue;
+                }
+                f(&Entry {
+                    name,
+                    values: EntryValues::Scan(&headers[i..]),
+                });
+            }
+            return;
+        }
+        let mut order: Vec<usize> = (0..headers.len())
+            .filter(|&i| !skip(&headers[i].0))
+            .collect();
+        // Stable: each name's values stay in order.
+        order.sort_by(|&a, &b| headers[a].0.cmp(&headers[b].0));
+        for group in order.chunk_by(|&a, &b| headers[a].0 == headers[b].0) {
+            f(&Entry {
+                name: &headers[group[0]].0,
+                values: EntryValues::Picked(headers, group),
+            });
+        }
     }
 }
 
@@ -200,9 +274,7 @@ impl prost::Message for Message {
         if !self.payload.is_empty() {
             encoding::bytes::encode(PAYLOAD, &self.payload, buf);
         }
-        for entry in self.entries() {
-            entry.encode(buf);
-        }
+        self.for_each_entry(|entry| entry.encode(buf));
     }
 
     fn merge_field(
@@ -217,8 +289,13 @@ impl prost::Message for Message {
             HEADERS => {
                 let mut entry = DecodedEntry::default();
                 encoding::message::merge(wire_type, &mut entry, buf, ctx)?;
-                if self.headers.iter().any(|(n, _)| *n == entry.name) {
-                    self.headers.retain(|(n, _)| *n != entry.name);
+                let repeated = match &mut self.repeats.names {
+                    Some(names) => !names.insert(entry.name.clone()),
+                    None => self.headers.iter().any(|(n, _)| *n == entry.name),
+                };
+                if repeated {
+                    let decoded = self.headers.len();
+                    self.repeats.stale.push((entry.name.clone(), decoded));
                 }
                 let mut values = entry.values.0;
                 if let Some(last) = values.pop() {
@@ -226,6 +303,10 @@ impl prost::Message for Message {
                         .extend(values.into_iter().map(|v| (entry.name.clone(), v)));
                     // The common case, one value: the name moves instead of being copied.
                     self.headers.push((entry.name, last));
+                }
+                if self.repeats.names.is_none() && self.headers.len() > SCAN_LIMIT {
+                    let names = self.headers.iter().map(|(n, _)| n.clone()).collect();
+                    self.repeats.names = Some(names);
                 }
                 Ok(())
             }
@@ -239,13 +320,16 @@ impl prost::Message for Message {
         } else {
             encoding::bytes::encoded_len(PAYLOAD, &self.payload)
         };
-        payload + self.entries().map(|e| e.encoded_len()).sum::<usize>()
+        let mut headers = 0;
+        self.for_each_entry(|entry| headers += entry.encoded_len());
+        payload + headers
     }
 
     fn clear(&mut self) {
         self.payload.clear();
         self.content_type = None;
         self.headers.clear();
+        self.repeats = Repeats::default();
     }
 }
 
@@ -281,22 +365,22 @@ mod tests {
         assert_eq!(got.content_type, None);
         let pair = |n: &str, v: &str| (n.to_owned(), v.to_owned());
         assert_eq!(
-            got.headers,
+            got.into_headers(),
             [pair("Accept", "a/b"), pair("Accept", "c/d"), pair("x", "1")]
         );
     }
 
     #[test]
     fn the_generated_type_decodes_what_this_encodes() {
-        let sent = Message {
-            payload: Bytes::from_static(b"out"),
-            content_type: Some(Arc::from("text/plain")),
-            headers: vec![
+        let sent = Message::new(
+            Bytes::from_static(b"out"),
+            Some(Arc::from("text/plain")),
+            vec![
                 ("a".into(), "1".into()),
                 ("b".into(), "2".into()),
                 ("a".into(), "3".into()),
             ],
-        };
+        );
         let bytes = sent.encode_to_vec();
         assert_eq!(bytes.len(), sent.encoded_len());
         let got = Generated::decode(bytes.as_slice()).unwrap();
@@ -318,7 +402,52 @@ mod tests {
         let mut bytes = generated(b"", &[("k", &["old"])]).encode_to_vec();
         bytes.extend(generated(b"", &[("k", &["new"])]).encode_to_vec());
         let got = Message::decode(bytes.as_slice()).unwrap();
-        assert_eq!(got.headers, [("k".to_owned(), "new".to_owned())]);
+        assert_eq!(got.into_headers(), [("k".to_owned(), "new".to_owned())]);
+    }
+
+    /// Encodes map entries one by one, in this order (repeats included), as a peer may.
+    fn entries(entries: &[(&str, &[&str])]) -> Vec<u8> {
+        entries
+            .iter()
+            .flat_map(|entry| generated(b"", &[*entry]).encode_to_vec())
+            .collect()
+    }
+
+    #[test]
+    fn many_headers_with_repeats_keep_each_names_last_entry() {
+        // Past the scan limit, names are hashed: the result is the same as for a few.
+        let names: Vec<String> = (0..200).map(|i| format!("h{i}")).collect();
+        let mut sent: Vec<(&str, &[&str])> = names.iter().map(|n| (n.as_str(), &["1"][..])).collect();
+        sent.push(("h7", &["2", "3"]));
+        sent.push(("h150", &["2"]));
+        sent.push(("h7", &["4"]));
+        let got = Message::decode(entries(&sent).as_slice()).unwrap().into_headers();
+        assert_eq!(got.len(), 200);
+        let values = |name: &str| -> Vec<&str> {
+            got.iter()
+                .filter(|(n, _)| n == name)
+                .map(|(_, v)| v.as_str())
+                .collect()
+        };
+        assert_eq!(values("h7"), ["4"]);
+        assert_eq!(values("h150"), ["2"]);
+        assert_eq!(values("h0"), ["1"]);
+        assert_eq!(values("h199"), ["1"]);
+    }
+
+    #[test]
+    fn many_headers_encode_each_name_once_with_its_values_in_order() {
+        let mut headers: Vec<(String, String)> =
+            (0..100).map(|i| (format!("h{}", i % 40), i.to_string())).collect();
+        headers.push(("content-type".into(), "dropped".into()));
+        let sent = Message::new(Bytes::new(), Some(Arc::from("text/plain")), headers);
+        let bytes = sent.encode_to_vec();
+        assert_eq!(bytes.len(), sent.encoded_len());
+        let got = Generated::decode(bytes.as_slice()).unwrap();
+        assert_eq!(got.headers.len(), 41);
+        assert_eq!(got.headers["Content-Type"].values, ["text/plain"]);
+        assert_eq!(got.headers["h3"].values, ["3", "43", "83"]);
+        assert_eq!(got.headers["h39"].values, ["39", "79"]);
     }
 
     #[test]
@@ -334,7 +463,7 @@ mod tests {
             headers in proptest::collection::btree_map(
                 "[a-zA-Z-]{0,8}",
                 proptest::collection::vec(".{0,8}", 1..3),
-                0..4,
+                0..48,
             ),
         ) {
             let sent = Generated {
@@ -348,6 +477,35 @@ mod tests {
             let bytes = ours.encode_to_vec();
             prop_assert_eq!(bytes.len(), ours.encoded_len());
             prop_assert_eq!(Generated::decode(bytes.as_slice()).unwrap(), sent);
+        }
+
+        #[test]
+        fn repeated_entries_decode_as_the_generated_map_does(
+            sent in proptest::collection::vec(
+                ("[a-c]|h[0-9]{1,2}", proptest::collection::vec("[a-z]{0,3}", 0..3)),
+                0..90,
+            ),
+        ) {
+            let borrowed: Vec<(&str, Vec<&str>)> = sent
+                .iter()
+                .map(|(n, vs)| (n.as_str(), vs.iter().map(String::as_str).collect()))
+                .collect();
+            let listed: Vec<(&str, &[&str])> =
+                borrowed.iter().map(|(n, vs)| (*n, vs.as_slice())).collect();
+            let bytes = entries(&listed);
+            let ours = Message::decode(bytes.as_slice()).unwrap().into_headers();
+            let theirs = Generated::decode(bytes.as_slice()).unwrap();
+            let mut grouped: BTreeMap<String, Vec<String>> = BTreeMap::new();
+            for (n, v) in ours {
+                grouped.entry(n).or_default().push(v);
+            }
+            let expected: BTreeMap<String, Vec<String>> = theirs
+                .headers
+                .into_iter()
+                .filter(|(_, v)| !v.values.is_empty())
+                .map(|(n, v)| (n, v.values))
+                .collect();
+            prop_assert_eq!(grouped, expected);
         }
 
         #[test]
