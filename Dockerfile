@@ -2,18 +2,21 @@
 # function libraries). A function image adds its library and FUNCTION_URI (see invoker.yaml).
 #
 #   docker build -t projectriff/rust-function-invoker:0.1.0 .
+#
+# tests/author.rs (the_runtime_image_files_are_enough) reads this file: the final stage's base
+# image, COPY, USER, ENV and ENTRYPOINT, and runs the daemon from just those files.
 
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked -p invoker \
-    && install -D -m 0755 target/release/invoker /out/usr/local/bin/invoker
+RUN cargo build --release --locked -p invoker
 
 FROM debian:bookworm-slim
-COPY --from=build /out/ /
-# A fixed non-root user; /tmp (an emptyDir under a read-only root) holds the copies of
-# function libraries made at each load.
-RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin invoker
+# A fixed non-root user and its group; /tmp (an emptyDir under a read-only root) holds the
+# copies of function libraries made at each load.
+RUN groupadd --system --gid 10001 invoker \
+    && useradd --system --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin invoker
+COPY --from=build /src/target/release/invoker /usr/local/bin/invoker
 USER 10001:10001
 ENV HOST=0.0.0.0 \
     GRPC_PORT=10382 \

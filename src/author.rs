@@ -2,9 +2,12 @@
 //! (`invoker.yaml`), a local registry of installed invokers (`invoker apply`), and scaffolding
 //! a function crate from an invoker's templates (`invoker init`).
 //!
-//! Templates use riff's placeholder syntax, `{{.Name}}` (spaces allowed inside the braces);
-//! only the names in [`Vars`] exist, and any other is an error when the resource is applied,
-//! so a template that would not render never reaches the registry.
+//! Templates use riff's placeholder syntax, `{{.Name}}` (spaces allowed inside the braces).
+//! Which names a template may use depends on who renders it ([`Scope`]): riff renders
+//! `handler.default`, `files` and `functionTemplate` with its own values only, so those may use
+//! nothing else; the `scaffold` extension, which only `invoker init` reads, has two more. Any
+//! other name is an error when the resource is applied, so a template that would not render
+//! (here or in riff) never reaches the registry.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -50,9 +53,9 @@ pub struct InvokerSpec {
     pub function_template: yaml_serde::Value,
     /// Files written into a function's directory (the Dockerfile).
     pub files: Vec<File>,
-    /// Files `invoker init` writes into a new function crate (an extension riff ignores).
-    #[serde(default)]
-    pub scaffold: Vec<File>,
+    /// What `invoker init` scaffolds (an extension riff ignores).
+    #[serde(default, skip_serializing_if = "Scaffold::is_empty")]
+    pub scaffold: Scaffold,
     /// Help text.
     #[serde(default)]
     pub doc: String,
@@ -67,6 +70,23 @@ pub struct Handler {
     pub description: String,
 }
 
+/// The `scaffold` extension: a new function crate, for `invoker init`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Scaffold {
+    /// Template of the default handler of a scaffolded crate (default: `handler.default`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handler: Option<String>,
+    /// Files written into the new crate, before `files`.
+    #[serde(default)]
+    pub files: Vec<File>,
+}
+
+impl Scaffold {
+    fn is_empty(&self) -> bool {
+        self.handler.is_none() && self.files.is_empty()
+    }
+}
+
 /// A templated file.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct File {
@@ -76,12 +96,63 @@ pub struct File {
     pub template: String,
 }
 
+/// Who renders a template, which decides the placeholders it may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// riff (and `invoker init`): `handler.default`, `files`, `functionTemplate`. Only riff's
+    /// own values: FunctionName, Handler, Artifact, ArtifactBase, InvokerVersion.
+    Riff,
+    /// Only `invoker init`: the `scaffold` extension. riff's values, CrateName, SdkDependency.
+    Scaffold,
+    /// riff's command help: `doc`. Process, Command, Result.
+    Doc,
+}
+
+/// riff's template values (riff-cli renders invoker templates with these and no others).
+const RIFF_NAMES: &[&str] = &[
+    "FunctionName",
+    "Handler",
+    "Artifact",
+    "ArtifactBase",
+    "InvokerVersion",
+];
+/// What the `scaffold` extension adds.
+const SCAFFOLD_NAMES: &[&str] = &["CrateName", "SdkDependency"];
+/// The values riff renders an invoker's `doc` with, into the help of its commands.
+const DOC_NAMES: &[&str] = &["Process", "Command", "Result"];
+
+impl Scope {
+    fn allows(self, name: &str) -> bool {
+        match self {
+            Scope::Riff => RIFF_NAMES.contains(&name),
+            Scope::Scaffold => RIFF_NAMES.contains(&name) || SCAFFOLD_NAMES.contains(&name),
+            Scope::Doc => DOC_NAMES.contains(&name),
+        }
+    }
+
+    fn known(self) -> String {
+        let names: Vec<&str> = match self {
+            Scope::Riff => RIFF_NAMES.to_vec(),
+            Scope::Scaffold => [RIFF_NAMES, SCAFFOLD_NAMES].concat(),
+            Scope::Doc => DOC_NAMES.to_vec(),
+        };
+        let list: Vec<String> = names.iter().map(|n| format!(".{n}")).collect();
+        let mut known = format!("known: {}", list.join(", "));
+        if self == Scope::Riff {
+            known.push_str(
+                "; riff renders this template, so .CrateName and .SdkDependency belong only in scaffold",
+            );
+        }
+        known
+    }
+}
+
 /// The values templates can use.
 #[derive(Debug, Clone)]
 pub struct Vars {
     /// The function (and package) name, e.g. `hello-world`.
     pub function_name: String,
-    /// The name as a Rust identifier, e.g. `hello_world`.
+    /// The name as a Rust identifier, e.g. `hello_world` (scaffold only).
     pub crate_name: String,
     /// The handler.
     pub handler: String,
@@ -91,7 +162,7 @@ pub struct Vars {
     pub artifact_base: String,
     /// The invoker's version.
     pub invoker_version: String,
-    /// The `invoker-sdk` dependency, as a Cargo.toml value.
+    /// The `invoker-sdk` dependency, as a Cargo.toml value (scaffold only).
     pub sdk_dependency: String,
 }
 
@@ -124,8 +195,26 @@ impl Vars {
     }
 }
 
-/// Renders a template: each `{{.Name}}` becomes its value.
-pub fn render(template: &str, vars: &Vars) -> anyhow::Result<String> {
+/// Renders a template for `scope`: each `{{.Name}}` becomes its value.
+pub fn render(template: &str, vars: &Vars, scope: Scope) -> anyhow::Result<String> {
+    render_with(template, scope, |name| vars.get(name))
+}
+
+/// Renders `doc` as riff would, for the help of its `create` command.
+fn render_doc(doc: &str) -> anyhow::Result<String> {
+    render_with(doc, Scope::Doc, |name| match name {
+        "Process" => Some("Create"),
+        "Command" => Some("function create rust"),
+        "Result" => Some("create the function"),
+        _ => None,
+    })
+}
+
+fn render_with<'a>(
+    template: &str,
+    scope: Scope,
+    value: impl Fn(&str) -> Option<&'a str>,
+) -> anyhow::Result<String> {
     let mut out = String::with_capacity(template.len());
     let mut rest = template;
     while let Some(start) = rest.find("{{") {
@@ -137,11 +226,10 @@ pub fn render(template: &str, vars: &Vars) -> anyhow::Result<String> {
         let inner = after[..end].trim();
         let value = inner
             .strip_prefix('.')
-            .and_then(|name| vars.get(name))
+            .filter(|name| scope.allows(name))
+            .and_then(&value)
             .with_context(|| {
-                format!(
-                    "unknown placeholder '{{{{{inner}}}}}' (known: .FunctionName, .CrateName, .Handler, .Artifact, .ArtifactBase, .InvokerVersion, .SdkDependency)"
-                )
+                format!("unknown placeholder '{{{{{inner}}}}}' ({})", scope.known())
             })?;
         out.push_str(value);
         rest = &after[end + 2..];
@@ -150,8 +238,53 @@ pub fn render(template: &str, vars: &Vars) -> anyhow::Result<String> {
     Ok(out)
 }
 
+/// Every string inside a YAML value, with where it is.
+fn strings_in<'v>(value: &'v yaml_serde::Value, at: String, out: &mut Vec<(String, &'v str)>) {
+    match value {
+        yaml_serde::Value::String(s) => out.push((at, s)),
+        yaml_serde::Value::Sequence(items) => {
+            for (i, item) in items.iter().enumerate() {
+                strings_in(item, format!("{at}[{i}]"), out);
+            }
+        }
+        yaml_serde::Value::Mapping(map) => {
+            for (key, item) in map {
+                let key = key
+                    .as_str()
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| format!("{key:?}"));
+                strings_in(item, format!("{at}.{key}"), out);
+            }
+        }
+        yaml_serde::Value::Tagged(tagged) => strings_in(&tagged.value, at, out),
+        _ => {}
+    }
+}
+
+/// Whether `name` can name a Rust function.
+fn is_rust_ident(name: &str) -> bool {
+    name.chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
 fn line_of(text: &str, at: usize) -> &str {
     text[at..].lines().next().unwrap_or_default()
+}
+
+/// A file's path must stay inside the function's directory.
+fn check_path(file: &File) -> anyhow::Result<()> {
+    if file.path.is_empty()
+        || Path::new(&file.path).is_absolute()
+        || file.path.split('/').any(|part| part == "..")
+    {
+        bail!(
+            "file path '{}' must be relative, inside the function's directory",
+            file.path
+        );
+    }
+    Ok(())
 }
 
 impl Invoker {
@@ -208,23 +341,50 @@ impl Invoker {
         if !spec.files.iter().any(|f| f.path == "Dockerfile") {
             bail!("spec.files has no Dockerfile");
         }
+        // What riff renders, with riff's values only, for a sample function.
         let mut vars = Vars::new("sample-function", &spec.version, "{ path = \"sdk\" }");
-        vars.handler =
-            render(&spec.handler.default, &vars).context("spec.handler.default does not render")?;
-        for file in spec.files.iter().chain(&spec.scaffold) {
-            if file.path.is_empty()
-                || Path::new(&file.path).is_absolute()
-                || file.path.split('/').any(|part| part == "..")
-            {
-                bail!(
-                    "file path '{}' must be relative, inside the function's directory",
-                    file.path
-                );
-            }
-            render(&file.template, &vars)
+        vars.handler = render(&spec.handler.default, &vars, Scope::Riff)
+            .context("spec.handler.default does not render")?;
+        let mut strings = Vec::new();
+        strings_in(
+            &spec.function_template,
+            "spec.functionTemplate".into(),
+            &mut strings,
+        );
+        for (at, text) in strings {
+            render(text, &vars, Scope::Riff).with_context(|| format!("{at} does not render"))?;
+        }
+        render_doc(&spec.doc).context("spec.doc does not render")?;
+        for file in &spec.files {
+            check_path(file)?;
+            render(&file.template, &vars, Scope::Riff)
+                .with_context(|| format!("the template of {} does not render", file.path))?;
+        }
+        // What `invoker init` renders, with its own handler.
+        let mut vars = Vars::new("sample-function", &spec.version, "{ path = \"sdk\" }");
+        vars.handler = self
+            .scaffold_handler(&vars)
+            .context("spec.scaffold.handler does not render")?;
+        if !spec.scaffold.files.is_empty() && !is_rust_ident(&vars.handler) {
+            bail!(
+                "the scaffold's default handler for a function called sample-function is '{}', not a Rust function name",
+                vars.handler
+            );
+        }
+        for file in &spec.scaffold.files {
+            check_path(file)?;
+            render(&file.template, &vars, Scope::Scaffold)
                 .with_context(|| format!("the template of {} does not render", file.path))?;
         }
         Ok(())
+    }
+
+    /// The default handler of a scaffolded crate: `scaffold.handler`, else `handler.default`.
+    fn scaffold_handler(&self, vars: &Vars) -> anyhow::Result<String> {
+        match &self.spec.scaffold.handler {
+            Some(handler) => render(handler, vars, Scope::Scaffold),
+            None => render(&self.spec.handler.default, vars, Scope::Riff),
+        }
     }
 
     /// The riff Function resource for a function `name` built into `image`.
@@ -371,23 +531,26 @@ pub fn scaffold(options: &InitOptions) -> anyhow::Result<Vec<(String, String)>> 
     let mut vars = Vars::new(name, &invoker.spec.version, &sdk_dependency);
     vars.handler = match &options.handler {
         Some(handler) => handler.clone(),
-        None => render(&invoker.spec.handler.default, &vars)?,
+        None => invoker.scaffold_handler(&vars)?,
     };
-    let is_ident = vars
-        .handler
-        .chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && vars
-            .handler
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_');
-    if !is_ident {
-        bail!("the handler '{}' is not a Rust function name", vars.handler);
+    if !is_rust_ident(&vars.handler) {
+        bail!(
+            "the handler '{}' is not a Rust function name: pass --handler",
+            vars.handler
+        );
     }
     let mut files = Vec::new();
-    for file in invoker.spec.scaffold.iter().chain(&invoker.spec.files) {
-        files.push((file.path.clone(), render(&file.template, &vars)?));
+    for file in &invoker.spec.scaffold.files {
+        files.push((
+            file.path.clone(),
+            render(&file.template, &vars, Scope::Scaffold)?,
+        ));
+    }
+    for file in &invoker.spec.files {
+        files.push((
+            file.path.clone(),
+            render(&file.template, &vars, Scope::Riff)?,
+        ));
     }
     let image = options
         .image
@@ -475,23 +638,44 @@ mod tests {
         let text = render(
             "FROM x:{{.InvokerVersion}}\nCOPY {{ .Artifact }} /f/{{.ArtifactBase}}",
             &vars(),
+            Scope::Riff,
         )
         .unwrap();
         assert_eq!(
             text,
             "FROM x:0.1.0\nCOPY target/release/libhello_world.so /f/libhello_world.so"
         );
+        let text = render(
+            "{{.CrateName}} = {{.SdkDependency}}",
+            &vars(),
+            Scope::Scaffold,
+        )
+        .unwrap();
+        assert_eq!(text, "hello_world = { path = \"/sdk\" }");
     }
 
     #[test]
     fn unknown_or_broken_placeholders_are_errors() {
-        let e = render("{{.Nope}}", &vars()).unwrap_err();
+        let e = render("{{.Nope}}", &vars(), Scope::Scaffold).unwrap_err();
         assert!(
             e.to_string().contains("unknown placeholder '{{.Nope}}'"),
             "{e}"
         );
-        assert!(render("{{.Handler", &vars()).is_err());
-        assert!(render("{{Handler}}", &vars()).is_err());
+        assert!(render("{{.Handler", &vars(), Scope::Riff).is_err());
+        assert!(render("{{Handler}}", &vars(), Scope::Riff).is_err());
+    }
+
+    #[test]
+    fn riff_templates_use_only_riff_values() {
+        for name in ["CrateName", "SdkDependency"] {
+            let e = render(&format!("{{{{.{name}}}}}"), &vars(), Scope::Riff).unwrap_err();
+            assert!(e.to_string().contains("belong only in scaffold"), "{e}");
+        }
+        for name in RIFF_NAMES {
+            render(&format!("{{{{.{name}}}}}"), &vars(), Scope::Riff).unwrap();
+        }
+        assert!(render_doc("{{.Process}} it; riff {{.Command}} to {{.Result}}").is_ok());
+        assert!(render_doc("{{.FunctionName}}").is_err());
     }
 
     #[test]
@@ -509,5 +693,25 @@ mod tests {
         let wrong_protocol = EMBEDDED.replace("protocol: grpc", "protocol: http");
         let e = Invoker::parse(&wrong_protocol).unwrap_err();
         assert!(e.to_string().contains("protocol must be grpc"), "{e}");
+        let templated = EMBEDDED.replace(
+            "protocol: grpc",
+            "protocol: grpc\n      x: \"{{.CrateName}}\"",
+        );
+        let e = format!("{:#}", Invoker::parse(&templated).unwrap_err());
+        assert!(
+            e.contains("spec.functionTemplate.spec.x does not render"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_scaffold_handler_is_a_rust_name_and_riffs_is_the_function_name() {
+        let invoker = Invoker::parse(EMBEDDED).unwrap();
+        let vars = vars();
+        assert_eq!(invoker.scaffold_handler(&vars).unwrap(), "hello_world");
+        assert_eq!(
+            render(&invoker.spec.handler.default, &vars, Scope::Riff).unwrap(),
+            "hello-world"
+        );
     }
 }

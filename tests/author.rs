@@ -256,7 +256,31 @@ fn apply_validates_and_installs_an_invoker() {
             text.replace("  matchers:\n    - \"*.so\"\n", ""),
             "not a valid Invoker resource",
         ),
+        // riff renders handler.default and files with its own values only.
+        (
+            text.replace(
+                "default: \"{{.FunctionName}}\"",
+                "default: \"{{.CrateName}}\"",
+            ),
+            "spec.handler.default does not render",
+        ),
+        (
+            text.replace("?handler={{.Handler}}", "?handler={{.CrateName}}"),
+            "unknown placeholder '{{.CrateName}}'",
+        ),
+        (
+            text.replace("invoker-sdk = {{.SdkDependency}}", "invoker-sdk = {{.Sdk}}"),
+            "the template of Cargo.toml does not render",
+        ),
+        (
+            text.replace(
+                "handler: \"{{.CrateName}}\"",
+                "handler: \"{{.FunctionName}}\"",
+            ),
+            "is 'sample-function', not a Rust function name",
+        ),
     ] {
+        assert_ne!(broken, text, "{message}: the replacement matched nothing");
         let file = home.join("broken.yaml");
         std::fs::write(&file, broken).unwrap();
         let out = invoker()
@@ -332,6 +356,17 @@ fn init_scaffolds_a_crate_that_builds_and_runs() {
     for file in ["Cargo.toml", "src/lib.rs", "Dockerfile", "function.yaml"] {
         assert!(project.join(file).is_file(), "{file} was not written");
     }
+    let source = std::fs::read_to_string(project.join("src/lib.rs")).unwrap();
+    assert!(
+        source.contains("pub fn greet(name: String) -> String"),
+        "{source}"
+    );
+    let dockerfile = std::fs::read_to_string(project.join("Dockerfile")).unwrap();
+    assert!(
+        dockerfile.contains("ENV FUNCTION_URI=file:///functions/libhello_fn.so?handler=greet\n"),
+        "{dockerfile}"
+    );
+    lint_dockerfile(&project.join("Dockerfile"));
     let again = invoker()
         .args(["init", "hello-fn", "--sdk-path", sdk.to_str().unwrap()])
         .arg("--dir")
@@ -359,8 +394,23 @@ fn init_scaffolds_a_crate_that_builds_and_runs() {
         stderr(&built)
     );
     let library = build_target.join("debug").join("libhello_fn.so");
-    let out = with_stdin(&["run", "-f", library.to_str().unwrap()], &[], "Ada\n");
+    let library = library.to_str().unwrap();
+    let out = with_stdin(&["run", "-f", library], &[], "Ada\n");
     assert_eq!(stdout(&out), "Hello Ada\n", "{}", stderr(&out));
+    // The library exports the handler the Dockerfile names, and no other.
+    let out = with_stdin(
+        &["run", "-f", &format!("{library}?handler=greet")],
+        &[],
+        "Ada\n",
+    );
+    assert_eq!(stdout(&out), "Hello Ada\n", "{}", stderr(&out));
+    let out = with_stdin(
+        &["run", "-f", &format!("{library}?handler=hello_fn")],
+        &[],
+        "Ada\n",
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(stderr(&out).contains("hello_fn"), "{}", stderr(&out));
 
     let bad = invoker().args(["init", "Hello World"]).output().unwrap();
     assert_eq!(bad.status.code(), Some(1));
@@ -368,6 +418,118 @@ fn init_scaffolds_a_crate_that_builds_and_runs() {
         stderr(&bad).contains("is not a function name"),
         "{}",
         stderr(&bad)
+    );
+}
+
+/// Lints a Dockerfile with hadolint, when scripts/test has installed it in .venv.
+fn lint_dockerfile(dockerfile: &Path) {
+    let hadolint = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/hadolint");
+    if !hadolint.is_file() {
+        eprintln!("note: .venv/bin/hadolint is missing (scripts/test installs it): not linted");
+        return;
+    }
+    let out = Command::new(&hadolint).arg(dockerfile).output().unwrap();
+    assert!(
+        out.status.success(),
+        "hadolint {}:\n{}{}",
+        dockerfile.display(),
+        stdout(&out),
+        stderr(&out)
+    );
+}
+
+#[test]
+fn init_takes_its_templates_from_the_registry() {
+    let dir = scratch("registry");
+    let home = dir.join("home");
+    let envs = [("INVOKER_HOME", home.to_str().unwrap())];
+    let sdk = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("crates")
+        .join("sdk");
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("invoker.yaml"))
+        .unwrap();
+    let init = |invoker_name: &str| {
+        invoker()
+            .args(["init", "hello-fn", "--dry-run", "--invoker", invoker_name])
+            .arg("--sdk-path")
+            .arg(&sdk)
+            .envs(envs)
+            .output()
+            .unwrap()
+    };
+
+    // Nothing installed under that name yet.
+    let missing = init("rust-marked");
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(
+        stderr(&missing).contains("no invoker 'rust-marked' is installed"),
+        "{}",
+        stderr(&missing)
+    );
+
+    // A modified copy, applied under another name, is what init renders.
+    let marked = text
+        .replace("name: rust\n", "name: rust-marked\n")
+        .replace(
+            "FROM projectriff/rust-function-invoker:",
+            "# marker: from the registry\n        FROM projectriff/rust-function-invoker:",
+        )
+        .replace(
+            "//! The function `{{.Handler}}`",
+            "//! marker: scaffolded from the registry\n          //! The function `{{.Handler}}`",
+        );
+    assert_eq!(marked.matches("marker:").count(), 2, "{marked}");
+    let file = dir.join("marked.yaml");
+    std::fs::write(&file, &marked).unwrap();
+    let applied = invoker()
+        .args(["apply", "-f", file.to_str().unwrap()])
+        .envs(envs)
+        .output()
+        .unwrap();
+    assert_eq!(applied.status.code(), Some(0), "{}", stderr(&applied));
+    assert!(home.join("invokers/rust-marked.yaml").is_file());
+
+    let out = init("rust-marked");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let printed = stdout(&out);
+    let dockerfile = printed
+        .split("--- Dockerfile\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n--- ").next())
+        .expect("a Dockerfile");
+    assert!(
+        dockerfile.contains("# marker: from the registry\nFROM projectriff/"),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("//! marker: scaffolded from the registry\n//! The function `hello_fn`"),
+        "{printed}"
+    );
+    // The built-in invoker is unchanged.
+    let out = init("rust");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(!stdout(&out).contains("marker:"), "{}", stdout(&out));
+
+    // An invoker applied as `rust` replaces the built-in one for a plain `invoker init`.
+    std::fs::write(&file, marked.replace("name: rust-marked\n", "name: rust\n")).unwrap();
+    let applied = invoker()
+        .args(["apply", "-f", file.to_str().unwrap()])
+        .envs(envs)
+        .output()
+        .unwrap();
+    assert_eq!(applied.status.code(), Some(0), "{}", stderr(&applied));
+    let out = invoker()
+        .args(["init", "hello-fn", "--dry-run", "--sdk-path"])
+        .arg(&sdk)
+        .envs(envs)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out).matches("marker:").count(),
+        2,
+        "{}",
+        stdout(&out)
     );
 }
 
@@ -411,10 +573,235 @@ fn needed(binary: &Path) -> Vec<(String, Option<PathBuf>)> {
         .collect()
 }
 
+/// One stage of a Dockerfile: its base image and instructions (keyword in capitals, arguments),
+/// with continuation lines joined and comments dropped.
+struct Stage {
+    from: String,
+    name: Option<String>,
+    instructions: Vec<(String, String)>,
+}
+
+impl Stage {
+    fn all<'a>(&'a self, keyword: &str) -> impl Iterator<Item = &'a str> {
+        let keyword = keyword.to_owned();
+        self.instructions
+            .iter()
+            .filter(move |(k, _)| *k == keyword)
+            .map(|(_, args)| args.as_str())
+    }
+
+    fn one<'a>(&'a self, keyword: &str) -> &'a str {
+        let all: Vec<&str> = self.all(keyword).collect();
+        assert_eq!(
+            all.len(),
+            1,
+            "one {keyword} in the stage FROM {}",
+            self.from
+        );
+        all[0]
+    }
+
+    /// `ENV` pairs, in order (`ENV K=V K2=V2` or `ENV K V`).
+    fn env(&self) -> Vec<(String, String)> {
+        let unquote = |v: &str| v.trim_matches('"').to_owned();
+        let mut env = Vec::new();
+        for args in self.all("ENV") {
+            if let Some((key, value)) = args.split_once(char::is_whitespace)
+                && !key.contains('=')
+            {
+                env.push((key.to_owned(), unquote(value.trim())));
+                continue;
+            }
+            for pair in args.split_whitespace() {
+                let (key, value) = pair.split_once('=').expect("ENV KEY=VALUE");
+                env.push((key.to_owned(), unquote(value)));
+            }
+        }
+        env
+    }
+
+    /// `COPY [--from=STAGE] SRC... DEST`: (stage, sources, destination).
+    fn copies(&self) -> Vec<(Option<String>, Vec<String>, String)> {
+        self.all("COPY")
+            .map(|args| {
+                let mut from = None;
+                let mut paths = Vec::new();
+                for word in args.split_whitespace() {
+                    if let Some(stage) = word.strip_prefix("--from=") {
+                        from = Some(stage.to_owned());
+                    } else if !word.starts_with("--") {
+                        paths.push(word.to_owned());
+                    }
+                }
+                let dest = paths.pop().expect("COPY has a destination");
+                (from, paths, dest)
+            })
+            .collect()
+    }
+}
+
+fn parse_dockerfile(dockerfile: &str) -> Vec<Stage> {
+    let mut stages: Vec<Stage> = Vec::new();
+    let mut current = String::new();
+    for line in dockerfile.lines() {
+        let line = line.trim();
+        if line.starts_with('#') || (current.is_empty() && line.is_empty()) {
+            continue;
+        }
+        if let Some(body) = line.strip_suffix('\\') {
+            current.push_str(body);
+            current.push(' ');
+            continue;
+        }
+        current.push_str(line);
+        let (keyword, args) = current
+            .split_once(char::is_whitespace)
+            .unwrap_or((current.as_str(), ""));
+        let (keyword, args) = (keyword.to_ascii_uppercase(), args.trim().to_owned());
+        if keyword == "FROM" {
+            let words: Vec<&str> = args.split_whitespace().collect();
+            stages.push(Stage {
+                from: words[0].to_owned(),
+                name: (words.len() == 3 && words[1].eq_ignore_ascii_case("as"))
+                    .then(|| words[2].to_owned()),
+                instructions: Vec::new(),
+            });
+        } else {
+            stages
+                .last_mut()
+                .expect("an instruction before FROM")
+                .instructions
+                .push((keyword, args));
+        }
+        current.clear();
+    }
+    stages
+}
+
+/// The value of `flag` given to `command` in a shell line (`--flag VALUE` or `--flag=VALUE`).
+fn flag_of(run: &str, command: &str, flag: &str) -> Option<String> {
+    run.split("&&")
+        .map(|part| part.split_whitespace().collect::<Vec<_>>())
+        .find(|words| words.first() == Some(&command))?
+        .windows(2)
+        .find_map(|pair| {
+            if pair[0] == flag {
+                Some(pair[1].to_owned())
+            } else {
+                pair[0]
+                    .strip_prefix(flag)
+                    .and_then(|rest| rest.strip_prefix('='))
+                    .map(str::to_owned)
+            }
+        })
+}
+
 #[tokio::test]
 async fn the_runtime_image_files_are_enough() {
-    // What the Dockerfile's final stage holds: the invoker and the runtime's system libraries;
-    // a function image adds its library under /functions.
+    // The files of a function image, as the repository's Dockerfile (the base image) and
+    // invoker.yaml's Dockerfile template (the function image on top of it) describe them.
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dockerfile = std::fs::read_to_string(manifest.join("Dockerfile")).unwrap();
+    let stages = parse_dockerfile(&dockerfile);
+    let image = stages.last().expect("a FROM");
+    assert_eq!(
+        image.from, "debian:bookworm-slim",
+        "RUNTIME_LIBRARIES lists what debian:bookworm-slim has: update it with the base image"
+    );
+
+    // The invoker: the one COPY of the final stage, from the build stage's cargo output.
+    let copies = image.copies();
+    assert_eq!(copies.len(), 1, "the final stage copies only the invoker");
+    let (from, sources, binary_dest) = &copies[0];
+    let build = stages
+        .iter()
+        .find(|s| s.name.is_some() && s.name == *from)
+        .expect("the final stage copies from a named build stage");
+    let build_run = build.one("RUN");
+    assert!(
+        build_run.contains("cargo build --release") && build_run.contains("-p invoker"),
+        "{build_run}"
+    );
+    let built = Path::new(build.one("WORKDIR")).join("target/release/invoker");
+    assert_eq!(
+        sources,
+        &[built.display().to_string()],
+        "the final stage copies what the build stage builds"
+    );
+    let binary_dest = if binary_dest.ends_with('/') {
+        format!("{binary_dest}invoker")
+    } else {
+        binary_dest.clone()
+    };
+
+    // The user: a fixed uid and gid that the image creates, group first.
+    let user = image.one("USER");
+    let (uid, gid) = user.split_once(':').expect("USER uid:gid");
+    let run = image.one("RUN");
+    assert_eq!(
+        flag_of(run, "groupadd", "--gid").as_deref(),
+        Some(gid),
+        "{run}"
+    );
+    assert_eq!(
+        flag_of(run, "useradd", "--uid").as_deref(),
+        Some(uid),
+        "{run}"
+    );
+    assert_eq!(
+        flag_of(run, "useradd", "--gid").as_deref(),
+        Some(gid),
+        "{run}"
+    );
+    assert!(
+        run.find("groupadd") < run.find("useradd"),
+        "the group exists before the user: {run}"
+    );
+
+    let mut env = image.env();
+    let value = |env: &[(String, String)], key: &str| {
+        env.iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| panic!("the image sets no {key}"))
+    };
+    assert_eq!(value(&env, "HOST"), "0.0.0.0");
+    assert_eq!(image.one("EXPOSE"), value(&env, "GRPC_PORT"));
+    let entrypoint: Vec<String> =
+        serde_json::from_str(image.one("ENTRYPOINT")).expect("ENTRYPOINT in exec form");
+    assert_eq!(entrypoint[1..], ["serve"]);
+
+    // The function image: invoker.yaml's Dockerfile for rot13, as riff would render it.
+    let resource = invoker::author::Invoker::parse(
+        &std::fs::read_to_string(manifest.join("invoker.yaml")).unwrap(),
+    )
+    .unwrap();
+    let mut vars = invoker::author::Vars::new("rot13", &resource.spec.version, "");
+    vars.handler = "encode".into();
+    let template = resource
+        .spec
+        .files
+        .iter()
+        .find(|f| f.path == "Dockerfile")
+        .unwrap();
+    let function_dockerfile =
+        invoker::author::render(&template.template, &vars, invoker::author::Scope::Riff).unwrap();
+    let function_stages = parse_dockerfile(&function_dockerfile);
+    assert_eq!(function_stages.len(), 1, "{function_dockerfile}");
+    let function_image = &function_stages[0];
+    assert!(
+        function_image
+            .from
+            .starts_with("projectriff/rust-function-invoker:"),
+        "{function_dockerfile}"
+    );
+    let function_copies = function_image.copies();
+    let (_, function_sources, function_dest) = &function_copies[0];
+    assert_eq!(function_sources, &[vars.artifact.clone()]);
+    env.extend(function_image.env());
+
+    // Lay the files out in a directory: the invoker where the Dockerfile puts it, the
+    // libraries of debian:bookworm-slim it and the function need, the function library.
     let root = scratch("rootfs");
     let binary = Path::new(env!("CARGO_BIN_EXE_invoker"));
     let function = lib("rot13");
@@ -434,15 +821,41 @@ async fn the_runtime_image_files_are_enough() {
         std::fs::create_dir_all(target.parent().unwrap()).unwrap();
         std::fs::copy(from, &target).unwrap();
     };
-    install(binary, "/usr/local/bin/invoker");
-    install(&function, "/functions/librot13.so");
+    install(binary, &binary_dest);
+    install(&function, function_dest);
     for library in &libraries {
         install(library, library.to_str().unwrap());
     }
-    std::fs::create_dir_all(root.join("tmp")).unwrap();
+    // Writable by all, as in debian:bookworm-slim (and the emptyDir of deploy/kubernetes);
+    // everything else belongs to root, so the image's user cannot write it.
+    let tmp = root.join("tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o1777)).unwrap();
 
-    // Only those files are visible: chroot when allowed (root), else the copied loader with
-    // the system's library cache and default paths out of the way.
+    // The ENTRYPOINT's program, found on the image's PATH.
+    let path = env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_else(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+    let program = if entrypoint[0].starts_with('/') {
+        entrypoint[0].clone()
+    } else {
+        path.split(':')
+            .map(|dir| format!("{dir}/{}", entrypoint[0]))
+            .find(|p| root.join(p.trim_start_matches('/')).is_file())
+            .unwrap_or_else(|| {
+                panic!(
+                    "ENTRYPOINT {} is not on the image's PATH ({path}); the COPY puts it at {binary_dest}",
+                    entrypoint[0]
+                )
+            })
+    };
+
+    // Only those files are visible: as root, chroot into them and run as the image's USER;
+    // otherwise the copied loader with the system's library cache and default paths out of
+    // the way (and paths inside the directory).
     let is_root = Command::new("id")
         .arg("-u")
         .output()
@@ -450,7 +863,7 @@ async fn the_runtime_image_files_are_enough() {
         .unwrap_or(false);
     let mut command = if is_root {
         let mut c = Command::new("chroot");
-        c.arg(&root).arg("/usr/local/bin/invoker");
+        c.arg(format!("--userspec={user}")).arg(&root).arg(&program);
         c
     } else {
         let loader = libraries
@@ -468,38 +881,33 @@ async fn the_runtime_image_files_are_enough() {
             .collect();
         let mut c = Command::new(root.join(loader.strip_prefix("/").unwrap()));
         c.args(["--inhibit-cache", "--library-path", &lib_dirs.join(":")])
-            .arg(root.join("usr/local/bin/invoker"));
+            .arg(root.join(program.trim_start_matches('/')));
+        for (key, value) in &mut env {
+            if key == "FUNCTION_URI" {
+                *value = value.replacen("file://", &format!("file://{}", root.display()), 1);
+            }
+        }
+        env.push(("TMPDIR".into(), tmp.display().to_string()));
         c
     };
-    let function_path = if is_root {
-        "/functions/librot13.so".to_owned()
-    } else {
-        root.join("functions/librot13.so").display().to_string()
-    };
     let mut child = command
-        .args(["serve", "--port", "0", "-f", &function_path])
+        .args(&entrypoint[1..])
         .env_clear()
-        .env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
-        .env("HOST", "127.0.0.1")
-        .env(
-            "TMPDIR",
-            if is_root {
-                "/tmp".into()
-            } else {
-                root.join("tmp")
-            },
-        )
+        .env("PATH", &path)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        // Any free port instead of the image's, which another test may hold.
+        .env("GRPC_PORT", "0")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("start the invoker from the image's files");
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let addr = loop {
+    let port = loop {
         match lines.next() {
             Some(Ok(line)) => {
                 if let Some(addr) = line.strip_prefix("listening on ") {
-                    break addr.to_owned();
+                    break addr.rsplit(':').next().unwrap().to_owned();
                 }
             }
             _ => {
@@ -512,7 +920,7 @@ async fn the_runtime_image_files_are_enough() {
         }
     };
     let mut client = invoker::protocol::proto::function::message_function_client::MessageFunctionClient::connect(
-        format!("http://{addr}"),
+        format!("http://127.0.0.1:{port}"),
     )
     .await
     .unwrap();
