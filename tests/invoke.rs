@@ -98,15 +98,42 @@ async fn collect(
     }
 }
 
+/// Sends `signals`, half-closes, and collects everything until the call ends (a call that
+/// has not ended after `common::HANG` fails the test).
 async fn invoke(daemon: &Daemon, signals: Vec<InputSignal>) -> Outcome {
     let mut client = client(daemon).await;
-    match client.invoke(futures_util::stream::iter(signals)).await {
-        Ok(response) => collect(response.into_inner()).await,
-        Err(status) => Outcome {
-            frames: vec![],
-            status,
-        },
+    let called = async move {
+        match client.invoke(futures_util::stream::iter(signals)).await {
+            Ok(response) => collect(response.into_inner()).await,
+            Err(status) => Outcome {
+                frames: vec![],
+                status,
+            },
+        }
+    };
+    tokio::time::timeout(common::HANG, called)
+        .await
+        .expect("the call hung")
+}
+
+#[tokio::test]
+async fn an_empty_content_type_is_octet_stream_whatever_the_frame_headers_say() {
+    let daemon = Daemon::start(&uri("greeter", Some("hello")));
+    let mut frame = data("World", "", 0);
+    if let Some(input_signal::Frame::Data(data)) = &mut frame.frame {
+        data.headers
+            .insert("content-type".to_owned(), "text/plain".to_owned());
     }
+    let out = invoke(&daemon, vec![start(&["text/plain"]), frame]).await;
+    out.assert_error(Code::InvalidArgument, "Invoker: Unsupported Media Type");
+    assert!(
+        out.status.message().contains("application/octet-stream"),
+        "{out:?}"
+    );
+    // With the frame's own contentType, the same message is fine.
+    let out = invoke(&daemon, vec![start(&["text/plain"]), text("World")]).await;
+    assert_eq!(out.code(), Code::Ok, "{out:?}");
+    assert_eq!(out.results(), [(0, "Hello World".to_owned())]);
 }
 
 #[tokio::test]

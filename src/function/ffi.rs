@@ -351,28 +351,10 @@ unsafe extern "C" fn ctx_log(data: *const c_void, level: u32, message: Slice) {
     let ctx = unsafe { call_context(data) };
     // SAFETY: the library lends the message for the duration of this call.
     let bytes = unsafe { read_array(message.ptr, message.len) }.unwrap_or_default();
-    let message = String::from_utf8_lossy(bytes);
-    let enabled_to = match level {
-        invoker_abi::level::ERROR => tracing::Level::ERROR,
-        invoker_abi::level::WARN => tracing::Level::WARN,
-        invoker_abi::level::INFO => tracing::Level::INFO,
-        invoker_abi::level::DEBUG => tracing::Level::DEBUG,
-        _ => tracing::Level::TRACE,
-    };
-    if enabled_to > tracing::level_filters::LevelFilter::current() {
-        // Filtered out: no need to make the call's span for it.
-        return;
-    }
-    let function = &*ctx.function_name;
-    let call = ctx.call.id();
-    let _in_call = ctx.call.span().enter();
-    match level {
-        invoker_abi::level::ERROR => tracing::error!(function, call, "{message}"),
-        invoker_abi::level::WARN => tracing::warn!(function, call, "{message}"),
-        invoker_abi::level::INFO => tracing::info!(function, call, "{message}"),
-        invoker_abi::level::DEBUG => tracing::debug!(function, call, "{message}"),
-        _ => tracing::trace!(function, call, "{message}"),
-    }
+    // A panic must not unwind into the library (nor abort the invoker): the line is lost.
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        ctx.log(level, &String::from_utf8_lossy(bytes));
+    }));
 }
 
 unsafe extern "C" fn ctx_metric(data: *const c_void, name: Slice, value: f64) {
@@ -380,7 +362,10 @@ unsafe extern "C" fn ctx_metric(data: *const c_void, name: Slice, value: f64) {
     let ctx = unsafe { call_context(data) };
     // SAFETY: the library lends the name for the duration of this call.
     let bytes = unsafe { read_array(name.ptr, name.len) }.unwrap_or_default();
-    ctx.record_metric(&String::from_utf8_lossy(bytes), value);
+    // As in `ctx_log`: the sample is lost.
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        ctx.record_metric(&String::from_utf8_lossy(bytes), value);
+    }));
 }
 
 unsafe extern "C" fn ctx_deadline_millis(data: *const c_void) -> i64 {
@@ -536,8 +521,9 @@ unsafe extern "C" fn input_poll(
         Ok(Poll::Ready(None)) => status::END,
         Ok(Poll::Pending) => status::PENDING,
         Err(_) => {
-            tracing::error!("an input stream panicked; ending it");
-            status::END
+            // Never a silent end of input: the library fails the call.
+            tracing::error!("an input stream panicked; failing the call");
+            status::PANIC
         }
     }
 }

@@ -181,6 +181,32 @@ impl CallContext {
         self.call.is_cancelled()
     }
 
+    /// Logs a function's message at an ABI log level, in the call's span, tagged with the
+    /// function's name and the call id.
+    fn log(&self, level: u32, message: &str) {
+        let level = match level {
+            invoker_abi::level::ERROR => tracing::Level::ERROR,
+            invoker_abi::level::WARN => tracing::Level::WARN,
+            invoker_abi::level::INFO => tracing::Level::INFO,
+            invoker_abi::level::DEBUG => tracing::Level::DEBUG,
+            _ => tracing::Level::TRACE,
+        };
+        if level > tracing::level_filters::LevelFilter::current() {
+            // Filtered out: no need to make the call's span for it.
+            return;
+        }
+        let function = &*self.function_name;
+        let call = self.call.id();
+        let _in_call = self.call.span().enter();
+        match level {
+            tracing::Level::ERROR => tracing::error!(function, call, "{message}"),
+            tracing::Level::WARN => tracing::warn!(function, call, "{message}"),
+            tracing::Level::INFO => tracing::info!(function, call, "{message}"),
+            tracing::Level::DEBUG => tracing::debug!(function, call, "{message}"),
+            _ => tracing::trace!(function, call, "{message}"),
+        }
+    }
+
     fn record_metric(&self, name: &str, value: f64) {
         if tracing::enabled!(tracing::Level::DEBUG) {
             let _in_call = self.call.span().enter();

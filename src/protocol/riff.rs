@@ -11,7 +11,7 @@ use super::proto::streaming::riff_server::Riff;
 use super::proto::streaming::{
     InputSignal, OutputFrame, OutputSignal, input_signal, output_signal,
 };
-use crate::engine::{Inbound, Outbound, Signal};
+use crate::engine::{INVOKE_DEFAULT_CONTENT_TYPE, Inbound, Outbound, Signal};
 use crate::live::Live;
 use crate::server::{Calls, call_meta};
 
@@ -29,7 +29,9 @@ impl RiffService {
     }
 }
 
-/// An InputSignal as the engine's signal; the frame's contentType becomes a Content-Type header.
+/// An InputSignal as the engine's signal. The frame's contentType (empty means
+/// `application/octet-stream`, SPEC §2.2) becomes the message's one Content-Type header; a
+/// `content-type` in the frame's headers map does not override it.
 pub fn signal(input: InputSignal) -> Signal {
     match input.frame {
         Some(input_signal::Frame::Start(start)) => Signal::Start {
@@ -37,10 +39,18 @@ pub fn signal(input: InputSignal) -> Signal {
         },
         Some(input_signal::Frame::Data(frame)) => {
             let mut headers: Vec<(String, String)> = Vec::with_capacity(frame.headers.len() + 1);
-            if !frame.content_type.is_empty() {
-                headers.push(("Content-Type".to_owned(), frame.content_type));
-            }
-            headers.extend(frame.headers);
+            let content_type = if frame.content_type.is_empty() {
+                INVOKE_DEFAULT_CONTENT_TYPE.to_owned()
+            } else {
+                frame.content_type
+            };
+            headers.push(("Content-Type".to_owned(), content_type));
+            headers.extend(
+                frame
+                    .headers
+                    .into_iter()
+                    .filter(|(name, _)| !name.eq_ignore_ascii_case("Content-Type")),
+            );
             Signal::Data {
                 arg_index: frame.arg_index,
                 message: Inbound {

@@ -158,7 +158,9 @@ pub struct InputStream {
     /// The host's state.
     pub state: *mut c_void,
     /// Polls for the next message: returns [`status::READY`] (with `out` filled, lent until the
-    /// next call to `poll_next` or `drop`), [`status::END`] or [`status::PENDING`].
+    /// next call to `poll_next` or `drop`), [`status::END`] or [`status::PENDING`]; any other
+    /// status (the host returns [`status::PANIC`] if its stream panicked) means the input
+    /// failed, and the library must fail the call rather than treat it as the end of input.
     pub poll_next: unsafe extern "C" fn(
         state: *mut c_void,
         cx: &mut FfiContext<'_>,

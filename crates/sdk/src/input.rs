@@ -90,6 +90,12 @@ impl<X: FromPayload> Stream for Input<X> {
             }
             status::END => Poll::Ready(None),
             status::PENDING => Poll::Pending,
+            status::PANIC => {
+                this.failure
+                    .set("Invoker: the invoker's input stream failed".to_owned());
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
             other => {
                 this.failure.set(format!(
                     "Invoker: input stream returned unknown status {other}"
