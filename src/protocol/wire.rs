@@ -417,11 +417,14 @@ mod tests {
     fn many_headers_with_repeats_keep_each_names_last_entry() {
         // Past the scan limit, names are hashed: the result is the same as for a few.
         let names: Vec<String> = (0..200).map(|i| format!("h{i}")).collect();
-        let mut sent: Vec<(&str, &[&str])> = names.iter().map(|n| (n.as_str(), &["1"][..])).collect();
+        let mut sent: Vec<(&str, &[&str])> =
+            names.iter().map(|n| (n.as_str(), &["1"][..])).collect();
         sent.push(("h7", &["2", "3"]));
         sent.push(("h150", &["2"]));
         sent.push(("h7", &["4"]));
-        let got = Message::decode(entries(&sent).as_slice()).unwrap().into_headers();
+        let got = Message::decode(entries(&sent).as_slice())
+            .unwrap()
+            .into_headers();
         assert_eq!(got.len(), 200);
         let values = |name: &str| -> Vec<&str> {
             got.iter()
@@ -437,8 +440,9 @@ mod tests {
 
     #[test]
     fn many_headers_encode_each_name_once_with_its_values_in_order() {
-        let mut headers: Vec<(String, String)> =
-            (0..100).map(|i| (format!("h{}", i % 40), i.to_string())).collect();
+        let mut headers: Vec<(String, String)> = (0..100)
+            .map(|i| (format!("h{}", i % 40), i.to_string()))
+            .collect();
         headers.push(("content-type".into(), "dropped".into()));
         let sent = Message::new(Bytes::new(), Some(Arc::from("text/plain")), headers);
         let bytes = sent.encode_to_vec();
