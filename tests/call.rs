@@ -559,3 +559,20 @@ async fn a_message_with_two_hundred_thousand_headers_is_answered() {
     assert_eq!(out.code(), Code::Ok, "{:?}", out.status);
     assert_eq!(out.texts(), ["Hello World"]);
 }
+
+#[tokio::test]
+async fn a_handler_named_with_dashes_finds_the_function_named_with_underscores() {
+    // riff's default handler is the function's name, e.g. `greet-json`.
+    let daemon = Daemon::start(&uri("greeter", Some("greet-json")));
+    let mut client = daemon.client().await;
+    let out = call(
+        &mut client,
+        vec![msg(
+            r#"{"name":"Ada"}"#,
+            &[("Content-Type", "application/json")],
+        )],
+    )
+    .await;
+    assert_eq!(out.code(), Code::Ok, "{:?}", out.status);
+    assert_eq!(out.texts(), [r#"{"greeting":"Hello Ada"}"#]);
+}

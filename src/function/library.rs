@@ -161,15 +161,16 @@ impl Library {
             .collect()
     }
 
-    /// Chooses a function: by name, or the only one when `handler` is `None`.
+    /// Chooses a function: by name, or the only one when `handler` is `None`. A name with `-`
+    /// that no function has finds the function spelled with `_` instead (riff's default
+    /// handler is the function's name, `hello-fn`, which cannot name a Rust function).
     pub fn function(&self, handler: Option<&str>) -> Result<Function, LoadError> {
         let path = self.inner.path().display().to_string();
         let handlers = || self.handlers().join(", ");
+        let named = |name: &str| self.functions.iter().find(|(f, _)| f.name == name);
         let found = match handler {
-            Some(name) => self
-                .functions
-                .iter()
-                .find(|(f, _)| f.name == name)
+            Some(name) => named(name)
+                .or_else(|| name.contains('-').then(|| named(&name.replace('-', "_")))?)
                 .ok_or_else(|| LoadError::UnknownHandler {
                     path: path.clone(),
                     handler: name.to_owned(),
