@@ -201,8 +201,10 @@ fn load(
             .map_err(|e| anyhow::anyhow!("the init hook of {} failed: {e}", path.display()))?;
         Ok((Arc::new(library), function))
     })();
-    // Loaded (or not), the copy's file is no longer needed: the mapping outlives it.
+    // Loaded (or not), the copy's file is no longer needed: the mapping outlives it. So is
+    // the directory, made again for the next load (loads are serialised).
     let _ = std::fs::remove_file(&copy);
+    let _ = std::fs::remove_dir(copies);
     loaded
 }
 

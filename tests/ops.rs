@@ -204,6 +204,56 @@ async fn metrics_are_prometheus_text() {
         Some(2.0)
     );
     assert_eq!(sample(&samples, "invoker_function_generation"), Some(1.0));
+    // And the reference parser of the format (Python's prometheus_client) reads it all.
+    let parsed = parse_openmetrics_in_python(&body);
+    assert_eq!(parsed["invoker_messages_received_total"], 2.0, "{parsed}");
+    assert_eq!(parsed["invoker_function_panics_total"], 2.0, "{parsed}");
+    assert_eq!(
+        parsed["invoker_call_duration_seconds_count"], 2.0,
+        "{parsed}"
+    );
+}
+
+/// Parses OpenMetrics text with prometheus_client's parser (in the virtualenv scripts/test
+/// sets up); returns each sample's value by name (labelled samples keep their first value).
+fn parse_openmetrics_in_python(body: &str) -> serde_json::Value {
+    let python = std::env::var_os("INVOKER_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"));
+    let script = r#"
+import json, sys
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+samples = {}
+for family in text_string_to_metric_families(sys.stdin.read()):
+    for s in family.samples:
+        samples.setdefault(s.name, s.value)
+print(json.dumps(samples))
+"#;
+    let mut child = Command::new(&python)
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "{}: {e}: run scripts/test, which sets up .venv",
+                python.display()
+            )
+        });
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "prometheus_client cannot parse /metrics:\n{}\n{body}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 #[tokio::test]
@@ -363,9 +413,14 @@ async fn sighup_reloads_the_file_function_uri_names() {
     let function = dir.join("libfunction.so");
     std::fs::copy(lib("rot13"), &function).unwrap();
     let socket = dir.join("admin.sock");
+    let tmp = dir.join("tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
     let daemon = Daemon::start_with(
         function.to_str().unwrap(),
-        &[("ADMIN_SOCKET", socket.to_str().unwrap())],
+        &[
+            ("ADMIN_SOCKET", socket.to_str().unwrap()),
+            ("TMPDIR", tmp.to_str().unwrap()),
+        ],
     );
     let mut client = daemon.client().await;
     let outcome = call(&mut client, vec![msg("World", &[])]).await;
@@ -407,6 +462,9 @@ async fn sighup_reloads_the_file_function_uri_names() {
         .unwrap();
     assert_eq!(status["generation"], 2);
     assert_eq!(status["function"], "encode");
+    // The copies made for each load, failed or not, are gone, and their directory too.
+    let left: Vec<_> = std::fs::read_dir(&tmp).unwrap().collect();
+    assert!(left.is_empty(), "left in TMPDIR: {left:?}");
 }
 
 #[tokio::test]
@@ -631,4 +689,28 @@ async fn a_deadline_drops_a_waiting_function() {
     // The function's stream was released at the deadline, with the caller still connected.
     wait_for_log(&daemon, "slow: stream released").await;
     drop(tx);
+}
+
+#[tokio::test]
+async fn nothing_is_logged_per_message_at_info() {
+    let daemon = Daemon::start_with(
+        &uri("streams", Some("running_average")),
+        &[("RUST_LOG", "info")],
+    );
+    wait_for_log(&daemon, "serving").await;
+    let before = daemon.stderr();
+    let mut client = daemon.client().await;
+    let numbers: Vec<_> = (0..500).map(|i| msg(&i.to_string(), &[])).collect();
+    let outcome = call(&mut client, numbers).await;
+    assert_eq!(outcome.code(), tonic::Code::Ok, "{outcome:?}");
+    assert_eq!(outcome.messages.len(), 500);
+    let outcome = call(&mut client, vec![msg("x", &[])]).await;
+    assert_eq!(outcome.code(), tonic::Code::InvalidArgument, "{outcome:?}");
+    // The stderr reader runs on its own thread: give it what the daemon may have written.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        daemon.stderr(),
+        before,
+        "the daemon logged while serving 501 messages"
+    );
 }
