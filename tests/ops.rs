@@ -714,3 +714,42 @@ async fn nothing_is_logged_per_message_at_info() {
         "the daemon logged while serving 501 messages"
     );
 }
+
+#[tokio::test]
+async fn a_call_in_flight_across_a_reload_finishes_on_the_old_function() {
+    let dir = scratch("reload-in-flight");
+    let socket = dir.join("admin.sock");
+    let daemon = Daemon::start_with(
+        &uri("streams", Some("running_average")),
+        &[("ADMIN_SOCKET", socket.to_str().unwrap())],
+    );
+    let mut client = daemon.client().await;
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let mut old = client
+        .call(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    tx.send(msg("2", &[])).await.unwrap();
+    assert_eq!(common::text(&old.message().await.unwrap().unwrap()), "2");
+
+    let socket_arg = socket.to_str().unwrap().to_owned();
+    let rot13 = lib("rot13").to_str().unwrap().to_owned();
+    let reloaded = tokio::task::spawn_blocking(move || {
+        invoker(&["reload", "--admin-socket", &socket_arg, &rot13])
+    })
+    .await
+    .unwrap();
+    assert_eq!(reloaded.0, 0, "{reloaded:?}");
+    // New calls get the new function...
+    let outcome = call(&mut client, vec![msg("World", &[])]).await;
+    assert_eq!(outcome.texts(), ["Jbeyq"]);
+    // ...while the call in flight goes on with the old one, to its end.
+    tx.send(msg("4", &[])).await.unwrap();
+    assert_eq!(common::text(&old.message().await.unwrap().unwrap()), "3");
+    drop(tx);
+    let end = tokio::time::timeout(common::HANG, old.message())
+        .await
+        .expect("the old call ends");
+    assert!(matches!(end, Ok(None)), "{end:?}");
+}
