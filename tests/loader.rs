@@ -2,6 +2,8 @@
 
 mod common;
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -11,6 +13,7 @@ use invoker::function::{
     BoxInput, CallContext, Function, FunctionError, InputMessage, Library, LoadError, OutputStream,
     Shape,
 };
+use invoker::stats::Stats;
 
 fn function(lib: &str, handler: &str) -> Function {
     Library::load(common::lib(lib))
@@ -331,6 +334,353 @@ fn context_reads_headers_and_name() {
     };
     let out = f.invoke(&c, None, 0).unwrap().unwrap();
     assert_eq!(out.payload, Bytes::from_static(b"whoami c-42"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Every request/reply shape with and without `&Context`, and every payload type
+
+/// The context of a call to `f` with these headers and this configuration, whose custom
+/// metrics go to `stats`.
+fn ctx_with(
+    f: &Function,
+    headers: &[(&str, &str)],
+    config: &[(&str, &str)],
+    stats: &Arc<Stats>,
+) -> CallContext {
+    let pairs = |list: &[(&str, &str)]| -> Vec<(String, String)> {
+        list.iter()
+            .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+            .collect()
+    };
+    CallContext {
+        headers: pairs(headers),
+        config: Arc::new(pairs(config).into_iter().collect::<HashMap<_, _>>()),
+        stats: Some(stats.clone()),
+        ..ctx(f)
+    }
+}
+
+/// A custom metric's value, 0 if the function never recorded it.
+fn metric(stats: &Stats, name: &str) -> f64 {
+    stats.snapshot().custom.get(name).copied().unwrap_or(0.0)
+}
+
+fn payload(out: Option<invoker::function::OutputMessage>) -> String {
+    let out = out.expect("an output message");
+    String::from_utf8(out.payload.to_vec()).unwrap()
+}
+
+#[test]
+fn every_request_reply_shape_with_and_without_context_is_described() {
+    // (library, handler, shape, takes an input, has an output, takes &Context); each is called
+    // and its payloads and errors asserted by a test of this file.
+    let shapes = [
+        (
+            "greeter",
+            "hello",
+            "f(X) -> Result<Y, E>",
+            true,
+            true,
+            false,
+        ),
+        ("greeter", "double", "f(X) -> Y", true, true, false),
+        ("probe", "arm", "f(X)", true, false, false),
+        (
+            "shapes",
+            "validate",
+            "f(X) -> Result<(), E>",
+            true,
+            false,
+            false,
+        ),
+        ("shapes", "five", "f() -> Result<Y, E>", false, true, false),
+        ("shapes", "answer", "f() -> Y", false, true, false),
+        ("shapes", "nothing", "f()", false, false, false),
+        ("probe", "fire", "f() -> Result<(), E>", false, false, false),
+        (
+            "probe",
+            "ctx_order",
+            "f(&Context, X) -> Result<Y, E>",
+            true,
+            true,
+            true,
+        ),
+        (
+            "context",
+            "describe",
+            "f(&Context, X) -> Y",
+            true,
+            true,
+            true,
+        ),
+        ("shapes", "record", "f(&Context, X)", true, false, true),
+        (
+            "probe",
+            "ctx_require",
+            "f(&Context, X) -> Result<(), E>",
+            true,
+            false,
+            true,
+        ),
+        (
+            "probe",
+            "ctx_greeting",
+            "f(&Context) -> Result<Y, E>",
+            false,
+            true,
+            true,
+        ),
+        ("probe", "whoami", "f(&Context) -> Y", false, true, true),
+        ("probe", "ctx_touch", "f(&Context)", false, false, true),
+        (
+            "probe",
+            "ctx_check",
+            "f(&Context) -> Result<(), E>",
+            false,
+            false,
+            true,
+        ),
+    ];
+    for (lib, handler, shape, input, output, context) in shapes {
+        let info = function(lib, handler).info().clone();
+        assert_eq!(info.shape, Shape::RequestReply, "{shape}: {lib}/{handler}");
+        assert_eq!(
+            info.inputs.len(),
+            usize::from(input),
+            "{shape}: {lib}/{handler}"
+        );
+        assert_eq!(
+            info.outputs.len(),
+            usize::from(output),
+            "{shape}: {lib}/{handler}"
+        );
+        assert_eq!(info.uses_context, context, "{shape}: {lib}/{handler}");
+    }
+}
+
+#[test]
+fn a_bool_input_without_output_and_a_unit_result_without_input() {
+    let arm = function("probe", "arm");
+    let fire = function("probe", "fire");
+    assert_eq!(
+        arm.info().inputs[0].media_types,
+        ["text/plain", "application/json"]
+    );
+    assert_eq!(call(&arm, "false"), Ok(None));
+    assert_eq!(call0(&fire), Err(FunctionError::Failed("not armed".into())));
+    assert_eq!(call(&arm, " true\n"), Ok(None));
+    assert_eq!(call0(&fire), Ok(None));
+    match call(&arm, "yes") {
+        Err(FunctionError::BadInput(m)) => {
+            assert!(m.starts_with("Invoker: Bad Input Signal"), "{m}");
+            assert!(m.contains("'yes' is not a valid bool"), "{m}");
+        }
+        other => panic!("expected a bad input, got {other:?}"),
+    }
+    let json_false = InputMessage {
+        media_type: input_type(&arm, "application/json"),
+        ..text("false")
+    };
+    assert_eq!(arm.invoke(&ctx(&arm), Some(&json_false), 0), Ok(None));
+    assert_eq!(call0(&fire), Err(FunctionError::Failed("not armed".into())));
+}
+
+#[test]
+fn bool_and_static_str_outputs() {
+    let negate = function("probe", "negate");
+    assert_eq!(
+        negate.info().outputs[0].media_types,
+        ["text/plain", "application/json"]
+    );
+    assert_eq!(call(&negate, "true"), Ok(Some("false".into())));
+    assert_eq!(call(&negate, "false"), Ok(Some("true".into())));
+    let json = InputMessage {
+        media_type: input_type(&negate, "application/json"),
+        ..text("false")
+    };
+    let out = negate.invoke(
+        &ctx(&negate),
+        Some(&json),
+        output_type(&negate, "application/json"),
+    );
+    assert_eq!(payload(out.unwrap()), "true");
+    let not_json = InputMessage {
+        media_type: input_type(&negate, "application/json"),
+        ..text("1")
+    };
+    assert!(matches!(
+        negate.invoke(&ctx(&negate), Some(&not_json), 0),
+        Err(FunctionError::BadInput(m)) if m.contains("expected a JSON bool")
+    ));
+
+    let yes_no = function("probe", "yes_no");
+    assert_eq!(yes_no.info().outputs[0].media_types, ["text/plain"]);
+    assert_eq!(call(&yes_no, "true"), Ok(Some("yes".into())));
+    assert_eq!(call(&yes_no, "false"), Ok(Some("no".into())));
+}
+
+#[test]
+fn bytes_in_and_out_are_not_text() {
+    let f = function("probe", "bytes_echo");
+    assert_eq!(
+        f.info().inputs[0].media_types,
+        ["application/octet-stream", "text/plain"]
+    );
+    assert_eq!(
+        f.info().outputs[0].media_types,
+        ["application/octet-stream"]
+    );
+    let binary = Bytes::from_static(&[0, 159, 146, 150, 255, b'\n']);
+    let input = InputMessage {
+        payload: binary.clone(),
+        ..InputMessage::default()
+    };
+    let out = f.invoke(&ctx(&f), Some(&input), 0).unwrap().unwrap();
+    assert_eq!(out.payload, binary);
+    assert!(out.headers.is_empty());
+    let as_text = InputMessage {
+        media_type: input_type(&f, "text/plain"),
+        ..text("plain words")
+    };
+    let out = f.invoke(&ctx(&f), Some(&as_text), 0).unwrap().unwrap();
+    assert_eq!(out.payload, Bytes::from_static(b"plain words"));
+    let empty = InputMessage::default();
+    let out = f.invoke(&ctx(&f), Some(&empty), 0).unwrap().unwrap();
+    assert!(out.payload.is_empty());
+}
+
+#[test]
+fn a_form_in_and_out_with_context_and_a_result() {
+    let f = function("probe", "ctx_order");
+    assert_eq!(
+        f.info().inputs[0].media_types,
+        ["application/x-www-form-urlencoded"]
+    );
+    assert_eq!(
+        f.info().outputs[0].media_types,
+        ["application/x-www-form-urlencoded"]
+    );
+    assert_eq!(
+        call(&f, "item=green+tea&quantity=2"),
+        Ok(Some("item=green+tea&quantity=2&by=ctx_order".into()))
+    );
+    assert_eq!(
+        call(&f, "quantity=0&item=tea"),
+        Err(FunctionError::Failed(
+            "ctx_order: cannot order no tea".into()
+        ))
+    );
+    match call(&f, "item=tea&quantity=lots") {
+        Err(FunctionError::BadInput(m)) => {
+            assert!(m.starts_with("Invoker: Bad Input Signal"), "{m}");
+            assert!(m.contains("invalid form"), "{m}");
+        }
+        other => panic!("expected a bad input, got {other:?}"),
+    }
+    assert!(
+        matches!(call(&f, "item=tea"), Err(FunctionError::BadInput(m)) if m.contains("quantity"))
+    );
+}
+
+#[test]
+fn context_and_an_input_to_a_json_output() {
+    let f = function("context", "describe");
+    let stats = Arc::new(Stats::new());
+    let c = ctx_with(
+        &f,
+        &[("correlationId", "c-7")],
+        &[("greeting", "Hi")],
+        &stats,
+    );
+    let out = f.invoke(&c, Some(&text("ping")), 0).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&payload(out)).unwrap();
+    assert_eq!(json["function"], "describe");
+    assert_eq!(json["correlation_id"], "c-7");
+    assert_eq!(json["greeting"], "Hi");
+    assert_eq!(json["farewell"], serde_json::Value::Null);
+    assert_eq!(json["input"], "ping");
+    assert_eq!(metric(&stats, "described"), 1.0);
+}
+
+#[test]
+fn context_and_an_input_to_a_unit_result() {
+    let f = function("probe", "ctx_require");
+    let stats = Arc::new(Stats::new());
+    let c = ctx_with(&f, &[], &[], &stats);
+    assert_eq!(f.invoke(&c, Some(&text("true")), 0), Ok(None));
+    assert_eq!(metric(&stats, "probe.required"), 1.0);
+    assert_eq!(
+        f.invoke(&c, Some(&text("false")), 0),
+        Err(FunctionError::Failed("ctx_require requires true".into()))
+    );
+    assert_eq!(metric(&stats, "probe.required"), 1.0);
+}
+
+#[test]
+fn context_alone_to_a_fallible_static_str() {
+    let f = function("probe", "ctx_greeting");
+    assert_eq!(f.info().outputs[0].media_types, ["text/plain"]);
+    let stats = Arc::new(Stats::new());
+    let greet = |config: &[(&str, &str)]| {
+        let out = f.invoke(&ctx_with(&f, &[], config, &stats), None, 0)?;
+        Ok(payload(out))
+    };
+    assert_eq!(greet(&[("greeting", "formal")]), Ok("Good day".to_owned()));
+    assert_eq!(greet(&[("greeting", "casual")]), Ok("Hi".to_owned()));
+    assert_eq!(
+        greet(&[("greeting", "rude")]),
+        Err(FunctionError::Failed("unknown greeting 'rude'".into()))
+    );
+    assert_eq!(
+        greet(&[]),
+        Err(FunctionError::Failed("no greeting configured".into()))
+    );
+}
+
+#[test]
+fn context_alone_with_no_output() {
+    let f = function("probe", "ctx_touch");
+    let stats = Arc::new(Stats::new());
+    let c = ctx_with(&f, &[], &[], &stats);
+    assert_eq!(f.invoke(&c, None, 0), Ok(None));
+    assert_eq!(f.invoke(&c, None, 0), Ok(None));
+    assert_eq!(metric(&stats, "probe.touched"), 2.0);
+    assert!(matches!(
+        f.invoke(&c, Some(&text("x")), 0),
+        Err(FunctionError::BadInput(_))
+    ));
+    assert_eq!(metric(&stats, "probe.touched"), 2.0);
+}
+
+#[test]
+fn context_alone_to_a_unit_result() {
+    let f = function("probe", "ctx_check");
+    let stats = Arc::new(Stats::new());
+    let with_id = ctx_with(&f, &[("correlationId", "c-1")], &[], &stats);
+    assert_eq!(f.invoke(&with_id, None, 0), Ok(None));
+    let without = ctx_with(&f, &[("other", "x")], &[], &stats);
+    assert_eq!(
+        f.invoke(&without, None, 0),
+        Err(FunctionError::Failed("ctx_check: no correlationId".into()))
+    );
+}
+
+#[tokio::test]
+async fn a_streaming_function_with_context() {
+    let f = function("probe", "ctx_echo");
+    assert_eq!(f.info().shape, Shape::Streaming);
+    assert!(f.info().uses_context);
+    let out: Vec<_> = open(&f, vec!["a", "b"]).collect().await;
+    assert_eq!(
+        out,
+        [
+            Ok("ctx_echo".to_owned()),
+            Ok("a".to_owned()),
+            Ok("b".to_owned())
+        ]
+    );
+    let out: Vec<_> = open(&f, vec![]).collect().await;
+    assert_eq!(out, [Ok("ctx_echo".to_owned())]);
 }
 
 // ---------------------------------------------------------------------------------------------

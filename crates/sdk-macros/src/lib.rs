@@ -7,10 +7,10 @@
 
 use proc_macro::TokenStream;
 use proc_macro2::{Span, TokenStream as TokenStream2};
-use quote::{format_ident, quote};
+use quote::{format_ident, quote, quote_spanned};
 use syn::{
-    FnArg, GenericArgument, ItemFn, Pat, PathArguments, ReturnType, Type, TypeImplTrait,
-    TypeParamBound, parse_macro_input, spanned::Spanned,
+    FnArg, GenericArgument, ItemFn, Pat, PathArguments, ReturnType, Signature, Type, TypeImplTrait,
+    TypeParamBound, parse_macro_input, parse_quote_spanned, spanned::Spanned,
 };
 
 const SUPPORTED: &str = "supported signatures: request/reply `fn f([&Context,] [X]) [-> Y | -> Result<Y, E>]` \
@@ -74,14 +74,7 @@ fn expand_hook(attr: TokenStream2, item: &ItemFn, kind: Hook) -> syn::Result<Tok
             format!("this attribute takes no arguments; {supported}"),
         );
     }
-    if sig.asyncness.is_some()
-        || sig.unsafety.is_some()
-        || sig.abi.is_some()
-        || !sig.generics.params.is_empty()
-        || sig.variadic.is_some()
-    {
-        return err(sig.span(), supported);
-    }
+    check_plain_fn(sig, supported)?;
     let ident = &sig.ident;
     let name = ident.to_string().trim_start_matches("r#").to_owned();
     let private = quote!(::invoker_sdk::private);
@@ -93,6 +86,10 @@ fn expand_hook(attr: TokenStream2, item: &ItemFn, kind: Hook) -> syn::Result<Tok
                 return err(sig.inputs.span(), supported);
             }
             let registration = format_ident!("__INVOKER_INIT_{}", name.to_uppercase());
+            // A return type that is not a hook's is reported at the return type.
+            let run = quote_spanned!(return_span(&sig.output)=>
+                #private::IntoInitResult::into_init_result(#ident(config))
+            );
             Ok(quote! {
                 #[#private::linkme::distributed_slice(#private::INIT_HOOKS)]
                 #[linkme(crate = #private::linkme)]
@@ -101,7 +98,7 @@ fn expand_hook(attr: TokenStream2, item: &ItemFn, kind: Hook) -> syn::Result<Tok
                 static #registration: #private::InitHook = #private::InitHook {
                     name: #name,
                     run: |config: &::invoker_sdk::Config| {
-                        #private::IntoInitResult::into_init_result(#ident(config))
+                        #run
                     },
                 };
             })
@@ -124,6 +121,77 @@ fn expand_hook(attr: TokenStream2, item: &ItemFn, kind: Hook) -> syn::Result<Tok
 
 fn err<T>(span: Span, message: impl std::fmt::Display) -> syn::Result<T> {
     Err(syn::Error::new(span, message))
+}
+
+/// Rejects what neither an exported function nor a hook can be: `async`, `unsafe`,
+/// `extern "ABI"`, generic (type, lifetime or const parameters, or `impl Trait` arguments),
+/// variadic, or a method. `supported` lists what the attribute does take.
+fn check_plain_fn(sig: &Signature, supported: &str) -> syn::Result<()> {
+    if let Some(token) = sig.asyncness {
+        return err(
+            token.span,
+            format!("`async fn` is not supported; {supported}"),
+        );
+    }
+    if let Some(token) = sig.unsafety {
+        return err(
+            token.span,
+            format!(
+                "`unsafe fn` is not supported: the invoker calls the function from safe code; {supported}"
+            ),
+        );
+    }
+    if let Some(abi) = &sig.abi {
+        let name = abi.name.as_ref().map_or("C".to_owned(), |n| n.value());
+        return err(
+            abi.span(),
+            format!(
+                "`extern \"{name}\" fn` is not supported: write a plain Rust `fn`, the SDK generates the C ABI; {supported}"
+            ),
+        );
+    }
+    if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
+        return err(
+            sig.generics.span(),
+            format!(
+                "generic functions are not supported: every type must be concrete; {supported}"
+            ),
+        );
+    }
+    for arg in &sig.inputs {
+        match arg {
+            FnArg::Receiver(receiver) => {
+                return err(
+                    receiver.span(),
+                    format!("methods (`self`) are not supported, only free functions; {supported}"),
+                );
+            }
+            FnArg::Typed(typed) if matches!(&*typed.ty, Type::ImplTrait(_)) => {
+                return err(
+                    typed.ty.span(),
+                    format!(
+                        "`impl Trait` parameters make the function generic and are not supported; {supported}"
+                    ),
+                );
+            }
+            FnArg::Typed(_) => {}
+        }
+    }
+    if let Some(variadic) = &sig.variadic {
+        return err(
+            variadic.span(),
+            format!("variadic functions are not supported; {supported}"),
+        );
+    }
+    Ok(())
+}
+
+/// Where to report a problem with what a function returns: its return type.
+fn return_span(output: &ReturnType) -> Span {
+    match output {
+        ReturnType::Type(_, ty) => ty.span(),
+        ReturnType::Default => Span::call_site(),
+    }
 }
 
 /// The last path segment's name and its generic arguments, if the type is a path.
@@ -197,6 +265,33 @@ fn stream_item(ty: &Type) -> Option<&Type> {
     })
 }
 
+/// The function with `+ use<>` added to each `impl Stream` it returns (unless it says what
+/// it captures). The `&Context` is lent only while the function runs, but its streams are
+/// polled after it returns; in edition 2024 an `impl Trait` return type captures every
+/// lifetime in scope, so without this a streaming function taking `&Context` could not
+/// compile at all. A stream that does borrow the context still fails to compile, at the
+/// author's code.
+fn without_captures(item: &ItemFn) -> ItemFn {
+    let mut item = item.clone();
+    if let ReturnType::Type(_, ret) = &mut item.sig.output {
+        let outputs: Vec<&mut Type> = match &mut **ret {
+            Type::Tuple(t) => t.elems.iter_mut().collect(),
+            other => vec![other],
+        };
+        for output in outputs {
+            let span = output.span();
+            if let Type::ImplTrait(TypeImplTrait { bounds, .. }) = output
+                && !bounds
+                    .iter()
+                    .any(|b| matches!(b, TypeParamBound::PreciseCapture(_)))
+            {
+                bounds.push(parse_quote_spanned!(span=> use<>));
+            }
+        }
+    }
+    item
+}
+
 struct Param<'a> {
     name: String,
     ty: &'a Type,
@@ -207,30 +302,21 @@ fn expand(attr: TokenStream2, item: &ItemFn) -> syn::Result<TokenStream2> {
         return err(Span::call_site(), "#[function] takes no arguments");
     }
     let sig = &item.sig;
-    if sig.asyncness.is_some() {
-        return err(
-            sig.asyncness.map_or_else(Span::call_site, |a| a.span),
-            format!("async functions are not supported; {SUPPORTED}"),
-        );
-    }
-    if !sig.generics.params.is_empty() {
-        return err(
-            sig.ident.span(),
-            format!("generic functions cannot be exported; {SUPPORTED}"),
-        );
-    }
+    check_plain_fn(sig, SUPPORTED)?;
     let mut uses_context = false;
     let mut params = Vec::new();
-    for (i, arg) in sig.inputs.iter().enumerate() {
-        let FnArg::Typed(pat_type) = arg else {
-            return err(
-                Span::call_site(),
-                format!("methods cannot be exported; {SUPPORTED}"),
-            );
-        };
+    // `check_plain_fn` refused receivers: every parameter is typed.
+    let typed = sig.inputs.iter().filter_map(|arg| match arg {
+        FnArg::Typed(pat_type) => Some(pat_type),
+        FnArg::Receiver(_) => None,
+    });
+    for (i, pat_type) in typed.enumerate() {
         if is_context(&pat_type.ty) {
             if i != 0 {
-                return err(pat_type.ty.span(), "&Context must be the first parameter");
+                return err(
+                    pat_type.ty.span(),
+                    format!("&Context must be the first parameter; {SUPPORTED}"),
+                );
             }
             uses_context = true;
             continue;
@@ -314,7 +400,9 @@ fn expand_request_reply(
         },
     };
     let unwrap = if fallible {
-        quote!(let __value = #private::fallible(__ret)?;)
+        // An error type that is not `Display` is reported at the return type.
+        let fallible = quote_spanned!(return_span(&sig.output)=> #private::fallible(__ret));
+        quote!(let __value = #fallible?;)
     } else {
         quote!(let __value = __ret;)
     };
@@ -456,6 +544,11 @@ fn expand_streaming(
     } else {
         quote!(_)
     };
+    let item = if uses_context {
+        &without_captures(item)
+    } else {
+        item
+    };
 
     Ok(quote! {
         #item
@@ -490,4 +583,182 @@ fn expand_streaming(
             entry: #private::Entry::Open(#private::open_shim::<#marker>),
         };
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use syn::parse_quote;
+
+    /// The error `#[function]` reports for `item`.
+    fn function_error(item: ItemFn) -> String {
+        match expand(TokenStream2::new(), &item) {
+            Ok(_) => panic!("expected an error"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    fn hook_error(item: ItemFn, kind: Hook) -> String {
+        match expand_hook(TokenStream2::new(), &item, kind) {
+            Ok(_) => panic!("expected an error"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn unsupported_functions_say_what_is_supported() {
+        let cases: [(ItemFn, &str); 8] = [
+            (
+                parse_quote!(
+                    async fn f(s: String) -> String {
+                        s
+                    }
+                ),
+                "`async fn` is not supported",
+            ),
+            (
+                parse_quote!(
+                    unsafe fn f(s: String) -> String {
+                        s
+                    }
+                ),
+                "`unsafe fn` is not supported",
+            ),
+            (
+                parse_quote!(
+                    extern "C" fn f(s: String) -> String {
+                        s
+                    }
+                ),
+                "`extern \"C\" fn` is not supported",
+            ),
+            (
+                parse_quote!(
+                    extern "system" fn f(s: String) -> String {
+                        s
+                    }
+                ),
+                "`extern \"system\" fn` is not supported",
+            ),
+            (
+                parse_quote!(
+                    fn f<T>(s: T) -> String {
+                        todo!()
+                    }
+                ),
+                "generic functions are not supported",
+            ),
+            (
+                parse_quote!(
+                    fn f<'a>(s: &'a str) -> String {
+                        todo!()
+                    }
+                ),
+                "generic functions are not supported",
+            ),
+            (
+                parse_quote!(
+                    fn f(s: impl Into<String>) -> String {
+                        s.into()
+                    }
+                ),
+                "`impl Trait` parameters",
+            ),
+            (
+                parse_quote!(
+                    fn f(&self, s: String) -> String {
+                        s
+                    }
+                ),
+                "methods (`self`) are not supported",
+            ),
+        ];
+        for (item, expected) in cases {
+            let message = function_error(item);
+            assert!(message.starts_with(expected), "{message}");
+            assert!(message.ends_with(SUPPORTED), "{message}");
+        }
+    }
+
+    #[test]
+    fn misplaced_or_extra_parameters_say_what_is_supported() {
+        let cases: [(ItemFn, &str); 3] = [
+            (
+                parse_quote!(
+                    fn f(s: String, ctx: &Context) {}
+                ),
+                "&Context must be the first parameter",
+            ),
+            (
+                parse_quote!(
+                    fn f(a: String, b: String) {}
+                ),
+                "a request/reply function takes at most one input",
+            ),
+            (
+                parse_quote!(
+                    fn f(a: String, b: Input<String>) -> impl Stream<Item = String> {
+                        b
+                    }
+                ),
+                "a streaming function takes only Input<X> parameters",
+            ),
+        ];
+        for (item, expected) in cases {
+            let message = function_error(item);
+            assert!(message.starts_with(expected), "{message}");
+            assert!(message.ends_with(SUPPORTED), "{message}");
+        }
+    }
+
+    #[test]
+    fn hooks_share_the_checks() {
+        let message = hook_error(
+            parse_quote!(
+                async fn setup(c: &Config) {}
+            ),
+            Hook::Init,
+        );
+        assert_eq!(
+            message,
+            format!("`async fn` is not supported; {INIT_SUPPORTED}")
+        );
+        let message = hook_error(
+            parse_quote!(
+                unsafe fn bye() {}
+            ),
+            Hook::Shutdown,
+        );
+        assert!(
+            message.starts_with("`unsafe fn` is not supported"),
+            "{message}"
+        );
+        assert!(message.ends_with(SHUTDOWN_SUPPORTED), "{message}");
+    }
+
+    #[test]
+    fn a_streaming_function_with_context_captures_nothing() {
+        let item: ItemFn = parse_quote! {
+            fn f(ctx: &Context, words: Input<String>) -> impl Stream<Item = String> { words }
+        };
+        let expanded = expand(TokenStream2::new(), &item).map(|t| t.to_string());
+        let expanded = expanded.unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            expanded.contains("-> impl Stream < Item = String > + use < >"),
+            "{expanded}"
+        );
+        // Already explicit, or without a context: left as written.
+        let item: ItemFn = parse_quote! {
+            fn f(ctx: &Context, words: Input<String>) -> impl Stream<Item = String> + use<> { words }
+        };
+        let expanded = expand(TokenStream2::new(), &item).map(|t| t.to_string());
+        let expanded = expanded.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(expanded.matches("use <").count(), 1, "{expanded}");
+        let item: ItemFn = parse_quote! {
+            fn f(words: Input<String>) -> impl Stream<Item = String> { words }
+        };
+        let expanded = expand(TokenStream2::new(), &item).map(|t| t.to_string());
+        let expanded = expanded.unwrap_or_else(|e| panic!("{e}"));
+        assert!(!expanded.contains("use <"), "{expanded}");
+    }
 }

@@ -68,8 +68,12 @@
 //! `impl Stream<Item = Result<Y, E>>`, which ends the call at the first error) is called once
 //! per call with the call's input stream. A function with no input that returns a stream is a
 //! supplier: it starts when the call opens and stops when the caller goes away. Backpressure
-//! holds: your stream is polled only as fast as the caller reads. Use [`time`] for timers;
-//! the library needs no async runtime of its own.
+//! holds: your stream is polled only as fast as the caller reads. The library needs no async
+//! runtime of its own.
+//!
+//! A streaming function must not block: its stream is polled on the invoker's async workers,
+//! so `std::thread::sleep`, blocking I/O or a long computation inside it stalls other calls.
+//! Use [`time::sleep`] and [`time::interval`] for timers.
 //!
 //! ```
 //! use invoker_sdk::{Input, stream::{Stream, StreamExt}};
@@ -81,6 +85,21 @@
 //!         *count += 1.0;
 //!         std::future::ready(Some(*sum / *count))
 //!     })
+//! }
+//! ```
+//!
+//! A streaming function may take `&Context` first, like a request/reply one. The context is
+//! lent only while the function runs, not while its stream is polled: copy what the stream
+//! needs out of it before returning (the attribute makes the returned `impl Stream` capture
+//! nothing, as if written `+ use<>`).
+//!
+//! ```
+//! use invoker_sdk::{Context, Input, stream::{self, Stream, StreamExt}};
+//!
+//! #[invoker_sdk::function]
+//! fn tagged(ctx: &Context, words: Input<String>) -> impl Stream<Item = String> {
+//!     let name = ctx.function_name().to_owned();
+//!     stream::once(std::future::ready(name)).chain(words)
 //! }
 //! ```
 //!
@@ -149,6 +168,52 @@
 //!
 //! With several hooks of a kind in one library, all run, in link order; init stops at the
 //! first error.
+//!
+//! # Unsupported signatures
+//! Anything else is a compile error that lists the supported signatures (and, for a payload
+//! type, the supported types: see [`FromPayload`] and [`IntoPayload`]). An exported function is
+//! a plain, safe, non-generic, synchronous free function, so `#[invoker_sdk::function]` refuses
+//! each of these (an `async fn`, an `unsafe fn`, an `extern "C" fn`, a generic function and a
+//! method); for asynchronous work, return a stream.
+//!
+//! ```compile_fail
+//! #[invoker_sdk::function]
+//! async fn hello(name: String) -> String {
+//!     format!("Hello {name}")
+//! }
+//! ```
+//!
+//! ```compile_fail
+//! #[invoker_sdk::function]
+//! unsafe fn hello(name: String) -> String {
+//!     format!("Hello {name}")
+//! }
+//! ```
+//!
+//! ```compile_fail
+//! #[invoker_sdk::function]
+//! extern "C" fn hello(name: String) -> String {
+//!     format!("Hello {name}")
+//! }
+//! ```
+//!
+//! ```compile_fail
+//! #[invoker_sdk::function]
+//! fn hello<T: std::fmt::Display>(name: T) -> String {
+//!     format!("Hello {name}")
+//! }
+//! ```
+//!
+//! ```compile_fail
+//! struct Greeter;
+//!
+//! impl Greeter {
+//!     #[invoker_sdk::function]
+//!     fn hello(&self, name: String) -> String {
+//!         format!("Hello {name}")
+//!     }
+//! }
+//! ```
 //!
 //! # Panics
 //! A panic in your function is caught at the library boundary (so build with the default

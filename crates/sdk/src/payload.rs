@@ -91,6 +91,45 @@ impl Outgoing {
 /// Implemented for `String`, the integer and float types, `bool`, `Vec<u8>`, [`Bytes`],
 /// [`Json<T>`], [`Form<T>`] and [`Message<T>`](crate::Message). Implement it for your own
 /// type to accept another media type.
+///
+/// Any other parameter type is a compile error that lists these. A borrowed `&str` cannot
+/// be an input (the payload does not outlive the call); take a `String`:
+///
+/// ```compile_fail,E0277
+/// #[invoker_sdk::function]
+/// fn shout(text: &str) -> String {
+///     text.to_uppercase()
+/// }
+/// ```
+///
+/// Nor can a type with no media type of its own, such as a map; wrap it in [`Json`] or
+/// [`Form`]:
+///
+/// ```compile_fail,E0277
+/// use std::collections::HashMap;
+///
+/// #[invoker_sdk::function]
+/// fn count(fields: HashMap<String, String>) -> usize {
+///     fields.len()
+/// }
+/// ```
+///
+/// ```
+/// use std::collections::HashMap;
+/// use invoker_sdk::Json;
+///
+/// #[invoker_sdk::function]
+/// fn count(Json(fields): Json<HashMap<String, String>>) -> usize {
+///     fields.len()
+/// }
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a payload type a function can take as input",
+    label = "unsupported input type",
+    note = "an input is one of: String, an integer (i8..i128, u8..u128, isize, usize), a float (f32, f64), bool, Vec<u8>, Bytes, Json<T> or Form<T> (T: serde::Deserialize), Message<T> (T one of these); or leave the parameter out for no input",
+    note = "take `String` rather than `&str`; wrap other serde types in `Json<T>` or `Form<T>`, or implement `invoker_sdk::FromPayload` for your own type",
+    note = "see \"Media types\" in the invoker_sdk crate docs (`cargo doc -p invoker-sdk --open`)"
+)]
 pub trait FromPayload: Sized {
     /// Media type essences (`type/subtype`) this type decodes, preferred first.
     const MEDIA_TYPES: &'static [&'static str];
@@ -101,6 +140,35 @@ pub trait FromPayload: Sized {
 
 /// A type a function can return as output: it names the media types it can be encoded as, in
 /// preference order, and encodes itself as one of them.
+///
+/// Implemented for `String`, `&'static str`, the integer and float types, `bool`, `Vec<u8>`,
+/// [`Bytes`], [`Json<T>`], [`Form<T>`] and [`Message<T>`](crate::Message); a function with no
+/// output returns `()` (or nothing). Any other return type is a compile error that lists
+/// these; an `Option`, for example, is not an output (return `Result<Y, E>` to fail instead):
+///
+/// ```compile_fail,E0277
+/// #[invoker_sdk::function]
+/// fn maybe(name: String) -> Option<String> {
+///     (!name.is_empty()).then(|| format!("Hello {name}"))
+/// }
+/// ```
+///
+/// ```
+/// #[invoker_sdk::function]
+/// fn maybe(name: String) -> Result<String, String> {
+///     if name.is_empty() {
+///         return Err("no name".into());
+///     }
+///     Ok(format!("Hello {name}"))
+/// }
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a payload type a function can return",
+    label = "unsupported output type",
+    note = "an output is one of: String, &'static str, an integer (i8..i128, u8..u128, isize, usize), a float (f32, f64), bool, Vec<u8>, Bytes, Json<T> or Form<T> (T: serde::Serialize), Message<T> (T one of these); or `()` for no output",
+    note = "a function may return `Y`, `Result<Y, E>` (E: Display), `()` or `Result<(), E>`; a streaming function returns `impl Stream<Item = Y>` or `impl Stream<Item = Result<Y, E>>`",
+    note = "wrap other serde types in `Json<T>` or `Form<T>`, or implement `invoker_sdk::IntoPayload` for your own type; see \"Media types\" in the invoker_sdk crate docs (`cargo doc -p invoker-sdk --open`)"
+)]
 pub trait IntoPayload {
     /// Media type essences (`type/subtype`) this type encodes to, preferred first.
     const MEDIA_TYPES: &'static [&'static str];

@@ -73,6 +73,11 @@ pub struct ShutdownHook {
 }
 
 /// What an init hook may return: nothing, or a `Result` with a `Display` error.
+#[diagnostic::on_unimplemented(
+    message = "an init hook cannot return `{Self}`",
+    label = "unsupported init hook return type",
+    note = "an init hook is `fn name(config: &invoker_sdk::Config)` returning nothing or `Result<(), E>` where E: Display"
+)]
 pub trait IntoInitResult {
     /// The outcome, with the error as text.
     fn into_init_result(self) -> Result<(), String>;

@@ -1,7 +1,9 @@
 //! Timers that work without an async runtime in the library.
 //!
 //! A function library has no tokio of its own; these timers run on a helper thread and wake
-//! the invoker's tasks through the waker that crosses the library boundary.
+//! the invoker's tasks through the waker that crosses the library boundary. A stream is polled
+//! on the invoker's async workers and must not block: wait with these, never with
+//! `std::thread::sleep`.
 
 use std::time::Duration;
 
