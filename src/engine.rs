@@ -119,6 +119,13 @@ pub mod errors {
         }
     }
 
+    /// A message to a streaming function whose output has already ended.
+    pub fn unread() -> Status {
+        Status::failed_precondition(
+            "Invoker: the function's output has ended; it takes no more messages: half-close the call",
+        )
+    }
+
     /// The invoker is draining.
     pub fn draining() -> Status {
         Status::unavailable("Invoker: shutting down; retry on another instance")
@@ -524,6 +531,7 @@ impl Engine {
                 output_types: offered.clone(),
                 held: None,
                 last_type: None,
+                ended: false,
             }) as _),
             None => supplier_inbound = Some(inbound),
         }
@@ -542,6 +550,7 @@ impl Engine {
             offered,
             supplier_inbound,
             content_type: None,
+            rest: None,
         })
     }
 }
@@ -576,6 +585,18 @@ struct Shared {
     failure: Mutex<Option<Status>>,
     /// The output type, chosen once: by the first Accept, or preferred if output came first.
     chosen: OnceLock<Chosen>,
+    /// What the call's input left when the function released it (written once per call).
+    leftover: Mutex<Option<Leftover>>,
+}
+
+/// What is left of a streaming Call's inbound side when the function releases its input.
+enum Leftover {
+    /// The client half-closed, or the inbound side failed: nothing to wait for.
+    Ended,
+    /// A message the function never read.
+    Unread,
+    /// Still open: the call ends when the client half-closes.
+    Open(InboundStream),
 }
 
 impl Shared {
@@ -585,7 +606,18 @@ impl Shared {
             failed: AtomicBool::new(false),
             failure: Mutex::new(None),
             chosen: OnceLock::new(),
+            leftover: Mutex::new(None),
         }
+    }
+
+    fn leave(&self, leftover: Leftover) {
+        if let Ok(mut slot) = self.leftover.lock() {
+            *slot = Some(leftover);
+        }
+    }
+
+    fn take_leftover(&self) -> Option<Leftover> {
+        self.leftover.lock().ok().and_then(|mut slot| slot.take())
     }
 
     /// Counts the function's failure and maps it to its status.
@@ -628,6 +660,26 @@ struct CallInput {
     held: Option<InputMessage>,
     /// The last Content-Type seen, and the input media type it chose.
     last_type: Option<(String, usize)>,
+    /// Set when the inbound side has ended (half-close) or failed.
+    ended: bool,
+}
+
+impl Drop for CallInput {
+    /// Leaves the inbound side to the output side, which waits for half-close (or refuses
+    /// more messages) once the function's output has ended.
+    fn drop(&mut self) {
+        let leftover = if self.held.is_some() {
+            Leftover::Unread
+        } else if self.ended {
+            Leftover::Ended
+        } else {
+            Leftover::Open(std::mem::replace(
+                &mut self.inbound,
+                stream::empty().boxed(),
+            ))
+        };
+        self.shared.leave(leftover);
+    }
 }
 
 impl Stream for CallInput {
@@ -641,10 +693,17 @@ impl Stream for CallInput {
         if this.shared.failed.load(Ordering::Acquire) {
             return Poll::Pending;
         }
+        if this.ended {
+            return Poll::Ready(None);
+        }
         let message = match this.inbound.poll_next_unpin(cx) {
             Poll::Pending => return Poll::Pending,
-            Poll::Ready(None) => return Poll::Ready(None),
+            Poll::Ready(None) => {
+                this.ended = true;
+                return Poll::Ready(None);
+            }
             Poll::Ready(Some(Err(status))) => {
+                this.ended = true;
                 this.shared.fail(status);
                 return Poll::Pending;
             }
@@ -707,6 +766,8 @@ struct CallOutput {
     supplier_inbound: Option<InboundStream>,
     /// The Content-Type of every output, once chosen.
     content_type: Option<Arc<str>>,
+    /// After the function's output ended: the inbound side, until the client half-closes.
+    rest: Option<InboundStream>,
 }
 
 impl CallOutput {
@@ -717,7 +778,37 @@ impl CallOutput {
         // Dropping the function's stream releases it (and its input) now.
         self.output = None;
         self.supplier_inbound = None;
+        self.rest = None;
         Poll::Ready(item)
+    }
+
+    /// The function's output ended: the call ends when the client half-closes, and a message
+    /// the function did not read (or that comes after) is refused, never dropped.
+    fn output_ended(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Outbound, Status>>> {
+        // Releasing the function releases its input, which leaves the inbound side behind.
+        self.output = None;
+        let rest = match self.supplier_inbound.take() {
+            Some(inbound) => Some(inbound),
+            None => match self.shared.take_leftover() {
+                Some(Leftover::Open(inbound)) => Some(inbound),
+                Some(Leftover::Unread) => return self.finish(Some(Err(errors::unread()))),
+                Some(Leftover::Ended) | None => None,
+            },
+        };
+        self.rest = rest;
+        self.await_half_close(cx)
+    }
+
+    fn await_half_close(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Outbound, Status>>> {
+        let Some(rest) = self.rest.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match rest.poll_next_unpin(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(None) => self.finish(None),
+            Poll::Ready(Some(Err(status))) => self.finish(Some(Err(status))),
+            Poll::Ready(Some(Ok(_))) => self.finish(Some(Err(errors::unread()))),
+        }
     }
 }
 
@@ -727,7 +818,7 @@ impl Stream for CallOutput {
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
         if this.output.is_none() {
-            return Poll::Ready(None);
+            return this.await_half_close(cx);
         }
         if let Some(inbound) = this.supplier_inbound.as_mut() {
             match inbound.poll_next_unpin(cx) {
@@ -766,10 +857,10 @@ impl Stream for CallOutput {
                     .unwrap_or_else(|| this.shared.function_failed(e));
                 this.finish(Some(Err(status)))
             }
-            Poll::Ready(None) => {
-                let failure = this.shared.take_failure();
-                this.finish(failure.map(Err))
-            }
+            Poll::Ready(None) => match this.shared.take_failure() {
+                Some(status) => this.finish(Some(Err(status))),
+                None => this.output_ended(cx),
+            },
             Poll::Pending => match this.shared.take_failure() {
                 Some(status) => this.finish(Some(Err(status))),
                 None => Poll::Pending,

@@ -576,3 +576,74 @@ async fn a_handler_named_with_dashes_finds_the_function_named_with_underscores()
     assert_eq!(out.code(), Code::Ok, "{:?}", out.status);
     assert_eq!(out.texts(), [r#"{"greeting":"Hello Ada"}"#]);
 }
+
+#[tokio::test]
+async fn a_streaming_call_ends_at_half_close_and_refuses_what_the_function_did_not_read() {
+    let daemon = Daemon::start(&uri("probe", Some("take_two")));
+    let mut client = daemon.client().await;
+    // The function's output ends after two; the third message is refused, not dropped.
+    let out = call(
+        &mut client,
+        vec![msg("a", &[]), msg("b", &[]), msg("c", &[])],
+    )
+    .await;
+    assert_eq!(out.texts(), ["a", "b"]);
+    assert_status(&out, Code::FailedPrecondition, "Invoker:");
+    // Exactly what it reads: OK at half-close.
+    let out = call(&mut client, vec![msg("a", &[]), msg("b", &[])]).await;
+    assert_eq!(out.texts(), ["a", "b"]);
+    assert_eq!(out.code(), Code::Ok, "{out:?}");
+    // After the output ended, the call stays open until half-close: a message still sent then
+    // is refused.
+    let (tx, rx) = mpsc::channel(1);
+    let mut replies = client
+        .call(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    for word in ["a", "b"] {
+        tx.send(msg(word, &[])).await.unwrap();
+        assert_eq!(
+            common::text(&replies.message().await.unwrap().unwrap()),
+            word
+        );
+    }
+    tx.send(msg("late", &[])).await.unwrap();
+    let ended = tokio::time::timeout(common::HANG, replies.message())
+        .await
+        .expect("the call ends");
+    let status = ended.expect_err("the late message is refused");
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+}
+
+#[tokio::test]
+async fn a_caller_that_does_not_read_holds_the_function_back() {
+    // Backpressure: the function's output is only pulled as the caller reads it, so a caller
+    // that stops reading stops the function, and nothing buffers what it would have produced.
+    let daemon = Daemon::start(&uri("probe", Some("firehose")));
+    let mut client = daemon.client().await;
+    let (tx, rx) = mpsc::channel::<invoker::protocol::proto::function::Message>(1);
+    let mut replies = client
+        .call(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = replies.message().await.unwrap().unwrap();
+    assert_eq!(first.payload.len(), 1024);
+    // Unbounded, the firehose would make about a million payloads in this second.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    drop(replies);
+    drop(tx);
+    common::wait_for_log(&daemon, "firehose: produced ").await;
+    let log = daemon.stderr();
+    let produced: u64 = log
+        .lines()
+        .find_map(|l| l.strip_prefix("firehose: produced "))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("the count");
+    // What flow control lets through: the HTTP/2 windows and socket buffers, a few MiB.
+    assert!(
+        produced < 50_000,
+        "{produced} KiB produced for a caller that read 1 KiB"
+    );
+}

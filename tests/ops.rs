@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{Daemon, call, lib, msg, uri};
+use common::{Daemon, call, lib, msg, uri, wait_for_log};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
@@ -58,18 +58,6 @@ async fn wait_for_calls_in_flight(socket: &Path, n: u64) {
         }
     });
     waited.await.expect("the calls never were in flight");
-}
-
-/// Waits until the daemon's log contains `line`.
-async fn wait_for_log(daemon: &Daemon, line: &str) {
-    let waited = tokio::time::timeout(common::HANG, async {
-        while !daemon.stderr().contains(line) {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    });
-    if waited.await.is_err() {
-        panic!("'{line}' is not in the log:\n{}", daemon.stderr());
-    }
 }
 
 fn signal(daemon: &Daemon, signal: Signal) {

@@ -150,6 +150,18 @@ impl Drop for Daemon {
     }
 }
 
+/// Waits until the daemon's log contains `line` (and fails the test after [`HANG`]).
+pub async fn wait_for_log(daemon: &Daemon, line: &str) {
+    let waited = tokio::time::timeout(HANG, async {
+        while !daemon.stderr().contains(line) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    if waited.await.is_err() {
+        panic!("'{line}' is not in the log:\n{}", daemon.stderr());
+    }
+}
+
 /// `file://` URI for a workspace library and handler.
 pub fn uri(lib_name: &str, handler: Option<&str>) -> String {
     let path = lib(lib_name);
