@@ -424,7 +424,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let (duration, min_messages, idle_streams, rounds) = if args.smoke {
-        (Duration::from_millis(200), 20, 20, 1)
+        (Duration::from_millis(200), 20, 200, 1)
     } else {
         (
             Duration::from_secs_f64(args.seconds),
@@ -531,13 +531,16 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
         "figure", "invoker", "reference", "ratio"
     );
     for f in figures.iter().filter(|f| !f.invoker.is_nan()) {
+        let ratio = f.invoker / f.reference;
+        // No ratio to a reference that was not measured (--server) or measured as nothing.
+        let ratio = if ratio.is_finite() {
+            format!("{ratio:.2}")
+        } else {
+            "n/a".to_owned()
+        };
         println!(
-            "{:<30} {:>14.1} {:>14.1} {:>8.2}  {}",
-            f.name,
-            f.invoker,
-            f.reference,
-            f.invoker / f.reference,
-            f.unit
+            "{:<30} {:>14.1} {:>14.1} {:>8}  {}",
+            f.name, f.invoker, f.reference, ratio, f.unit
         );
     }
     Ok(())

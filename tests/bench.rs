@@ -32,13 +32,15 @@ fn the_benchmark_runs_and_reports_every_figure() {
             .lines()
             .find(|l| l.starts_with(figure))
             .unwrap_or_else(|| panic!("no '{figure}' in:\n{report}"));
-        let numbers: Vec<f64> = line
-            .split_whitespace()
-            .filter_map(|w| w.parse().ok())
-            .collect();
+        // After the name: invoker, reference, ratio (or n/a when the reference is 0), unit.
+        let columns: Vec<&str> = line[figure.len()..].split_whitespace().collect();
+        let value = |i: usize| columns.get(i).and_then(|c| c.parse::<f64>().ok());
         assert!(
-            numbers.len() >= 3 && numbers.iter().all(|n| n.is_finite()),
-            "'{line}' should carry invoker, reference and ratio"
+            columns.len() == 4
+                && value(0).is_some_and(|v| v.is_finite() && v >= 0.0)
+                && value(1).is_some_and(|v| v.is_finite() && v >= 0.0)
+                && (value(2).is_some_and(f64::is_finite) || columns[2] == "n/a"),
+            "'{line}' should carry invoker, reference, ratio and unit"
         );
     }
 }
