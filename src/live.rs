@@ -29,6 +29,8 @@ pub struct Current {
     pub library: PathBuf,
     /// The invoker-sdk version the library was built with.
     pub sdk_version: String,
+    /// The function crate's package and version ("rot13 0.1.0"), empty when unknown.
+    pub library_version: String,
     /// 1 for the function loaded at start, +1 per reload.
     pub generation: u64,
 }
@@ -65,6 +67,7 @@ impl Live {
             function: function.info().name.clone(),
             library: path.to_path_buf(),
             sdk_version: library.sdk_version().to_owned(),
+            library_version: library_version(&library),
             generation: 1,
         };
         stats.set_generation(1);
@@ -122,6 +125,7 @@ impl Live {
             function: function.info().name.clone(),
             library: path.to_path_buf(),
             sdk_version: library.sdk_version().to_owned(),
+            library_version: library_version(&library),
             generation,
         };
         let engine = Engine::new(
@@ -206,6 +210,14 @@ fn load(
     let _ = std::fs::remove_file(&copy);
     let _ = std::fs::remove_dir(copies);
     loaded
+}
+
+/// "name version" of the library's package, or empty.
+fn library_version(library: &Library) -> String {
+    library
+        .package()
+        .map(|(name, version)| format!("{name} {version}"))
+        .unwrap_or_default()
 }
 
 /// Which function of a library to serve.

@@ -725,6 +725,27 @@ fn a_library_without_the_root_symbol() {
 }
 
 #[test]
+fn a_descriptor_with_only_the_first_v1_fields_loads() {
+    // Fields appended to the descriptor later are read only when its size covers them.
+    let library = Library::load(common::lib("v1-descriptor")).unwrap();
+    assert_eq!(library.sdk_version(), "0.0.1-v1");
+    assert_eq!(library.package(), None);
+    assert!(library.handlers().is_empty());
+    assert!(matches!(
+        library.function(None).unwrap_err(),
+        LoadError::NoFunctions { .. }
+    ));
+}
+
+#[test]
+fn a_library_names_its_package_and_version() {
+    let library = Library::load(common::lib("rot13")).unwrap();
+    assert_eq!(library.package(), Some(("rot13", "0.1.0")));
+    let library = Library::load(common::lib("version2")).unwrap();
+    assert_eq!(library.package(), Some(("version2", "2.0.0")));
+}
+
+#[test]
 fn an_abi_mismatch_names_both_versions() {
     let e = Library::load(common::lib("abi-mismatch")).unwrap_err();
     assert_eq!(

@@ -161,6 +161,7 @@ async fn status_counts_what_the_test_sent() {
             .unwrap()
             .ends_with("libgreeter.so")
     );
+    assert_eq!(status["library_version"], "greeter 0.1.0");
 }
 
 #[tokio::test]
@@ -450,6 +451,7 @@ async fn sighup_reloads_the_file_function_uri_names() {
         .unwrap();
     assert_eq!(status["generation"], 2);
     assert_eq!(status["function"], "encode");
+    assert_eq!(status["library_version"], "version2 2.0.0");
     // The copies made for each load, failed or not, are gone, and their directory too.
     let left: Vec<_> = std::fs::read_dir(&tmp).unwrap().collect();
     assert!(left.is_empty(), "left in TMPDIR: {left:?}");

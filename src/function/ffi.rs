@@ -18,8 +18,8 @@ use bytes::Bytes;
 use futures_util::Stream;
 use invoker_abi::{
     ABI_VERSION, FunctionDescriptor, Header, HostContext, InMessage, InitFn, InputStream, InvokeFn,
-    LibraryDescriptor, OpenFn, OutMessage, OutputStream as RawOutputStream, Port, ROOT_SYMBOL,
-    RootFn, ShutdownFn, Slice, shape, status,
+    LibraryDescriptor, LibraryDescriptorV1, OpenFn, OutMessage, OutputStream as RawOutputStream,
+    Port, ROOT_SYMBOL, RootFn, ShutdownFn, Slice, shape, status,
 };
 
 use super::{
@@ -92,6 +92,7 @@ pub(crate) enum Entry {
 pub(crate) struct Loaded {
     pub(crate) library: Arc<LoadedLibrary>,
     pub(crate) sdk_version: String,
+    pub(crate) package: Option<(String, String)>,
     pub(crate) functions: Vec<(FunctionInfo, Entry)>,
 }
 
@@ -134,7 +135,7 @@ pub(crate) fn load(path: &Path) -> Result<Loaded, LoadError> {
             host: ABI_VERSION,
         });
     }
-    if (size as usize) < size_of::<LibraryDescriptor>() {
+    if (size as usize) < LibraryDescriptor::V1_SIZE {
         return Err(LoadError::Invalid {
             path: display,
             reason: format!(
@@ -142,15 +143,32 @@ pub(crate) fn load(path: &Path) -> Result<Loaded, LoadError> {
             ),
         });
     }
-    // SAFETY: the version and size match this ABI, so the pointer is a `LibraryDescriptor`
-    // that lives as long as the library (which is never unloaded).
-    let descriptor: &'static LibraryDescriptor = unsafe { &*descriptor };
+    let full = descriptor;
+    // SAFETY: the version matches this ABI and the size covers its first fields, so the
+    // pointer is (at least) a `LibraryDescriptorV1`, living as long as the library (which is
+    // never unloaded). Fields appended later are read below only if `size` covers them.
+    let descriptor: &'static LibraryDescriptorV1 = unsafe { &*full.cast() };
     let invalid = |reason: String| LoadError::Invalid {
         path: display.clone(),
         reason,
     };
     // SAFETY: strings in a descriptor live as long as the library.
     let sdk_version = unsafe { read_str(descriptor.sdk_version) }.map_err(&invalid)?;
+    let package_end = std::mem::offset_of!(LibraryDescriptor, package_version) + size_of::<Slice>();
+    let package = if LibraryDescriptor::covers(size, package_end) {
+        // SAFETY: `size` covers both fields, so they are in the descriptor: read them through
+        // the raw pointer, field by field; their strings live as long as the library.
+        let (name, version) = unsafe {
+            (
+                read_str(std::ptr::addr_of!((*full).package_name).read()),
+                read_str(std::ptr::addr_of!((*full).package_version).read()),
+            )
+        };
+        Some((name.map_err(&invalid)?, version.map_err(&invalid)?))
+            .filter(|(name, _)| !name.is_empty())
+    } else {
+        None
+    };
     if !descriptor.panic_unwind {
         tracing::warn!(
             path = %display_path,
@@ -183,6 +201,7 @@ pub(crate) fn load(path: &Path) -> Result<Loaded, LoadError> {
             shut_down: std::sync::atomic::AtomicBool::new(false),
         }),
         sdk_version,
+        package,
         functions,
     })
 }

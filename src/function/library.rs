@@ -87,6 +87,7 @@ pub enum LoadError {
 pub struct Library {
     inner: Arc<LoadedLibrary>,
     sdk_version: String,
+    package: Option<(String, String)>,
     functions: Vec<(Arc<FunctionInfo>, Entry)>,
 }
 
@@ -119,6 +120,7 @@ impl Library {
         Ok(Library {
             inner: loaded.library,
             sdk_version: loaded.sdk_version,
+            package: loaded.package,
             functions: loaded
                 .functions
                 .into_iter()
@@ -135,6 +137,13 @@ impl Library {
     /// The version of `invoker-sdk` it was built with.
     pub fn sdk_version(&self) -> &str {
         &self.sdk_version
+    }
+
+    /// The function crate's package name and version, when the library says.
+    pub fn package(&self) -> Option<(&str, &str)> {
+        self.package
+            .as_ref()
+            .map(|(name, version)| (name.as_str(), version.as_str()))
     }
 
     /// Runs its init hook, if it has one, with the user configuration. A library whose init

@@ -325,4 +325,47 @@ pub struct LibraryDescriptor {
     pub init: Option<InitFn>,
     /// Optional shutdown hook.
     pub shutdown: Option<ShutdownFn>,
+    // Appended after ABI version 1's first fields: read only when `size` covers them.
+    /// The function crate's package name, UTF-8 (empty when unknown).
+    pub package_name: Slice,
+    /// The function crate's package version, UTF-8 (empty when unknown).
+    pub package_version: Slice,
 }
+
+impl LibraryDescriptor {
+    /// The size of the fields every ABI version 1 descriptor has (up to `shutdown`): a host
+    /// refuses a shorter one, and reads each later field only if `size` covers it.
+    pub const V1_SIZE: usize = std::mem::offset_of!(LibraryDescriptor, package_name);
+
+    /// Whether a descriptor of `size` bytes has the field that ends at `end`.
+    pub const fn covers(size: u32, end: usize) -> bool {
+        size as usize >= end
+    }
+}
+
+/// The fields every ABI version 1 [`LibraryDescriptor`] has, laid out as it starts (a
+/// `#[repr(C)]` struct with the same leading fields has the same layout for them). A host
+/// views a descriptor through this until `size` says the rest is there: a reference to the
+/// whole struct over a shorter descriptor would reach past its end.
+#[repr(C)]
+#[derive(Debug)]
+pub struct LibraryDescriptorV1 {
+    /// As in [`LibraryDescriptor`].
+    pub abi_version: u32,
+    /// As in [`LibraryDescriptor`].
+    pub size: u32,
+    /// As in [`LibraryDescriptor`].
+    pub sdk_version: Slice,
+    /// As in [`LibraryDescriptor`].
+    pub functions: *const *const FunctionDescriptor,
+    /// As in [`LibraryDescriptor`].
+    pub functions_len: usize,
+    /// As in [`LibraryDescriptor`].
+    pub panic_unwind: bool,
+    /// As in [`LibraryDescriptor`].
+    pub init: Option<InitFn>,
+    /// As in [`LibraryDescriptor`].
+    pub shutdown: Option<ShutdownFn>,
+}
+
+const _: () = assert!(size_of::<LibraryDescriptorV1>() == LibraryDescriptor::V1_SIZE);

@@ -461,6 +461,7 @@ fn expand_request_reply(
             outputs: #output_port,
             uses_context: #uses_context,
             entry: #private::Entry::Invoke(#private::invoke_shim::<#marker>),
+            package: (::core::env!("CARGO_PKG_NAME"), ::core::env!("CARGO_PKG_VERSION")),
         };
     })
 }
@@ -581,6 +582,7 @@ fn expand_streaming(
             outputs: &[#(#output_ports),*],
             uses_context: #uses_context,
             entry: #private::Entry::Open(#private::open_shim::<#marker>),
+            package: (::core::env!("CARGO_PKG_NAME"), ::core::env!("CARGO_PKG_VERSION")),
         };
     })
 }

@@ -40,6 +40,8 @@ pub struct FunctionSpec {
     pub uses_context: bool,
     /// The entry point.
     pub entry: Entry,
+    /// The package (crate) the function is in, and its version.
+    pub package: (&'static str, &'static str),
 }
 
 /// A function's entry point.
@@ -724,6 +726,9 @@ fn build_descriptors() -> Descriptors {
             open,
         });
     }
+    // The library's package: its functions' (the first one's, should a dependency export
+    // functions too).
+    let package = FUNCTIONS.first().map_or(("", ""), |f| f.package);
     // `functions` is complete: it will not reallocate, so these pointers stay valid.
     let pointers: Vec<*const FunctionDescriptor> =
         functions.iter().map(|f| f as *const _).collect();
@@ -736,6 +741,8 @@ fn build_descriptors() -> Descriptors {
         panic_unwind: cfg!(panic = "unwind"),
         init: (!INIT_HOOKS.is_empty()).then_some(init_shim as invoker_abi::InitFn),
         shutdown: (!SHUTDOWN_HOOKS.is_empty()).then_some(shutdown_shim as invoker_abi::ShutdownFn),
+        package_name: Slice::from_str(package.0),
+        package_version: Slice::from_str(package.1),
     };
     Descriptors {
         library,
