@@ -28,11 +28,8 @@ impl CallService {
 
 /// A Call message as the engine's inbound message: the wire type already holds header pairs.
 pub fn inbound(message: Message) -> Inbound {
-    let payload = message.payload.clone();
-    Inbound {
-        payload,
-        headers: message.into_headers(),
-    }
+    let (payload, headers) = message.into_parts();
+    Inbound { payload, headers }
 }
 
 /// The engine's outbound message as a Call message: Content-Type first, then the rest.

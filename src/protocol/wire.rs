@@ -65,23 +65,32 @@ impl Message {
     /// The headers as (name, value) pairs in the order received. A name that occurs in
     /// several map entries keeps the last entry's values, as protobuf maps do.
     pub fn into_headers(self) -> Vec<(String, String)> {
+        self.into_parts().1
+    }
+
+    /// The payload, and the headers as [`Message::into_headers`] gives them.
+    pub fn into_parts(self) -> (Bytes, Vec<(String, String)>) {
         let Message {
-            headers, repeats, ..
+            payload,
+            headers,
+            repeats,
+            ..
         } = self;
         if repeats.stale.is_empty() {
-            return headers;
+            return (payload, headers);
         }
         let mut cuts: HashMap<&str, usize> = HashMap::new();
         for (name, cut) in &repeats.stale {
             let at = cuts.entry(name.as_str()).or_default();
             *at = (*at).max(*cut);
         }
-        headers
+        let headers = headers
             .into_iter()
             .enumerate()
             .filter(|(i, (name, _))| cuts.get(name.as_str()).is_none_or(|cut| i >= cut))
             .map(|(_, pair)| pair)
-            .collect()
+            .collect();
+        (payload, headers)
     }
 }
 

@@ -95,7 +95,10 @@ pub struct InMessage {
 }
 
 /// A message owned by the library and handed to the host, which calls `release` exactly once
-/// (when `release` is not null) after it has copied what it needs.
+/// (when `release` is not null) after it has copied what it needs. Without `release`, the
+/// memory is lent: until the call returns (`invoke`), or until the next `poll_next` or `drop`
+/// of the same stream (an output stream, which may so reuse one buffer for every item); the
+/// host copies what it needs before either.
 ///
 /// Also carries error text: for [`status::FUNCTION_ERROR`], [`status::PANIC`] and
 /// [`status::BAD_INPUT`], `payload` is a UTF-8 message.

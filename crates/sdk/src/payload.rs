@@ -203,6 +203,16 @@ impl IntoPayload for &'static str {
     }
 }
 
+/// Appends formatted text to a payload.
+struct Text<'a>(&'a mut Vec<u8>);
+
+impl fmt::Write for Text<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
+    }
+}
+
 /// Numbers and booleans: `text/plain` (`3`, `2.5`, `true`) or `application/json`.
 macro_rules! scalar {
     ($($ty:ty),*) => {$(
@@ -230,15 +240,8 @@ macro_rules! scalar {
                     return serde_json::to_writer(&mut out.payload, &self)
                         .map_err(|e| PayloadError::new(e.to_string()));
                 }
-                // Formatting into a String skips io::Write's adapter and error plumbing.
-                use std::fmt::Write as _;
-                let mut text = String::with_capacity(24);
-                write!(text, "{}", self).map_err(|e| PayloadError::new(e.to_string()))?;
-                if out.payload.is_empty() {
-                    out.payload = text.into_bytes();
-                } else {
-                    out.payload.extend_from_slice(text.as_bytes());
-                }
+                // Formatted straight into the payload (whose buffer an output stream reuses).
+                WriteText::write_text(self, &mut out.payload);
                 Ok(())
             }
         }
@@ -248,6 +251,96 @@ macro_rules! scalar {
 scalar!(
     i8, i16, i32, i64, i128, isize, u8, u16, u32, u64, u128, usize, f32, f64, bool
 );
+
+/// Writes a scalar as text, exactly as `Display` does.
+trait WriteText {
+    fn write_text(self, out: &mut Vec<u8>);
+}
+
+macro_rules! write_text_by_display {
+    ($($ty:ty),*) => {$(
+        impl WriteText for $ty {
+            fn write_text(self, out: &mut Vec<u8>) {
+                use std::fmt::Write as _;
+                // Text never fails to write: its `write_str` cannot fail.
+                let _ = write!(Text(out), "{}", self);
+            }
+        }
+    )*};
+}
+
+write_text_by_display!(
+    i8, i16, i32, i64, i128, isize, u8, u16, u32, u64, u128, usize, bool
+);
+
+macro_rules! write_text_float {
+    ($($ty:ty),*) => {$(
+        impl WriteText for $ty {
+            /// The shortest text that reads back as the same number, in plain decimal notation
+            /// as `Display` writes it (`2.5`, `3`, `0.0000001`, never an exponent). The digits
+            /// are those of the formatter serde_json uses (several times faster than
+            /// `Display`), so text and JSON outputs agree; where two shortest forms exist
+            /// `Display` may pick the other one.
+            fn write_text(self, out: &mut Vec<u8>) {
+                if !self.is_finite() {
+                    use std::fmt::Write as _;
+                    let _ = write!(Text(out), "{}", self);
+                    return;
+                }
+                let mut buffer = zmij::Buffer::new();
+                write_plain(buffer.format_finite(self), out);
+            }
+        }
+    )*};
+}
+
+/// Writes a number printed as `[-]digits[.digits][e[-]exp]` in plain decimal notation,
+/// without a fractional part of zero.
+fn write_plain(printed: &str, out: &mut Vec<u8>) {
+    if !printed.contains('e') {
+        // The common case: already plain, and shortest (so only an integer has `.0`).
+        out.extend_from_slice(printed.strip_suffix(".0").unwrap_or(printed).as_bytes());
+        return;
+    }
+    let (sign, unsigned) = match printed.strip_prefix('-') {
+        Some(rest) => ("-", rest),
+        None => ("", printed),
+    };
+    let (mantissa, exponent) = match unsigned.split_once('e') {
+        Some((mantissa, exponent)) => (mantissa, exponent.parse::<i32>().unwrap_or(0)),
+        None => (unsigned, 0),
+    };
+    let (whole, fraction) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let fraction = fraction.trim_end_matches('0');
+    out.extend_from_slice(sign.as_bytes());
+    if exponent == 0 {
+        out.extend_from_slice(whole.as_bytes());
+        if !fraction.is_empty() {
+            out.push(b'.');
+            out.extend_from_slice(fraction.as_bytes());
+        }
+        return;
+    }
+    // Move the point: digits, and where the point falls among them.
+    let digits = whole.bytes().chain(fraction.bytes());
+    let count = whole.len() + fraction.len();
+    let point = whole.len() as i64 + i64::from(exponent);
+    if point <= 0 {
+        out.extend_from_slice(b"0.");
+        out.extend(std::iter::repeat_n(b'0', point.unsigned_abs() as usize));
+        out.extend(digits);
+    } else if point as usize >= count {
+        out.extend(digits);
+        out.extend(std::iter::repeat_n(b'0', point as usize - count));
+    } else {
+        let point = point as usize;
+        out.extend(digits.clone().take(point));
+        out.push(b'.');
+        out.extend(digits.skip(point));
+    }
+}
+
+write_text_float!(f32, f64);
 
 impl FromPayload for Vec<u8> {
     const MEDIA_TYPES: &'static [&'static str] = &[OCTET_STREAM, TEXT_PLAIN];
@@ -341,5 +434,103 @@ impl<T: Serialize> IntoPayload for Form<T> {
             .map_err(|e| PayloadError::new(format!("cannot encode as a form: {e}")))?;
         out.payload = text.into_bytes();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text<T: WriteText>(value: T) -> String {
+        let mut out = Vec::new();
+        value.write_text(&mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    /// What a float's text must be: no exponent, reads back as the same number, as short as
+    /// `Display`'s, and (but for a zero fraction) the digits serde_json writes.
+    fn check_f64(x: f64) {
+        let t = text(x);
+        if !x.is_finite() {
+            assert_eq!(t, format!("{x}"));
+            return;
+        }
+        assert!(!t.contains(['e', 'E']), "{x:e}: {t}");
+        assert_eq!(
+            t.parse::<f64>().unwrap().to_bits(),
+            x.to_bits(),
+            "{x:e}: {t}"
+        );
+        assert_eq!(t.len(), format!("{x}").len(), "{x:e}: {t} vs {x}");
+        // The same digits as the JSON output, so text and JSON agree.
+        let mut from_json = Vec::new();
+        write_plain(&serde_json::to_string(&x).unwrap(), &mut from_json);
+        assert_eq!(t.as_bytes(), from_json, "{x:e}");
+    }
+
+    fn check_f32(x: f32) {
+        let t = text(x);
+        if !x.is_finite() {
+            assert_eq!(t, format!("{x}"));
+            return;
+        }
+        assert!(!t.contains(['e', 'E']), "{x:e}: {t}");
+        assert_eq!(
+            t.parse::<f32>().unwrap().to_bits(),
+            x.to_bits(),
+            "{x:e}: {t}"
+        );
+        assert_eq!(t.len(), format!("{x}").len(), "{x:e}: {t} vs {x}");
+    }
+
+    #[test]
+    fn floats_are_shortest_round_trip_text_without_exponent() {
+        assert_eq!(text(2.5_f64), "2.5");
+        assert_eq!(text(3.0_f64), "3");
+        assert_eq!(text(-0.0_f64), "-0");
+        assert_eq!(text(1e21_f64), "1000000000000000000000");
+        assert_eq!(text(1.5e-7_f64), "0.00000015");
+        assert_eq!(text(123.456_f64), "123.456");
+        assert_eq!(text(-1e-300_f64).len(), format!("{}", -1e-300_f64).len());
+        for x in [
+            0.0,
+            -0.0,
+            1.0,
+            0.1,
+            1e-5,
+            1e-7,
+            1e15,
+            1e16,
+            1e17,
+            1e21,
+            1e300,
+            f64::MIN_POSITIVE,
+            f64::MAX,
+            f64::MIN,
+            f64::EPSILON,
+            f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            5e-324,
+        ] {
+            check_f64(x);
+        }
+        // Many bit patterns: every kind of exponent and mantissa (xorshift, fixed seed).
+        let mut state = 0x9E37_79B9_7F4A_7C15_u64;
+        for _ in 0..100_000 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            check_f64(f64::from_bits(state));
+            check_f32(f32::from_bits(state as u32));
+            check_f64((state % 2_000_000_000) as f64 / 1024.0 - 1e6);
+        }
+    }
+
+    #[test]
+    fn integers_and_bools_are_display() {
+        assert_eq!(text(-42_i64), "-42");
+        assert_eq!(text(u128::MAX), u128::MAX.to_string());
+        assert_eq!(text(true), "true");
     }
 }

@@ -177,12 +177,21 @@ pub fn decode<X: FromPayload>(input: Option<&Payload<'_>>) -> Result<X, CallErro
 /// Encodes a function's output.
 pub fn encode<Y: IntoPayload>(value: Y, media_type: &str) -> Result<Outgoing, CallError> {
     let mut out = Outgoing::default();
-    value.into_payload(media_type, &mut out).map_err(|e| {
+    encode_into(value, media_type, &mut out)?;
+    Ok(out)
+}
+
+/// Encodes `value` into `out` (empty, though it may keep the capacity of earlier messages).
+fn encode_into<Y: IntoPayload>(
+    value: Y,
+    media_type: &str,
+    out: &mut Outgoing,
+) -> Result<(), CallError> {
+    value.into_payload(media_type, out).map_err(|e| {
         CallError::Function(format!(
             "Invoker: cannot encode the function's output as {media_type}: {e}"
         ))
-    })?;
-    Ok(out)
+    })
 }
 
 /// A request/reply function, implemented by the code `#[function]` generates.
@@ -266,12 +275,14 @@ impl Failure {
 
 /// One output stream of a streaming function, with its items' encoding.
 pub trait ErasedOutput: Send {
-    /// Polls the next item, encoded as `media_type`.
+    /// Polls the next item, encoded as `media_type` into `out` (empty, with the capacity of
+    /// earlier items, so a stream of items reuses one buffer).
     fn poll_item(
         &mut self,
         cx: &mut std::task::Context<'_>,
         media_type: &str,
-    ) -> Poll<Option<Result<Outgoing, CallError>>>;
+        out: &mut Outgoing,
+    ) -> Poll<Option<Result<(), CallError>>>;
 }
 
 /// A boxed output stream.
@@ -288,11 +299,12 @@ where
         &mut self,
         cx: &mut std::task::Context<'_>,
         media_type: &str,
-    ) -> Poll<Option<Result<Outgoing, CallError>>> {
+        out: &mut Outgoing,
+    ) -> Poll<Option<Result<(), CallError>>> {
         self.0
             .as_mut()
             .poll_next(cx)
-            .map(|item| item.map(|y| encode(y, media_type)))
+            .map(|item| item.map(|y| encode_into(y, media_type, out)))
     }
 }
 
@@ -308,10 +320,11 @@ where
         &mut self,
         cx: &mut std::task::Context<'_>,
         media_type: &str,
-    ) -> Poll<Option<Result<Outgoing, CallError>>> {
+        out: &mut Outgoing,
+    ) -> Poll<Option<Result<(), CallError>>> {
         self.0.as_mut().poll_next(cx).map(|item| {
             item.map(|result| match result {
-                Ok(y) => encode(y, media_type),
+                Ok(y) => encode_into(y, media_type, out),
                 Err(e) => Err(CallError::Function(e.to_string())),
             })
         })
@@ -384,6 +397,29 @@ unsafe fn write_message(out: *mut OutMessage, payload: Vec<u8>, headers: Vec<(St
     };
     // SAFETY: the caller guarantees `out` is writable; moving the box did not move the heap
     // buffers the slices point into.
+    unsafe { out.write(message) }
+}
+
+/// Lends the output stream's current item to the host (no `release`: valid until the next
+/// poll or drop of the stream, per the ABI).
+///
+/// # Safety
+/// `out` must be valid for writes.
+unsafe fn lend_item(out: *mut OutMessage, state: &mut OutputState) {
+    state
+        .item_headers
+        .extend(state.item.headers.iter().map(|(n, v)| Header {
+            name: Slice::from_str(n),
+            value: Slice::from_str(v),
+        }));
+    let message = OutMessage {
+        payload: Slice::new(&state.item.payload),
+        headers: state.item_headers.as_ptr(),
+        headers_len: state.item_headers.len(),
+        owner: std::ptr::null_mut(),
+        release: None,
+    };
+    // SAFETY: the caller guarantees `out` is writable.
     unsafe { out.write(message) }
 }
 
@@ -527,6 +563,11 @@ struct OutputState {
     media_types: &'static [&'static str],
     failure: Arc<Failure>,
     done: bool,
+    /// The last item, lent to the host until the next poll or drop (so no allocation per
+    /// item for its owner, and its buffer is reused for the next item).
+    item: Outgoing,
+    /// The item's headers as the ABI lends them.
+    item_headers: Vec<Header>,
 }
 
 unsafe extern "C" fn output_poll(
@@ -552,14 +593,17 @@ unsafe extern "C" fn output_poll(
         // SAFETY: `out` is writable per the ABI.
         return unsafe { write_error(out, status::FUNCTION_ERROR, message) };
     };
+    state.item.payload.clear();
+    state.item.headers.clear();
+    state.item_headers.clear();
     let polled = catch_unwind(AssertUnwindSafe(|| {
-        cx.with_context(|cx| state.output.poll_item(cx, out_type))
+        cx.with_context(|cx| state.output.poll_item(cx, out_type, &mut state.item))
     }));
     // SAFETY: `out` is writable per the ABI.
     unsafe {
         match polled {
-            Ok(Poll::Ready(Some(Ok(message)))) => {
-                write_message(out, message.payload, message.headers);
+            Ok(Poll::Ready(Some(Ok(())))) => {
+                lend_item(out, state);
                 status::READY
             }
             Ok(Poll::Ready(Some(Err(error)))) => {
@@ -654,6 +698,8 @@ pub unsafe extern "C" fn open_shim<H: Streaming>(
             media_types,
             failure: failure.clone(),
             done: false,
+            item: Outgoing::default(),
+            item_headers: Vec::new(),
         });
         let stream = OutputStream {
             state: Box::into_raw(state).cast(),
