@@ -60,6 +60,42 @@ impl Default for Stats {
     }
 }
 
+/// One call's count of something counted per message. Adding to a shared counter per message
+/// bounces its cache line between the cores serving busy streams; this adds to it every
+/// [`CallCount::BATCH`] messages and when the call ends (when it is dropped), so status and
+/// `/metrics` lag a busy stream by fewer than that many messages.
+#[derive(Debug)]
+pub struct CallCount {
+    shared: Counter,
+    pending: u64,
+}
+
+impl CallCount {
+    /// Messages counted locally before they are added to the shared counter.
+    pub const BATCH: u64 = 64;
+
+    fn new(shared: Counter) -> CallCount {
+        CallCount { shared, pending: 0 }
+    }
+
+    /// Counts one message.
+    pub fn inc(&mut self) {
+        self.pending += 1;
+        if self.pending == Self::BATCH {
+            self.shared.inc_by(Self::BATCH);
+            self.pending = 0;
+        }
+    }
+}
+
+impl Drop for CallCount {
+    fn drop(&mut self) {
+        if self.pending > 0 {
+            self.shared.inc_by(self.pending);
+        }
+    }
+}
+
 /// A snapshot of the counters, for the admin status.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Snapshot {
@@ -149,14 +185,14 @@ impl Stats {
         }
     }
 
-    /// A message arrived for the function.
-    pub fn received(&self) {
-        self.received.inc();
+    /// A call's count of messages received, added to the shared counter in batches.
+    pub fn received_by_call(&self) -> CallCount {
+        CallCount::new(self.received.clone())
     }
 
-    /// The function sent a message.
-    pub fn sent(&self) {
-        self.sent.inc();
+    /// A call's count of messages sent, added to the shared counter in batches.
+    pub fn sent_by_call(&self) -> CallCount {
+        CallCount::new(self.sent.clone())
     }
 
     /// A call started.
@@ -268,9 +304,13 @@ mod tests {
     fn counts_and_renders() {
         let stats = Stats::new();
         stats.call_started();
-        stats.received();
-        stats.received();
-        stats.sent();
+        let (mut received, mut sent) = (stats.received_by_call(), stats.sent_by_call());
+        received.inc();
+        received.inc();
+        sent.inc();
+        // A call's counts reach the shared counters in batches, and when the call ends.
+        assert_eq!(stats.snapshot().received, 0);
+        drop((received, sent));
         stats.function_failed(&FunctionError::Failed("no".into()));
         stats.function_failed(&FunctionError::Panicked("boom".into()));
         stats.custom_metric("words", 2.0);
@@ -290,6 +330,15 @@ mod tests {
             "{text}"
         );
         assert!(text.ends_with("# EOF\n"), "{text}");
+        let mut busy = stats.received_by_call();
+        for _ in 0..CallCount::BATCH {
+            busy.inc();
+        }
+        assert_eq!(
+            stats.snapshot().received,
+            2 + CallCount::BATCH,
+            "a full batch is added"
+        );
     }
 
     #[test]

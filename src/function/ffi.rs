@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use async_ffi::{ContextExt, FfiContext};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
 use invoker_abi::{
     ABI_VERSION, FunctionDescriptor, Header, HostContext, InMessage, InitFn, InputStream, InvokeFn,
@@ -413,15 +413,45 @@ fn abi_headers(headers: &[(String, String)]) -> Vec<Header> {
         .collect()
 }
 
-/// Takes an output message from the library: copies it, then releases the library's copy.
+/// Where an output stream's small payloads are copied: blocks shared by the messages cut from
+/// them, so a stream costs one allocation per block rather than one per message. A block is
+/// freed when the last message cut from it has been sent.
+#[derive(Default)]
+struct Arena(BytesMut);
+
+impl Arena {
+    /// The size of a block.
+    const BLOCK: usize = 16 * 1024;
+
+    fn copy(&mut self, bytes: &[u8]) -> Bytes {
+        if bytes.len() > Self::BLOCK / 4 {
+            return Bytes::copy_from_slice(bytes);
+        }
+        if self.0.capacity() < bytes.len() {
+            self.0 = BytesMut::with_capacity(Self::BLOCK);
+        }
+        self.0.extend_from_slice(bytes);
+        self.0.split().freeze()
+    }
+}
+
+/// Takes an output message from the library: copies it (into `arena`, if given), then
+/// releases the library's copy.
 ///
 /// # Safety
 /// `out` must have been filled by the library per the ABI (or be [`OutMessage::EMPTY`]).
-unsafe fn take_message(out: OutMessage) -> Result<OutputMessage, String> {
+unsafe fn take_message(
+    out: OutMessage,
+    arena: Option<&mut Arena>,
+) -> Result<OutputMessage, String> {
     let copied = (|| {
-        // SAFETY: the library's message stays valid until released, below.
-        let payload =
-            Bytes::copy_from_slice(unsafe { read_array(out.payload.ptr, out.payload.len) }?);
+        // SAFETY: the library's message stays valid until released (or, lent, until the next
+        // call into the library), below.
+        let payload = unsafe { read_array(out.payload.ptr, out.payload.len) }?;
+        let payload = match arena {
+            Some(arena) => arena.copy(payload),
+            None => Bytes::copy_from_slice(payload),
+        };
         // SAFETY: as above.
         let raw_headers = unsafe { read_array(out.headers, out.headers_len) }?;
         let headers = raw_headers
@@ -444,7 +474,7 @@ unsafe fn take_message(out: OutMessage) -> Result<OutputMessage, String> {
 /// As [`take_message`].
 unsafe fn error_of(code: u32, out: OutMessage) -> FunctionError {
     // SAFETY: forwarded from the caller.
-    let text = match unsafe { take_message(out) } {
+    let text = match unsafe { take_message(out, None) } {
         Ok(message) => String::from_utf8_lossy(&message.payload).into_owned(),
         Err(e) => {
             return FunctionError::Abi(format!("the library returned a malformed error: {e}"));
@@ -483,7 +513,7 @@ pub(crate) fn invoke(
     let code = unsafe { entry(&host_ctx, input_ptr, media_type as u32, &mut out) };
     match code {
         // SAFETY: `out` was filled by the library for READY.
-        status::READY => unsafe { take_message(out) }
+        status::READY => unsafe { take_message(out, None) }
             .map(Some)
             .map_err(FunctionError::Abi),
         status::EMPTY => Ok(None),
@@ -608,6 +638,7 @@ pub(crate) fn open(
             library: library.clone(),
             raw,
             done: false,
+            arena: Arena::default(),
         })
         .collect())
 }
@@ -617,6 +648,7 @@ pub struct OutputStream {
     library: Arc<LoadedLibrary>,
     raw: RawOutputStream,
     done: bool,
+    arena: Arena,
 }
 
 // SAFETY: the ABI requires stream state to be usable from any thread, one at a time; all uses
@@ -648,7 +680,7 @@ impl OutputStream {
             }
             // SAFETY: `out` was filled by the library for READY.
             status::READY => Poll::Ready(Some(
-                unsafe { take_message(out) }.map_err(FunctionError::Abi),
+                unsafe { take_message(out, Some(&mut self.arena)) }.map_err(FunctionError::Abi),
             )),
             code => {
                 self.done = true;

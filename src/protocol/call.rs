@@ -52,17 +52,17 @@ impl MessageFunction for CallService {
         let meta = call_meta(&request);
         let engine = self.live.engine();
         let stats = engine.stats().clone();
-        let (received, sent) = (stats.clone(), stats.clone());
+        let (mut received, mut sent) = (stats.received_by_call(), stats.sent_by_call());
         let inbound = request
             .into_inner()
             .map(move |m| {
-                received.received();
+                received.inc();
                 m.map(inbound)
             })
             .boxed();
         let outbound = engine.call(inbound, meta.clone()).map(move |r| {
             r.map(|out| {
-                sent.sent();
+                sent.inc();
                 message(out)
             })
         });

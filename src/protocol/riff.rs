@@ -100,20 +100,20 @@ impl Riff for RiffService {
         let meta = call_meta(&request);
         let engine = self.live.engine();
         let stats = engine.stats().clone();
-        let (received, sent) = (stats.clone(), stats.clone());
+        let (mut received, mut sent) = (stats.received_by_call(), stats.sent_by_call());
         let inbound = request
             .into_inner()
             .map(move |s| {
                 let signal = s.map(signal);
                 if let Ok(Signal::Data { .. }) = &signal {
-                    received.received();
+                    received.inc();
                 }
                 signal
             })
             .boxed();
         let outbound = engine.invoke(inbound, meta.clone()).map(move |r| {
             r.map(|(index, out)| {
-                sent.sent();
+                sent.inc();
                 output(index, out)
             })
         });
