@@ -147,7 +147,7 @@ pub mod errors {
 /// Whether a request/reply function's calls may run inline on an async worker thread.
 ///
 /// Calling a function inline costs nothing, while handing the call to the blocking pool costs
-/// two thread wake-ups (a third of the server's CPU per call for a fast function, measured in
+/// two thread wake-ups (about a third of the server's CPU per call for a fast function, see
 /// BENCHMARKS.md); but only the blocking pool keeps a blocking function from stalling other
 /// calls. So calls go to the blocking pool until [`Blocking::FAST_CALLS`] calls in a row each
 /// took less than [`Blocking::THRESHOLD`]; then they run inline, until
