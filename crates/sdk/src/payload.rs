@@ -449,39 +449,31 @@ mod tests {
 
     /// What a float's text must be: no exponent, reads back as the same number, as short as
     /// `Display`'s, and (but for a zero fraction) the digits serde_json writes.
-    fn check_f64(x: f64) {
-        let t = text(x);
-        if !x.is_finite() {
-            assert_eq!(t, format!("{x}"));
-            return;
-        }
-        assert!(!t.contains(['e', 'E']), "{x:e}: {t}");
-        assert_eq!(
-            t.parse::<f64>().unwrap().to_bits(),
-            x.to_bits(),
-            "{x:e}: {t}"
-        );
-        assert_eq!(t.len(), format!("{x}").len(), "{x:e}: {t} vs {x}");
-        // The same digits as the JSON output, so text and JSON agree.
-        let mut from_json = Vec::new();
-        write_plain(&serde_json::to_string(&x).unwrap(), &mut from_json);
-        assert_eq!(t.as_bytes(), from_json, "{x:e}");
+    macro_rules! check_float {
+        ($name:ident, $ty:ty) => {
+            fn $name(x: $ty) {
+                let t = text(x);
+                if !x.is_finite() {
+                    assert_eq!(t, format!("{x}"));
+                    return;
+                }
+                assert!(!t.contains(['e', 'E']), "{x:e}: {t}");
+                assert_eq!(
+                    t.parse::<$ty>().unwrap().to_bits(),
+                    x.to_bits(),
+                    "{x:e}: {t}"
+                );
+                assert_eq!(t.len(), format!("{x}").len(), "{x:e}: {t} vs {x}");
+                // The same digits as the JSON output, so text and JSON agree.
+                let mut from_json = Vec::new();
+                write_plain(&serde_json::to_string(&x).unwrap(), &mut from_json);
+                assert_eq!(t.as_bytes(), from_json, "{x:e}");
+            }
+        };
     }
 
-    fn check_f32(x: f32) {
-        let t = text(x);
-        if !x.is_finite() {
-            assert_eq!(t, format!("{x}"));
-            return;
-        }
-        assert!(!t.contains(['e', 'E']), "{x:e}: {t}");
-        assert_eq!(
-            t.parse::<f32>().unwrap().to_bits(),
-            x.to_bits(),
-            "{x:e}: {t}"
-        );
-        assert_eq!(t.len(), format!("{x}").len(), "{x:e}: {t} vs {x}");
-    }
+    check_float!(check_f64, f64);
+    check_float!(check_f32, f32);
 
     #[test]
     fn floats_are_shortest_round_trip_text_without_exponent() {
