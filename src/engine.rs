@@ -23,7 +23,8 @@ use futures_util::{Stream, StreamExt};
 use tonic::Status;
 
 use crate::function::{
-    CallContext, Function, FunctionError, InputMessage, OutputMessage, OutputStream, Shape,
+    CallContext, Function, FunctionError, Headers, InputMessage, OutputMessage, OutputStream,
+    Shape, Text,
 };
 use crate::negotiate::{self, Chosen};
 use crate::stats::Stats;
@@ -42,7 +43,7 @@ pub struct Inbound {
     /// The payload.
     pub payload: Bytes,
     /// The message's headers, as (name, value) pairs.
-    pub headers: Vec<(String, String)>,
+    pub headers: Headers,
 }
 
 impl Inbound {
@@ -57,7 +58,7 @@ impl Inbound {
             .headers
             .iter()
             .filter(|(n, _)| n.eq_ignore_ascii_case("Accept"))
-            .map(|(_, v)| v.as_str());
+            .map(|(_, v)| &**v);
         let first = values.next()?;
         match values.next() {
             None => Some(Cow::Borrowed(first)),
@@ -74,11 +75,11 @@ impl Inbound {
 }
 
 /// The first value of a header, by case-insensitive name.
-pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+pub fn header<'a>(headers: &'a [(Text, Text)], name: &str) -> Option<&'a str> {
     headers
         .iter()
         .find(|(n, _)| n.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.as_str())
+        .map(|(_, v)| &**v)
 }
 
 /// A message on its way out.
@@ -89,7 +90,7 @@ pub struct Outbound {
     /// The concrete media type chosen for it.
     pub content_type: Arc<str>,
     /// Other headers: the echoed correlationId and those the function set.
-    pub headers: Vec<(String, String)>,
+    pub headers: Headers,
 }
 
 /// The error statuses of SPEC §6.
@@ -328,7 +329,7 @@ impl Engine {
         &self.inner.function
     }
 
-    fn context(&self, headers: Vec<(String, String)>) -> CallContext {
+    fn context(&self, headers: Headers) -> CallContext {
         CallContext {
             function_name: self.inner.function_name.clone(),
             instance_id: self.inner.instance_id.clone(),
@@ -381,8 +382,12 @@ impl Engine {
         let info = self.inner.function.info();
         let correlation = message
             .as_ref()
-            .and_then(|m| m.header("correlationId"))
-            .map(str::to_owned);
+            .and_then(|m| {
+                m.headers
+                    .iter()
+                    .find(|(n, _)| n.eq_ignore_ascii_case("correlationId"))
+            })
+            .map(|(_, id)| id.clone());
         let input = match (message, info.inputs.first()) {
             (Some(message), Some(port)) => {
                 let media_type = negotiate::content_type(
@@ -565,10 +570,10 @@ enum State {
     Done,
 }
 
-fn outbound(out: OutputMessage, content_type: Arc<str>, correlation: Option<String>) -> Outbound {
+fn outbound(out: OutputMessage, content_type: Arc<str>, correlation: Option<Text>) -> Outbound {
     let mut headers = out.headers;
     if let Some(id) = correlation {
-        headers.push(("correlationId".to_owned(), id));
+        headers.push((Text::const_new("correlationId"), id));
     }
     Outbound {
         payload: out.payload,

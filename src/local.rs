@@ -71,12 +71,16 @@ fn stdin_messages(args: &RunArgs) -> impl Stream<Item = anyhow::Result<Inbound>>
         if let Some(ct) = &content_type
             && !has(&message, "Content-Type")
         {
-            message.headers.push(("Content-Type".into(), ct.clone()));
+            message
+                .headers
+                .push(("Content-Type".into(), ct.as_str().into()));
         }
         if let Some(accept) = &accept
             && !has(&message, "Accept")
         {
-            message.headers.push(("Accept".into(), accept.clone()));
+            message
+                .headers
+                .push(("Accept".into(), accept.as_str().into()));
         }
         Ok(message)
     })
@@ -101,17 +105,17 @@ fn ndjson_message(line: &str) -> anyhow::Result<Inbound> {
         Some(serde_json::Value::Object(map)) => {
             for (name, value) in map {
                 match value {
-                    serde_json::Value::String(v) => headers.push((name, v)),
+                    serde_json::Value::String(v) => headers.push((name.into(), v.into())),
                     serde_json::Value::Array(values) => {
                         for v in values {
                             let v = v
                                 .as_str()
                                 .map(str::to_owned)
                                 .unwrap_or_else(|| v.to_string());
-                            headers.push((name.clone(), v));
+                            headers.push((name.as_str().into(), v.into()));
                         }
                     }
-                    other => headers.push((name, other.to_string())),
+                    other => headers.push((name.into(), other.to_string().into())),
                 }
             }
         }
@@ -132,7 +136,7 @@ fn print(out: &Outbound, ndjson: bool) -> bool {
             headers.insert("Content-Type".into(), (*out.content_type).into());
         }
         for (name, value) in &out.headers {
-            headers.insert(name.clone(), value.clone().into());
+            headers.insert(name.to_string(), (**value).into());
         }
         let line = serde_json::json!({
             "payload": String::from_utf8_lossy(&out.payload),

@@ -319,8 +319,8 @@ fn message_headers_cross_both_ways() {
     assert_eq!(
         out.headers,
         [
-            ("echo-user".to_owned(), "ada".to_owned()),
-            ("x-probe".to_owned(), "yes".to_owned())
+            ("echo-user".into(), "ada".into()),
+            ("x-probe".into(), "yes".into())
         ]
     );
 }
@@ -347,14 +347,14 @@ fn ctx_with(
     config: &[(&str, &str)],
     stats: &Arc<Stats>,
 ) -> CallContext {
-    let pairs = |list: &[(&str, &str)]| -> Vec<(String, String)> {
-        list.iter()
-            .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
-            .collect()
-    };
     CallContext {
-        headers: pairs(headers),
-        config: Arc::new(pairs(config).into_iter().collect::<HashMap<_, _>>()),
+        headers: headers.iter().map(|&(n, v)| (n.into(), v.into())).collect(),
+        config: Arc::new(
+            config
+                .iter()
+                .map(|&(n, v)| (n.to_owned(), v.to_owned()))
+                .collect::<HashMap<_, _>>(),
+        ),
         stats: Some(stats.clone()),
         ..ctx(f)
     }

@@ -24,7 +24,7 @@ use invoker_abi::{
 
 use super::{
     CallContext, FunctionError, FunctionInfo, InputMessage, LoadError, OutputMessage, PortInfo,
-    Shape,
+    Shape, Text,
 };
 
 /// A loaded library. Never unloaded: a library may have left threads (timers), thread-locals
@@ -301,6 +301,14 @@ unsafe fn read_str(s: Slice) -> Result<String, String> {
     String::from_utf8(bytes.to_vec()).map_err(|_| "a string is not valid UTF-8".to_owned())
 }
 
+/// # Safety
+/// As [`read_str`].
+unsafe fn read_text(s: Slice) -> Result<Text, String> {
+    // SAFETY: forwarded from the caller.
+    let bytes = unsafe { read_array(s.ptr, s.len) }?;
+    Text::from_utf8(bytes).map_err(|_| "a string is not valid UTF-8".to_owned())
+}
+
 // ---------------------------------------------------------------------------------------------
 // The context
 
@@ -402,13 +410,14 @@ unsafe extern "C" fn ctx_is_cancelled(data: *const c_void) -> bool {
 // ---------------------------------------------------------------------------------------------
 // Calls
 
-/// Views a message's headers as ABI headers (borrowing the strings).
-fn abi_headers(headers: &[(String, String)]) -> Vec<Header> {
+/// Views a message's headers (or the configuration's pairs) as ABI headers, borrowing the
+/// strings.
+fn abi_headers<S: AsRef<str>>(headers: &[(S, S)]) -> Vec<Header> {
     headers
         .iter()
         .map(|(name, value)| Header {
-            name: Slice::from_str(name),
-            value: Slice::from_str(value),
+            name: Slice::from_str(name.as_ref()),
+            value: Slice::from_str(value.as_ref()),
         })
         .collect()
 }
@@ -452,13 +461,21 @@ unsafe fn take_message(
             Some(arena) => arena.copy(payload),
             None => Bytes::copy_from_slice(payload),
         };
-        // SAFETY: as above.
-        let raw_headers = unsafe { read_array(out.headers, out.headers_len) }?;
-        let headers = raw_headers
-            .iter()
+        let headers = if out.headers_len == 0 {
+            Vec::new()
+        } else {
             // SAFETY: as above.
-            .map(|h| Ok((unsafe { read_str(h.name) }?, unsafe { read_str(h.value) }?)))
-            .collect::<Result<Vec<_>, String>>()?;
+            let raw_headers = unsafe { read_array(out.headers, out.headers_len) }?;
+            raw_headers
+                .iter()
+                // SAFETY: as above.
+                .map(|h| {
+                    Ok((unsafe { read_text(h.name) }?, unsafe {
+                        read_text(h.value)
+                    }?))
+                })
+                .collect::<Result<Vec<_>, String>>()?
+        };
         Ok(OutputMessage { payload, headers })
     })();
     if let Some(release) = out.release {

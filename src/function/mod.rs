@@ -55,13 +55,20 @@ pub struct FunctionInfo {
     pub uses_context: bool,
 }
 
+/// Header text: a name or a value. Text of up to 24 bytes, as most header names and values
+/// are, is stored inline: decoding, cloning and dropping it allocate nothing.
+pub type Text = compact_str::CompactString;
+
+/// Headers as (name, value) pairs, in order; a name may repeat.
+pub type Headers = Vec<(Text, Text)>;
+
 /// A message for the function.
 #[derive(Debug, Clone, Default)]
 pub struct InputMessage {
     /// The payload.
     pub payload: Bytes,
     /// Headers as (name, value) pairs.
-    pub headers: Vec<(String, String)>,
+    pub headers: Headers,
     /// Index of the payload's media type among the input port's media types.
     pub media_type: usize,
 }
@@ -72,7 +79,7 @@ pub struct OutputMessage {
     /// The payload.
     pub payload: Bytes,
     /// Headers the function set.
-    pub headers: Vec<(String, String)>,
+    pub headers: Headers,
 }
 
 /// Why a call into the function failed.
@@ -158,7 +165,7 @@ pub struct CallContext {
     /// The call: its id, deadline, cancellation and span.
     pub call: CallMeta,
     /// Headers of the call's (first) message.
-    pub headers: Vec<(String, String)>,
+    pub headers: Headers,
     /// User configuration.
     pub config: Arc<HashMap<String, String>>,
     /// Where custom metrics go.

@@ -12,6 +12,7 @@ use super::proto::streaming::{
     InputSignal, OutputFrame, OutputSignal, input_signal, output_signal,
 };
 use crate::engine::{INVOKE_DEFAULT_CONTENT_TYPE, Inbound, Outbound, Signal};
+use crate::function::{Headers, Text};
 use crate::live::Live;
 use crate::server::{Calls, call_meta};
 
@@ -38,18 +39,19 @@ pub fn signal(input: InputSignal) -> Signal {
             expected_content_types: start.expected_content_types,
         },
         Some(input_signal::Frame::Data(frame)) => {
-            let mut headers: Vec<(String, String)> = Vec::with_capacity(frame.headers.len() + 1);
+            let mut headers: Headers = Vec::with_capacity(frame.headers.len() + 1);
             let content_type = if frame.content_type.is_empty() {
-                INVOKE_DEFAULT_CONTENT_TYPE.to_owned()
+                Text::const_new(INVOKE_DEFAULT_CONTENT_TYPE)
             } else {
-                frame.content_type
+                frame.content_type.into()
             };
-            headers.push(("Content-Type".to_owned(), content_type));
+            headers.push((Text::const_new("Content-Type"), content_type));
             headers.extend(
                 frame
                     .headers
                     .into_iter()
-                    .filter(|(name, _)| !name.eq_ignore_ascii_case("Content-Type")),
+                    .filter(|(name, _)| !name.eq_ignore_ascii_case("Content-Type"))
+                    .map(|(name, value)| (name.into(), value.into())),
             );
             Signal::Data {
                 arg_index: frame.arg_index,
@@ -69,12 +71,12 @@ pub fn output(index: usize, out: Outbound) -> OutputSignal {
     let mut headers: BTreeMap<String, String> = BTreeMap::new();
     for (name, value) in out.headers {
         headers
-            .entry(name)
+            .entry(name.into())
             .and_modify(|v| {
                 v.push_str(", ");
                 v.push_str(&value);
             })
-            .or_insert(value);
+            .or_insert_with(|| value.into());
     }
     OutputSignal {
         frame: Some(output_signal::Frame::Data(OutputFrame {

@@ -12,6 +12,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use bytes::{Buf, BufMut, Bytes};
+
+use crate::function::Text;
 use prost::DecodeError;
 use prost::encoding::{
     self, DecodeContext, WireType, encode_key, encode_varint, encoded_len_varint, key_len,
@@ -28,9 +30,10 @@ pub struct Message {
     /// Field 2, `headers`, flattened: one pair per value, in the order received. While
     /// decoding, pairs of a name that a later map entry repeats are still here (see
     /// [`Message::into_headers`]).
-    headers: Vec<(String, String)>,
-    /// What decoding saw of repeated names.
-    repeats: Repeats,
+    headers: Vec<(Text, Text)>,
+    /// What decoding saw of repeated names, once there is something to record (boxed: most
+    /// messages never need it, and every message moves through several stream stages).
+    repeats: Option<Box<Repeats>>,
 }
 
 /// Up to this many headers, names are found by scanning; beyond, by hashing or sorting, so
@@ -41,10 +44,10 @@ const SCAN_LIMIT: usize = 32;
 #[derive(Debug, Clone, Default, PartialEq)]
 struct Repeats {
     /// Every name decoded so far, once there are more than [`SCAN_LIMIT`] pairs.
-    names: Option<HashSet<String>>,
+    names: Option<HashSet<Text>>,
     /// For each repetition of a name: how many pairs were decoded before it. That name's
     /// pairs before that point are stale: a repeated map key keeps the last entry.
-    stale: Vec<(String, usize)>,
+    stale: Vec<(Text, usize)>,
 }
 
 impl Message {
@@ -52,42 +55,42 @@ impl Message {
     pub fn new(
         payload: Bytes,
         content_type: Option<Arc<str>>,
-        headers: Vec<(String, String)>,
+        headers: Vec<(Text, Text)>,
     ) -> Message {
         Message {
             payload,
             content_type,
             headers,
-            repeats: Repeats::default(),
+            repeats: None,
         }
     }
 
     /// The headers as (name, value) pairs in the order received. A name that occurs in
     /// several map entries keeps the last entry's values, as protobuf maps do.
-    pub fn into_headers(self) -> Vec<(String, String)> {
+    pub fn into_headers(self) -> Vec<(Text, Text)> {
         self.into_parts().1
     }
 
     /// The payload, and the headers as [`Message::into_headers`] gives them.
-    pub fn into_parts(self) -> (Bytes, Vec<(String, String)>) {
+    pub fn into_parts(self) -> (Bytes, Vec<(Text, Text)>) {
         let Message {
             payload,
             headers,
             repeats,
             ..
         } = self;
-        if repeats.stale.is_empty() {
+        let Some(repeats) = repeats.filter(|r| !r.stale.is_empty()) else {
             return (payload, headers);
-        }
+        };
         let mut cuts: HashMap<&str, usize> = HashMap::new();
         for (name, cut) in &repeats.stale {
-            let at = cuts.entry(name.as_str()).or_default();
+            let at = cuts.entry(&**name).or_default();
             *at = (*at).max(*cut);
         }
         let headers = headers
             .into_iter()
             .enumerate()
-            .filter(|(i, (name, _))| cuts.get(name.as_str()).is_none_or(|cut| i >= cut))
+            .filter(|(i, (name, _))| cuts.get(&**name).is_none_or(|cut| i >= cut))
             .map(|(_, pair)| pair)
             .collect();
         (payload, headers)
@@ -121,9 +124,9 @@ enum EntryValues<'a> {
     /// One value.
     One(&'a str),
     /// The values of the pairs in this slice that have the entry's name.
-    Scan(&'a [(String, String)]),
+    Scan(&'a [(Text, Text)]),
     /// The values of these pairs.
-    Picked(&'a [(String, String)], &'a [usize]),
+    Picked(&'a [(Text, Text)], &'a [usize]),
 }
 
 impl Entry<'_> {
@@ -209,75 +212,6 @@ impl Message {
     }
 }
 
-/// A decoded header map entry.
-#[derive(Debug, Default)]
-struct DecodedEntry {
-    name: String,
-    values: Values,
-}
-
-/// A decoded `HeaderValue`.
-#[derive(Debug, Default)]
-struct Values(Vec<String>);
-
-impl prost::Message for Values {
-    fn encode_raw(&self, buf: &mut impl BufMut) {
-        encoding::string::encode_repeated(VALUES, &self.0, buf);
-    }
-
-    fn merge_field(
-        &mut self,
-        tag: u32,
-        wire_type: WireType,
-        buf: &mut impl Buf,
-        ctx: DecodeContext,
-    ) -> Result<(), DecodeError> {
-        match tag {
-            VALUES => encoding::string::merge_repeated(wire_type, &mut self.0, buf, ctx),
-            _ => encoding::skip_field(wire_type, tag, buf, ctx),
-        }
-    }
-
-    fn encoded_len(&self) -> usize {
-        encoding::string::encoded_len_repeated(VALUES, &self.0)
-    }
-
-    fn clear(&mut self) {
-        self.0.clear();
-    }
-}
-
-impl prost::Message for DecodedEntry {
-    fn encode_raw(&self, buf: &mut impl BufMut) {
-        encoding::string::encode(ENTRY_KEY, &self.name, buf);
-        encoding::message::encode(ENTRY_VALUE, &self.values, buf);
-    }
-
-    fn merge_field(
-        &mut self,
-        tag: u32,
-        wire_type: WireType,
-        buf: &mut impl Buf,
-        ctx: DecodeContext,
-    ) -> Result<(), DecodeError> {
-        match tag {
-            ENTRY_KEY => encoding::string::merge(wire_type, &mut self.name, buf, ctx),
-            ENTRY_VALUE => encoding::message::merge(wire_type, &mut self.values, buf, ctx),
-            _ => encoding::skip_field(wire_type, tag, buf, ctx),
-        }
-    }
-
-    fn encoded_len(&self) -> usize {
-        encoding::string::encoded_len(ENTRY_KEY, &self.name)
-            + encoding::message::encoded_len(ENTRY_VALUE, &self.values)
-    }
-
-    fn clear(&mut self) {
-        self.name.clear();
-        self.values.clear();
-    }
-}
-
 impl prost::Message for Message {
     fn encode_raw(&self, buf: &mut impl BufMut) {
         if !self.payload.is_empty() {
@@ -296,26 +230,43 @@ impl prost::Message for Message {
         match tag {
             PAYLOAD => encoding::bytes::merge(wire_type, &mut self.payload, buf, ctx),
             HEADERS => {
-                let mut entry = DecodedEntry::default();
-                encoding::message::merge(wire_type, &mut entry, buf, ctx)?;
-                let repeated = match &mut self.repeats.names {
-                    Some(names) => !names.insert(entry.name.clone()),
-                    None => self.headers.iter().any(|(n, _)| *n == entry.name),
+                encoding::check_wire_type(WireType::LengthDelimited, wire_type)?;
+                let len = encoding::decode_varint(buf)?;
+                let len = match usize::try_from(len) {
+                    Ok(len) if len <= buf.remaining() => len,
+                    _ => return Err(decode_error("buffer underflow")),
+                };
+                let start = self.headers.len();
+                let name = if buf.chunk().len() >= len {
+                    // Received messages are contiguous: decoded in place.
+                    let name = decode_entry(&buf.chunk()[..len], &mut self.headers, ctx)?;
+                    buf.advance(len);
+                    name
+                } else {
+                    decode_entry(&buf.copy_to_bytes(len), &mut self.headers, ctx)?
+                };
+                let names = self.repeats.as_mut().and_then(|r| r.names.as_mut());
+                let repeated = match names {
+                    Some(names) => !names.insert(name.clone()),
+                    None => self.headers[..start].iter().any(|(n, _)| *n == name),
                 };
                 if repeated {
-                    let decoded = self.headers.len();
-                    self.repeats.stale.push((entry.name.clone(), decoded));
+                    let repeats = self.repeats.get_or_insert_default();
+                    repeats.stale.push((name.clone(), start));
                 }
-                let mut values = entry.values.0;
-                if let Some(last) = values.pop() {
-                    self.headers
-                        .extend(values.into_iter().map(|v| (entry.name.clone(), v)));
-                    // The common case, one value: the name moves instead of being copied.
-                    self.headers.push((entry.name, last));
+                if let Some(((last, _), rest)) = self.headers[start..].split_last_mut() {
+                    for (n, _) in rest {
+                        *n = name.clone();
+                    }
+                    // The common case, one value: the name moves instead of being cloned.
+                    *last = name;
                 }
-                if self.repeats.names.is_none() && self.headers.len() > SCAN_LIMIT {
-                    let names = self.headers.iter().map(|(n, _)| n.clone()).collect();
-                    self.repeats.names = Some(names);
+                if self.headers.len() > SCAN_LIMIT {
+                    let repeats = self.repeats.get_or_insert_default();
+                    if repeats.names.is_none() {
+                        let names = self.headers.iter().map(|(n, _)| n.clone()).collect();
+                        repeats.names = Some(names);
+                    }
                 }
                 Ok(())
             }
@@ -338,7 +289,80 @@ impl prost::Message for Message {
         self.payload.clear();
         self.content_type = None;
         self.headers.clear();
-        self.repeats = Repeats::default();
+        self.repeats = None;
+    }
+}
+
+/// A decoding error with prost's wording. prost has no other constructor for a type that
+/// decodes itself (`DecodeError::new` is public but deprecated as internal).
+#[allow(deprecated)]
+fn decode_error(description: &'static str) -> DecodeError {
+    DecodeError::new(description)
+}
+
+/// Header text, checked to be UTF-8 as prost checks a `string` field. Short text (as most
+/// header names and values are) is stored inline: no allocation, no reference count.
+fn text(bytes: &[u8]) -> Result<Text, DecodeError> {
+    Text::from_utf8(bytes)
+        .map_err(|_| decode_error("invalid string value: data is not UTF-8 encoded"))
+}
+
+/// Decodes one header map entry (a `string` key and a `HeaderValue`), as prost decodes a map
+/// entry: the last key wins, `HeaderValue`s merge, unknown fields are skipped. Each value is
+/// pushed as a pair with an empty name, which the caller fills in; returns the name.
+fn decode_entry(
+    mut entry: &[u8],
+    headers: &mut Vec<(Text, Text)>,
+    ctx: DecodeContext,
+) -> Result<Text, DecodeError> {
+    let mut name = Text::default();
+    while !entry.is_empty() {
+        let (tag, wire_type) = encoding::decode_key(&mut entry)?;
+        match tag {
+            ENTRY_KEY | ENTRY_VALUE => {
+                encoding::check_wire_type(WireType::LengthDelimited, wire_type)?;
+                let len = field_len(&mut entry)?;
+                let (field, rest) = entry.split_at(len);
+                if tag == ENTRY_KEY {
+                    name = text(field)?;
+                } else {
+                    decode_values(field, headers, ctx.clone())?;
+                }
+                entry = rest;
+            }
+            _ => encoding::skip_field(wire_type, tag, &mut entry, ctx.clone())?,
+        }
+    }
+    Ok(name)
+}
+
+/// Decodes a `HeaderValue`, pushing a pair with an empty name per value.
+fn decode_values(
+    mut values: &[u8],
+    headers: &mut Vec<(Text, Text)>,
+    ctx: DecodeContext,
+) -> Result<(), DecodeError> {
+    while !values.is_empty() {
+        let (tag, wire_type) = encoding::decode_key(&mut values)?;
+        if tag == VALUES {
+            encoding::check_wire_type(WireType::LengthDelimited, wire_type)?;
+            let len = field_len(&mut values)?;
+            let (value, rest) = values.split_at(len);
+            headers.push((Text::default(), text(value)?));
+            values = rest;
+        } else {
+            encoding::skip_field(wire_type, tag, &mut values, ctx.clone())?;
+        }
+    }
+    Ok(())
+}
+
+/// A length prefix, checked against what is left.
+fn field_len(rest: &mut &[u8]) -> Result<usize, DecodeError> {
+    let len = encoding::decode_varint(rest)?;
+    match usize::try_from(len) {
+        Ok(len) if len <= rest.len() => Ok(len),
+        _ => Err(decode_error("buffer underflow")),
     }
 }
 
@@ -372,7 +396,7 @@ mod tests {
         let got = Message::decode(sent.encode_to_vec().as_slice()).unwrap();
         assert_eq!(got.payload, Bytes::from_static(b"hi"));
         assert_eq!(got.content_type, None);
-        let pair = |n: &str, v: &str| (n.to_owned(), v.to_owned());
+        let pair = |n: &str, v: &str| (Text::from(n), Text::from(v));
         assert_eq!(
             got.into_headers(),
             [pair("Accept", "a/b"), pair("Accept", "c/d"), pair("x", "1")]
@@ -411,7 +435,7 @@ mod tests {
         let mut bytes = generated(b"", &[("k", &["old"])]).encode_to_vec();
         bytes.extend(generated(b"", &[("k", &["new"])]).encode_to_vec());
         let got = Message::decode(bytes.as_slice()).unwrap();
-        assert_eq!(got.into_headers(), [("k".to_owned(), "new".to_owned())]);
+        assert_eq!(got.into_headers(), [("k".into(), "new".into())]);
     }
 
     /// Encodes map entries one by one, in this order (repeats included), as a peer may.
@@ -438,7 +462,7 @@ mod tests {
         let values = |name: &str| -> Vec<&str> {
             got.iter()
                 .filter(|(n, _)| n == name)
-                .map(|(_, v)| v.as_str())
+                .map(|(_, v)| &**v)
                 .collect()
         };
         assert_eq!(values("h7"), ["4"]);
@@ -449,8 +473,8 @@ mod tests {
 
     #[test]
     fn many_headers_encode_each_name_once_with_its_values_in_order() {
-        let mut headers: Vec<(String, String)> = (0..100)
-            .map(|i| (format!("h{}", i % 40), i.to_string()))
+        let mut headers: Vec<(Text, Text)> = (0..100)
+            .map(|i| (format!("h{}", i % 40).into(), i.to_string().into()))
             .collect();
         headers.push(("content-type".into(), "dropped".into()));
         let sent = Message::new(Bytes::new(), Some(Arc::from("text/plain")), headers);
@@ -464,6 +488,39 @@ mod tests {
     }
 
     #[test]
+    fn an_entry_decodes_as_prost_decodes_it_whatever_its_field_order() {
+        // The value before the key, two values messages (merged), an unknown field, and a key
+        // given twice (the last wins).
+        let mut entry = Vec::new();
+        encode_str(ENTRY_VALUE, "\n\x01a", &mut entry);
+        encode_str(ENTRY_KEY, "old", &mut entry);
+        encode_key(7, WireType::Varint, &mut entry);
+        encode_varint(300, &mut entry);
+        encode_str(ENTRY_VALUE, "\n\x01b", &mut entry);
+        encode_str(ENTRY_KEY, "name", &mut entry);
+        let mut message = Vec::new();
+        encode_key(HEADERS, WireType::LengthDelimited, &mut message);
+        encode_varint(entry.len() as u64, &mut message);
+        message.extend(entry);
+        let theirs = Generated::decode(message.as_slice()).unwrap();
+        assert_eq!(theirs.headers["name"].values, ["a", "b"]);
+        let ours = Message::decode(message.as_slice()).unwrap().into_headers();
+        assert_eq!(
+            ours,
+            [("name".into(), "a".into()), ("name".into(), "b".into())]
+        );
+    }
+
+    #[test]
+    fn header_text_that_is_not_utf8_is_a_decode_error() {
+        let mut bytes = generated(b"", &[("name", &["value"])]).encode_to_vec();
+        let at = bytes.iter().position(|&b| b == b'v').unwrap();
+        bytes[at] = 0xff;
+        assert!(Generated::decode(bytes.as_slice()).is_err());
+        assert!(Message::decode(bytes.as_slice()).is_err());
+    }
+
+    #[test]
     fn garbage_is_a_decode_error() {
         assert!(Message::decode(&[0x12, 0x05, 0x0a][..]).is_err());
         assert!(Message::decode(&[0x12, 0x03, 0x0a, 0x02, 0xff][..]).is_err());
@@ -473,11 +530,13 @@ mod tests {
         #[test]
         fn round_trips_through_the_generated_type(
             payload in proptest::collection::vec(any::<u8>(), 0..64),
+            // Names and values both shorter and longer than what is stored inline.
             headers in proptest::collection::btree_map(
-                "[a-zA-Z-]{0,8}",
-                proptest::collection::vec(".{0,8}", 1..3),
+                "[a-zA-Z-]{0,8}|[a-z]{20,40}",
+                proptest::collection::vec(".{0,8}|.{20,40}", 1..3),
                 0..48,
             ),
+            split in any::<prop::sample::Index>(),
         ) {
             let sent = Generated {
                 payload: Bytes::from(payload),
@@ -486,10 +545,16 @@ mod tests {
                     .map(|(n, values)| (n, HeaderValue { values }))
                     .collect(),
             };
-            let ours = Message::decode(sent.encode_to_vec().as_slice()).unwrap();
+            let encoded = sent.encode_to_vec();
+            let ours = Message::decode(encoded.as_slice()).unwrap();
             let bytes = ours.encode_to_vec();
             prop_assert_eq!(bytes.len(), ours.encoded_len());
             prop_assert_eq!(Generated::decode(bytes.as_slice()).unwrap(), sent);
+            // A message split across two chunks (a header entry not contiguous) decodes the
+            // same.
+            let (front, back) = encoded.split_at(split.index(encoded.len() + 1));
+            let chained = Message::decode(front.chain(back)).unwrap();
+            prop_assert_eq!(chained, ours);
         }
 
         #[test]
@@ -510,7 +575,7 @@ mod tests {
             let theirs = Generated::decode(bytes.as_slice()).unwrap();
             let mut grouped: BTreeMap<String, Vec<String>> = BTreeMap::new();
             for (n, v) in ours {
-                grouped.entry(n).or_default().push(v);
+                grouped.entry(n.into()).or_default().push(v.into());
             }
             let expected: BTreeMap<String, Vec<String>> = theirs
                 .headers
