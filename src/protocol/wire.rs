@@ -300,9 +300,24 @@ fn decode_error(description: &'static str) -> DecodeError {
     DecodeError::new(description)
 }
 
+/// Header names and values that most messages carry: recognised by comparing bytes, which is
+/// cheaper than checking short text for UTF-8.
+const COMMON_TEXT: &[&str] = &[
+    "Content-Type",
+    "Accept",
+    "correlationId",
+    "text/plain",
+    "application/json",
+    "application/octet-stream",
+    "application/x-www-form-urlencoded",
+];
+
 /// Header text, checked to be UTF-8 as prost checks a `string` field. Short text (as most
 /// header names and values are) is stored inline: no allocation, no reference count.
 fn text(bytes: &[u8]) -> Result<Text, DecodeError> {
+    if let Some(common) = COMMON_TEXT.iter().find(|t| t.as_bytes() == bytes) {
+        return Ok(Text::const_new(common));
+    }
     Text::from_utf8(bytes)
         .map_err(|_| decode_error("invalid string value: data is not UTF-8 encoded"))
 }
