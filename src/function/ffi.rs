@@ -578,7 +578,8 @@ unsafe extern "C" fn input_poll(
                 headers_len: state.headers.len(),
                 media_type: message.media_type as u32,
             };
-            // The heap data the slices point at does not move with the message.
+            // The slices point into the payload's buffer and the headers' vector (inline
+            // text) or the text's own buffer: none of them moves with the message.
             state.current = Some(message);
             // SAFETY: the library passes a writable `InMessage`.
             unsafe { out.write(lent) };
