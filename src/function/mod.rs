@@ -55,8 +55,8 @@ pub struct FunctionInfo {
     pub uses_context: bool,
 }
 
-/// Header text: a name or a value. Text of up to 24 bytes, as most header names and values
-/// are, is stored inline: decoding, cloning and dropping it allocate nothing.
+/// Header text: a name or a value. Text of up to 24 bytes (on 64-bit targets), as most header
+/// names and values are, is stored inline: decoding, cloning and dropping it allocate nothing.
 pub type Text = compact_str::CompactString;
 
 /// Headers as (name, value) pairs, in order; a name may repeat.

@@ -40,9 +40,18 @@ pub struct Message {
 /// that no message costs more than about linear time in its headers (a client controls them).
 const SCAN_LIMIT: usize = 32;
 
-/// Decoding's record of header names that came again in a later map entry.
+/// How many bytes of header names decoding may copy for the values after each entry's first,
+/// when the name is too long to be stored inline. Each (name, value) pair holds its own name, so
+/// a message with one long name and many empty values would otherwise ask for far more memory
+/// than it has bytes (a 2 MiB name with a million values: 2 TiB).
+const NAME_COPY_LIMIT: usize = 4 << 20;
+
+/// Decoding's record of header names that came again in a later map entry, and of the long
+/// names it copied.
 #[derive(Debug, Clone, Default, PartialEq)]
 struct Repeats {
+    /// Bytes of long names copied so far for values after an entry's first.
+    name_copies: usize,
     /// Every name decoded so far, once there are more than [`SCAN_LIMIT`] pairs.
     names: Option<HashSet<Text>>,
     /// For each repetition of a name: how many pairs were decoded before it. That name's
@@ -254,6 +263,17 @@ impl prost::Message for Message {
                     let repeats = self.repeats.get_or_insert_default();
                     repeats.stale.push((name.clone(), start));
                 }
+                let values = self.headers.len() - start;
+                if values > 1 && name.is_heap_allocated() {
+                    let repeats = self.repeats.get_or_insert_default();
+                    let copies = (values - 1).saturating_mul(name.len());
+                    repeats.name_copies = repeats.name_copies.saturating_add(copies);
+                    if repeats.name_copies > NAME_COPY_LIMIT {
+                        return Err(decode_error(
+                            "header names repeated for too many values (over 4 MiB of names)",
+                        ));
+                    }
+                }
                 if let Some(((last, _), rest)) = self.headers[start..].split_last_mut() {
                     for (n, _) in rest {
                         *n = name.clone();
@@ -325,6 +345,11 @@ fn text(bytes: &[u8]) -> Result<Text, DecodeError> {
 /// Decodes one header map entry (a `string` key and a `HeaderValue`), as prost decodes a map
 /// entry: the last key wins, `HeaderValue`s merge, unknown fields are skipped. Each value is
 /// pushed as a pair with an empty name, which the caller fills in; returns the name.
+///
+/// One difference: prost counts the entry and the `HeaderValue` as two levels of its nesting
+/// limit (100) when it skips unknown groups inside them, and its way to count them is private;
+/// here groups nested 99 or 100 deep inside an entry are skipped rather than refused. Skipping
+/// stays bounded by the limit either way.
 fn decode_entry(
     mut entry: &[u8],
     headers: &mut Vec<(Text, Text)>,
@@ -533,6 +558,30 @@ mod tests {
         bytes[at] = 0xff;
         assert!(Generated::decode(bytes.as_slice()).is_err());
         assert!(Message::decode(bytes.as_slice()).is_err());
+    }
+
+    #[test]
+    fn a_long_name_given_to_very_many_values_is_a_decode_error_not_a_memory_blow_up() {
+        // Each pair holds its own copy of the name: 64 KiB × 100 values would be 6.4 MiB.
+        let name = "n".repeat(64 * 1024);
+        let values = vec![""; 100];
+        let bytes = generated(b"", &[(&name, &values)]).encode_to_vec();
+        assert!(bytes.len() < 100 * 1024);
+        assert!(Message::decode(bytes.as_slice()).is_err());
+        // A long name with a few values, and a short name with very many, are decoded.
+        let bytes = generated(b"", &[(&name, &values[..3])]).encode_to_vec();
+        let got = Message::decode(bytes.as_slice()).unwrap().into_headers();
+        assert_eq!(got.len(), 3);
+        assert!(got.iter().all(|(n, v)| *n == name && v.is_empty()));
+        let many = vec!["v"; 100_000];
+        let bytes = generated(b"", &[("short-name", &many)]).encode_to_vec();
+        assert_eq!(
+            Message::decode(bytes.as_slice())
+                .unwrap()
+                .into_headers()
+                .len(),
+            100_000
+        );
     }
 
     #[test]
