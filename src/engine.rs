@@ -76,10 +76,16 @@ impl Inbound {
 
 /// The first value of a header, by case-insensitive name.
 pub fn header<'a>(headers: &'a [(Text, Text)], name: &str) -> Option<&'a str> {
+    header_text(headers, name).map(|v| &**v)
+}
+
+/// The first value of a header, by case-insensitive name, as text to keep (a clone of it is
+/// not a copy when it is short).
+fn header_text<'a>(headers: &'a [(Text, Text)], name: &str) -> Option<&'a Text> {
     headers
         .iter()
         .find(|(n, _)| n.eq_ignore_ascii_case(name))
-        .map(|(_, v)| &**v)
+        .map(|(_, v)| v)
 }
 
 /// A message on its way out.
@@ -382,12 +388,8 @@ impl Engine {
         let info = self.inner.function.info();
         let correlation = message
             .as_ref()
-            .and_then(|m| {
-                m.headers
-                    .iter()
-                    .find(|(n, _)| n.eq_ignore_ascii_case("correlationId"))
-            })
-            .map(|(_, id)| id.clone());
+            .and_then(|m| header_text(&m.headers, "correlationId"))
+            .cloned();
         let input = match (message, info.inputs.first()) {
             (Some(message), Some(port)) => {
                 let media_type = negotiate::content_type(

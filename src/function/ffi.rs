@@ -468,11 +468,12 @@ unsafe fn take_message(
             let raw_headers = unsafe { read_array(out.headers, out.headers_len) }?;
             raw_headers
                 .iter()
-                // SAFETY: as above.
                 .map(|h| {
-                    Ok((unsafe { read_text(h.name) }?, unsafe {
-                        read_text(h.value)
-                    }?))
+                    // SAFETY: as above.
+                    let name = unsafe { read_text(h.name) }?;
+                    // SAFETY: as above.
+                    let value = unsafe { read_text(h.value) }?;
+                    Ok((name, value))
                 })
                 .collect::<Result<Vec<_>, String>>()?
         };

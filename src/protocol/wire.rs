@@ -240,11 +240,7 @@ impl prost::Message for Message {
             PAYLOAD => encoding::bytes::merge(wire_type, &mut self.payload, buf, ctx),
             HEADERS => {
                 encoding::check_wire_type(WireType::LengthDelimited, wire_type)?;
-                let len = encoding::decode_varint(buf)?;
-                let len = match usize::try_from(len) {
-                    Ok(len) if len <= buf.remaining() => len,
-                    _ => return Err(decode_error("buffer underflow")),
-                };
+                let len = field_len(buf)?;
                 let start = self.headers.len();
                 let name = if buf.chunk().len() >= len {
                     // Received messages are contiguous: decoded in place.
@@ -270,7 +266,7 @@ impl prost::Message for Message {
                     repeats.name_copies = repeats.name_copies.saturating_add(copies);
                     if repeats.name_copies > NAME_COPY_LIMIT {
                         return Err(decode_error(
-                            "header names repeated for too many values (over 4 MiB of names)",
+                            "a long header name is given to too many values (over 4 MiB of copies): shorten the name or send fewer values",
                         ));
                     }
                 }
@@ -359,17 +355,8 @@ fn decode_entry(
     while !entry.is_empty() {
         let (tag, wire_type) = encoding::decode_key(&mut entry)?;
         match tag {
-            ENTRY_KEY | ENTRY_VALUE => {
-                encoding::check_wire_type(WireType::LengthDelimited, wire_type)?;
-                let len = field_len(&mut entry)?;
-                let (field, rest) = entry.split_at(len);
-                if tag == ENTRY_KEY {
-                    name = text(field)?;
-                } else {
-                    decode_values(field, headers, ctx.clone())?;
-                }
-                entry = rest;
-            }
+            ENTRY_KEY => name = text(field(&mut entry, wire_type)?)?,
+            ENTRY_VALUE => decode_values(field(&mut entry, wire_type)?, headers, ctx.clone())?,
             _ => encoding::skip_field(wire_type, tag, &mut entry, ctx.clone())?,
         }
     }
@@ -385,11 +372,8 @@ fn decode_values(
     while !values.is_empty() {
         let (tag, wire_type) = encoding::decode_key(&mut values)?;
         if tag == VALUES {
-            encoding::check_wire_type(WireType::LengthDelimited, wire_type)?;
-            let len = field_len(&mut values)?;
-            let (value, rest) = values.split_at(len);
-            headers.push((Text::default(), text(value)?));
-            values = rest;
+            let value = text(field(&mut values, wire_type)?)?;
+            headers.push((Text::default(), value));
         } else {
             encoding::skip_field(wire_type, tag, &mut values, ctx.clone())?;
         }
@@ -398,12 +382,21 @@ fn decode_values(
 }
 
 /// A length prefix, checked against what is left.
-fn field_len(rest: &mut &[u8]) -> Result<usize, DecodeError> {
-    let len = encoding::decode_varint(rest)?;
+fn field_len(buf: &mut impl Buf) -> Result<usize, DecodeError> {
+    let len = encoding::decode_varint(buf)?;
     match usize::try_from(len) {
-        Ok(len) if len <= rest.len() => Ok(len),
+        Ok(len) if len <= buf.remaining() => Ok(len),
         _ => Err(decode_error("buffer underflow")),
     }
+}
+
+/// The next length-delimited field of `rest` (whose key gave `wire_type`), taken off it.
+fn field<'a>(rest: &mut &'a [u8], wire_type: WireType) -> Result<&'a [u8], DecodeError> {
+    encoding::check_wire_type(WireType::LengthDelimited, wire_type)?;
+    let len = field_len(rest)?;
+    let (field, after) = rest.split_at(len);
+    *rest = after;
+    Ok(field)
 }
 
 #[cfg(test)]
