@@ -1,19 +1,17 @@
 //! The function being served, replaceable while running (hot reload, like OpenWhisk's
 //! runtime taking a new action).
 //!
-//! Every load copies the library file to a fresh path first, loads the copy, runs its init hook
-//! and only then makes it the function for new calls; calls in flight keep the engine (and so
+//! Every load reads the library file into a fresh anonymous memory file, loads that, runs its
+//! init hook and only then makes it the function for new calls; calls in flight keep the engine (and so
 //! the library) they started with. A library that fails to load, to offer the handler, or to
 //! initialise leaves the current one serving, and the error goes back to whoever asked. No
 //! library is ever unloaded (see ARCHITECTURE.md), so each reload costs the memory of one
-//! library; the copy's file is removed as soon as it is loaded.
+//! library; nothing is written to disk.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-
-use anyhow::Context as _;
 
 use crate::config;
 use crate::engine::Engine;
@@ -47,7 +45,6 @@ pub struct Live {
     instance_id: Arc<str>,
     config: Arc<HashMap<String, String>>,
     stats: Arc<Stats>,
-    copies: PathBuf,
 }
 
 impl Live {
@@ -60,9 +57,8 @@ impl Live {
         config: HashMap<String, String>,
         stats: Arc<Stats>,
     ) -> anyhow::Result<Live> {
-        let copies = std::env::temp_dir().join(format!("invoker-{}", std::process::id()));
         let config = Arc::new(config);
-        let (library, function) = load(&copies, path, &Select::from(handler), &config)?;
+        let (library, function) = load(path, &Select::from(handler), &config)?;
         let current = Current {
             function: function.info().name.clone(),
             library: path.to_path_buf(),
@@ -80,7 +76,6 @@ impl Live {
             instance_id: instance_id.into(),
             config,
             stats,
-            copies,
         })
     }
 
@@ -120,7 +115,7 @@ impl Live {
             Some(handler) => Select::Named(handler.to_owned()),
             None => Select::PreferNamed(self.current().function),
         };
-        let (library, function) = load(&self.copies, path, &selection, &self.config)?;
+        let (library, function) = load(path, &selection, &self.config)?;
         let current = Current {
             function: function.info().name.clone(),
             library: path.to_path_buf(),
@@ -159,57 +154,26 @@ impl Live {
     }
 }
 
-/// Copies the library to a fresh path, loads it, picks the function and runs the init hook.
-///
-/// Every attempt gets its own path, failed ones included: `dlopen` hands back the library
-/// already loaded under a path it has seen, and no library is ever unloaded.
+/// Loads the library (into memory, see [`Library::load`]), picks the function and runs the
+/// init hook.
 fn load(
-    copies: &Path,
     path: &Path,
     selection: &Select,
     config: &HashMap<String, String>,
 ) -> anyhow::Result<(Arc<Library>, Function)> {
-    if !path.is_file() {
-        // The loader's own message for a missing file.
-        Library::load(path)?;
-    }
-    std::fs::create_dir_all(copies)
-        .with_context(|| format!("cannot create {} for library copies", copies.display()))?;
-    let file_name = path.file_name().map_or_else(
-        || "function.so".into(),
-        |n| n.to_string_lossy().into_owned(),
-    );
-    static ATTEMPTS: AtomicU64 = AtomicU64::new(0);
-    let attempt = ATTEMPTS.fetch_add(1, Ordering::Relaxed) + 1;
-    let copy = copies.join(format!("{attempt}-{file_name}"));
-    std::fs::copy(path, &copy).with_context(|| {
-        format!(
-            "cannot copy the library {} to {}",
-            path.display(),
-            copy.display()
-        )
-    })?;
-    let loaded = (|| {
-        let library = Library::load(&copy).map_err(|e| relabel(e.to_string(), &copy, path))?;
-        let function = match selection {
-            Select::Named(name) => library.function(Some(name)),
-            Select::Only => library.function(None),
-            Select::PreferNamed(name) if library.handlers().contains(&name.as_str()) => {
-                library.function(Some(name))
-            }
-            Select::PreferNamed(_) => library.function(None),
+    let library = Library::load(path)?;
+    let function = match selection {
+        Select::Named(name) => library.function(Some(name)),
+        Select::Only => library.function(None),
+        Select::PreferNamed(name) if library.handlers().contains(&name.as_str()) => {
+            library.function(Some(name))
         }
-        .map_err(|e| relabel(e.to_string(), &copy, path))?;
-        library
-            .init(&config::pairs(config))
-            .map_err(|e| anyhow::anyhow!("the init hook of {} failed: {e}", path.display()))?;
-        Ok((Arc::new(library), function))
-    })();
-    // Loaded (or not), the copy's file is no longer needed: the mapping outlives it. So is
-    // the directory, made again for the next load (loads are serialised).
-    let _ = std::fs::remove_file(&copy);
-    let _ = std::fs::remove_dir(copies);
-    loaded
+        Select::PreferNamed(_) => library.function(None),
+    }?;
+    library
+        .init(&config::pairs(config))
+        .map_err(|e| anyhow::anyhow!("the init hook of {} failed: {e}", path.display()))?;
+    Ok((Arc::new(library), function))
 }
 
 /// "name version" of the library's package, or empty.
@@ -234,12 +198,4 @@ impl From<Option<&str>> for Select {
     fn from(handler: Option<&str>) -> Select {
         handler.map_or(Select::Only, |h| Select::Named(h.to_owned()))
     }
-}
-
-/// Names the file the operator gave in an error about its copy.
-fn relabel(message: String, copy: &Path, original: &Path) -> anyhow::Error {
-    anyhow::anyhow!(
-        "{}",
-        message.replace(&*copy.to_string_lossy(), &original.to_string_lossy())
-    )
 }

@@ -15,11 +15,21 @@ use invoker::function::{
 };
 use invoker::stats::Stats;
 
+/// A function of a workspace library, loaded once per test binary: every load is a fresh copy
+/// with its own statics, and some tests call one function to observe another (`arm`, `fire`).
 fn function(lib: &str, handler: &str) -> Function {
-    Library::load(common::lib(lib))
-        .unwrap()
-        .function(Some(handler))
-        .unwrap()
+    static LOADED: std::sync::Mutex<Vec<(String, Arc<Library>)>> =
+        std::sync::Mutex::new(Vec::new());
+    let mut loaded = LOADED.lock().unwrap_or_else(|p| p.into_inner());
+    let library = match loaded.iter().find(|(name, _)| name == lib) {
+        Some((_, library)) => library.clone(),
+        None => {
+            let library = Arc::new(Library::load(common::lib(lib)).unwrap());
+            loaded.push((lib.to_owned(), library.clone()));
+            library
+        }
+    };
+    library.function(Some(handler)).unwrap()
 }
 
 fn ctx(f: &Function) -> CallContext {

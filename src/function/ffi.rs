@@ -31,6 +31,8 @@ use super::{
 /// or wakers behind that still point into its code, so `dlclose` is never safe to call.
 pub(crate) struct LoadedLibrary {
     _library: ManuallyDrop<libloading::Library>,
+    /// The memory file the library was loaded from, kept open (see [`load`]).
+    _image: ManuallyDrop<std::os::fd::OwnedFd>,
     path: PathBuf,
     init: Option<InitFn>,
     shutdown: Option<ShutdownFn>,
@@ -96,17 +98,25 @@ pub(crate) struct Loaded {
     pub(crate) functions: Vec<(FunctionInfo, Entry)>,
 }
 
-/// Loads a library and validates its descriptor.
-pub(crate) fn load(path: &Path) -> Result<Loaded, LoadError> {
-    let display = path.display().to_string();
+/// Loads the library held by the memory file `image` (through `/proc/self/fd/N`) and validates
+/// its descriptor; errors and logs name it `shown`, the file the operator named.
+///
+/// Once the dynamic loader has opened it, `image` is never closed: the loader knows the library
+/// by its path, and a later load through a reused descriptor number would be handed this one.
+pub(crate) fn load(image: std::os::fd::OwnedFd, shown: &Path) -> Result<Loaded, LoadError> {
+    use std::os::fd::AsRawFd;
+    let path = PathBuf::from(format!("/proc/self/fd/{}", image.as_raw_fd()));
+    let path = path.as_path();
+    let display = shown.display().to_string();
     let display_path = display.clone();
     // SAFETY: loading a library runs its initialisers. That is the point of the daemon: the
     // operator named this file as the function to run, and trusts it like any executable.
     let library =
         unsafe { libloading::Library::new(path) }.map_err(|e| LoadError::NotALibrary {
             path: display.clone(),
-            reason: e.to_string(),
+            reason: e.to_string().replace(&*path.to_string_lossy(), &display),
         })?;
+    let image = ManuallyDrop::new(image);
     let root_name = format!("{ROOT_SYMBOL}\0");
     // SAFETY: `invoker_library` is declared by the ABI as `RootFn`; if a library exports the
     // name with another type, that library breaks the ABI it claims to implement.
@@ -195,7 +205,8 @@ pub(crate) fn load(path: &Path) -> Result<Loaded, LoadError> {
     Ok(Loaded {
         library: Arc::new(LoadedLibrary {
             _library: ManuallyDrop::new(library),
-            path: path.to_path_buf(),
+            _image: image,
+            path: shown.to_path_buf(),
             init: descriptor.init,
             shutdown: descriptor.shutdown,
             shut_down: std::sync::atomic::AtomicBool::new(false),

@@ -1,7 +1,9 @@
 //! Loading a library and choosing its function: the safe face of `ffi`.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
 use std::sync::Arc;
 
 use super::ffi::{self, BoxInput, Entry, LoadedLibrary, OutputStream};
@@ -16,6 +18,14 @@ pub enum LoadError {
     Missing {
         /// The path.
         path: String,
+    },
+    /// The file could not be read (permissions, not a regular file) or copied into memory.
+    #[error("cannot read function library {path}: {reason}")]
+    Unreadable {
+        /// The path.
+        path: String,
+        /// Why.
+        reason: String,
     },
     /// The file is not a loadable shared library.
     #[error(
@@ -103,20 +113,23 @@ impl fmt::Debug for Library {
 
 impl Library {
     /// Loads the library at `path` and validates its descriptor.
+    ///
+    /// The file is read once, through a descriptor opened here, into an anonymous memory file
+    /// (`memfd_create`), and the dynamic loader opens that (`/proc/self/fd/N`): nothing is
+    /// written to disk, no path another user can create or replace is ever opened, and every
+    /// load is a fresh inode, so loading the same path again (a reload) loads the file as it is
+    /// now instead of handing back the copy already mapped.
     pub fn load(path: impl AsRef<Path>) -> Result<Library, LoadError> {
         let path = path.as_ref();
-        if !path.is_file() {
-            return Err(LoadError::Missing {
-                path: path.display().to_string(),
-            });
+        let shown = path.display().to_string();
+        if !path.exists() {
+            return Err(LoadError::Missing { path: shown });
         }
-        // dlopen needs a path with a slash, or it searches the library path instead.
-        let path: PathBuf = if path.is_absolute() {
-            path.to_path_buf()
-        } else {
-            Path::new(".").join(path)
-        };
-        let loaded = ffi::load(&path)?;
+        let image = memory_copy(path).map_err(|reason| LoadError::Unreadable {
+            path: shown.clone(),
+            reason,
+        })?;
+        let loaded = ffi::load(image.into(), path)?;
         Ok(Library {
             inner: loaded.library,
             sdk_version: loaded.sdk_version,
@@ -202,6 +215,32 @@ impl Library {
             entry: found.1,
         })
     }
+}
+
+/// Copies the regular file at `path` into a new anonymous memory file.
+fn memory_copy(path: &Path) -> Result<File, String> {
+    // O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused just below).
+    let mut file = OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(path)
+        .map_err(|e| e.to_string())?;
+    let metadata = file.metadata().map_err(|e| e.to_string())?;
+    if !metadata.is_file() {
+        return Err("it is not a regular file".to_owned());
+    }
+    let name = path
+        .file_name()
+        .map_or_else(|| "function.so".into(), |n| n.to_string_lossy());
+    let flags = rustix::fs::MemfdFlags::CLOEXEC;
+    // Where the kernel makes memory files non-executable by default (vm.memfd_noexec),
+    // MFD_EXEC asks for an executable one; kernels before 6.3 do not know the flag.
+    let memfd = rustix::fs::memfd_create(&*name, flags | rustix::fs::MemfdFlags::EXEC)
+        .or_else(|_| rustix::fs::memfd_create(&*name, flags))
+        .map_err(|e| format!("cannot create a memory file to load it from: {e}"))?;
+    let mut image = File::from(memfd);
+    std::io::copy(&mut file, &mut image).map_err(|e| format!("cannot copy it to memory: {e}"))?;
+    Ok(image)
 }
 
 /// A function, ready to be called. Cheap to clone; keeps its library loaded.
