@@ -90,6 +90,11 @@ impl Admin for AdminService {
             panics: stats.panics,
             calls: stats.calls,
             calls_in_flight: self.calls.in_flight() as u64,
+            calls_running: stats.running,
+            calls_queued: stats.queued,
+            calls_rejected: stats.rejected,
+            max_concurrency: stats.limits.0 as u64,
+            max_queued: stats.limits.1 as u64,
             average_call_millis: stats.average_call.as_secs_f64() * 1e3,
             recent_errors: stats
                 .recent_errors
@@ -236,6 +241,11 @@ pub fn status(socket: &Path) -> anyhow::Result<i32> {
             "panics": reply.panics,
             "calls": reply.calls,
             "calls_in_flight": reply.calls_in_flight,
+            "calls_running": reply.calls_running,
+            "calls_queued": reply.calls_queued,
+            "calls_rejected": reply.calls_rejected,
+            "max_concurrency": reply.max_concurrency,
+            "max_queued": reply.max_queued,
             "average_call_millis": reply.average_call_millis,
             "recent_errors": errors,
             "custom_metrics": reply.custom_metrics,

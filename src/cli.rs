@@ -274,6 +274,61 @@ pub struct ServeArgs {
     /// Serve Prometheus metrics on http://HOST:PORT/metrics (0 picks a free port, printed).
     #[arg(long, env = "METRICS_PORT", value_name = "PORT")]
     pub metrics_port: Option<u16>,
+
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// The bounds on what callers can make the daemon hold (README, Operations: Limits).
+#[derive(Debug, Clone, Args)]
+pub struct LimitArgs {
+    /// Request/reply calls running in the function at once, each on a function thread
+    /// (default: 16 per CPU).
+    #[arg(long, env = "MAX_CONCURRENCY", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrency: Option<u32>,
+
+    /// Request/reply calls waiting for a function thread; past this, calls are refused with
+    /// RESOURCE_EXHAUSTED (default: 4 per --max-concurrency).
+    #[arg(long, env = "MAX_QUEUED", value_name = "N")]
+    pub max_queued: Option<u32>,
+
+    /// Calls (gRPC streams) in flight over all connections; past this, new calls are refused
+    /// with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "MAX_CALLS", value_name = "N", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_calls: u32,
+
+    /// Connections open at once; more wait in the listen backlog.
+    #[arg(long, env = "MAX_CONNECTIONS", value_name = "N", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+
+    /// Streams open at once on one connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS).
+    #[arg(long, env = "MAX_STREAMS_PER_CONNECTION", value_name = "N", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_streams_per_connection: u32,
+
+    /// Seconds a new connection has to start HTTP/2 before it is closed.
+    #[arg(long, env = "HANDSHAKE_TIMEOUT", default_value = "10", value_parser = parse_positive_seconds, value_name = "SECONDS")]
+    pub handshake_timeout: Duration,
+
+    /// Seconds a connection may stay open with no call before it is closed.
+    #[arg(long, env = "IDLE_TIMEOUT", default_value = "300", value_parser = parse_positive_seconds, value_name = "SECONDS")]
+    pub idle_timeout: Duration,
+
+    /// Seconds between HTTP/2 keepalive pings on a connection.
+    #[arg(long, env = "KEEPALIVE_INTERVAL", default_value = "60", value_parser = parse_positive_seconds, value_name = "SECONDS")]
+    pub keepalive_interval: Duration,
+
+    /// Seconds a keepalive ping's answer may take before the connection is closed.
+    #[arg(long, env = "KEEPALIVE_TIMEOUT", default_value = "20", value_parser = parse_positive_seconds, value_name = "SECONDS")]
+    pub keepalive_timeout: Duration,
+}
+
+/// Parses a positive number of seconds.
+fn parse_positive_seconds(s: &str) -> Result<Duration, String> {
+    let d = parse_seconds(s)?;
+    if d.is_zero() {
+        return Err(format!("'{s}' must be more than 0 seconds"));
+    }
+    Ok(d)
 }
 
 /// Parses a non-negative number of seconds, such as `10` or `0.5`.

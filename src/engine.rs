@@ -12,10 +12,10 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use futures_util::stream::{self, BoxStream};
@@ -28,8 +28,10 @@ use crate::function::{
 };
 use crate::negotiate::{self, Chosen};
 use crate::stats::Stats;
+use pool::Pool;
 
 mod invoke;
+pub mod pool;
 
 pub use crate::function::CallMeta;
 pub use invoke::{FrameStream, INVOKE_DEFAULT_CONTENT_TYPE, Signal, SignalStream};
@@ -133,6 +135,16 @@ pub mod errors {
         )
     }
 
+    /// The call's deadline had passed when it arrived: nothing ran.
+    pub fn deadline_exceeded_before_start() -> Status {
+        Status::deadline_exceeded("Invoker: the call's deadline had passed when it arrived")
+    }
+
+    /// The call was cancelled before the function started.
+    pub fn cancelled() -> Status {
+        Status::cancelled("Invoker: the call was cancelled before the function started")
+    }
+
     /// The invoker is draining.
     pub fn draining() -> Status {
         Status::unavailable("Invoker: shutting down; retry on another instance")
@@ -151,88 +163,6 @@ pub mod errors {
     }
 }
 
-/// Whether a request/reply function's calls may run inline on an async worker thread.
-///
-/// Calling a function inline costs nothing, while handing the call to the blocking pool costs
-/// two thread wake-ups (about a third of the server's CPU per call for a fast function, see
-/// BENCHMARKS.md); but only the blocking pool keeps a blocking function from stalling other
-/// calls. So calls go to the blocking pool until [`Blocking::FAST_CALLS`] calls in a row each
-/// took less than [`Blocking::THRESHOLD`]; then they run inline, until
-/// [`Blocking::SLOW_CALLS`] calls within [`Blocking::FAST_CALLS`] take longer, which sends the
-/// function back to the pool for the next streak. One slow call alone does not: on a busy
-/// machine a thread preempted by the OS mid-call looks slow too. A function that blocks often
-/// never earns a streak; one that is fast for a long time and then blocks holds one worker for
-/// two of its calls.
-///
-/// At most one call runs inline at a time (others meanwhile go to the pool), and none does
-/// when the runtime has a single worker: a function that turns blocking can stall at most one
-/// worker, never the whole runtime.
-#[derive(Debug, Default)]
-pub struct Blocking {
-    fast_calls: AtomicU32,
-    /// Slow calls since the window began, and calls in the window, while inline.
-    slow_in_window: AtomicU32,
-    window: AtomicU32,
-    /// Set while a call runs inline.
-    inline_busy: AtomicBool,
-    /// Set once the function has been seen to block, for a single info log.
-    seen_blocking: AtomicBool,
-}
-
-/// Clears [`Blocking::inline_busy`] when the inline call is over.
-struct InlineCall<'a>(&'a Blocking);
-
-impl Drop for InlineCall<'_> {
-    fn drop(&mut self) {
-        self.0.inline_busy.store(false, Ordering::Release);
-    }
-}
-
-impl Blocking {
-    /// A call at least this long counts as blocking.
-    pub const THRESHOLD: Duration = Duration::from_millis(1);
-    /// How many fast calls in a row let a function run inline (and the window, in calls, in
-    /// which slow calls are counted).
-    pub const FAST_CALLS: u32 = 64;
-    /// How many slow calls within the window send an inline function back to the pool.
-    pub const SLOW_CALLS: u32 = 2;
-
-    /// Whether the next call may run inline; if so, the returned guard marks it running.
-    fn try_inline(&self) -> Option<InlineCall<'_>> {
-        if self.fast_calls.load(Ordering::Relaxed) < Self::FAST_CALLS
-            || self.inline_busy.swap(true, Ordering::Acquire)
-        {
-            return None;
-        }
-        let call = InlineCall(self);
-        let workers = tokio::runtime::Handle::try_current()
-            .map_or(1, |handle| handle.metrics().num_workers());
-        (workers > 1).then_some(call)
-    }
-
-    /// Records a call's duration; true when this is the first call seen to block.
-    fn record(&self, took: Duration, inline: bool) -> bool {
-        if inline && self.window.fetch_add(1, Ordering::Relaxed) + 1 >= Self::FAST_CALLS {
-            self.window.store(0, Ordering::Relaxed);
-            self.slow_in_window.store(0, Ordering::Relaxed);
-        }
-        if took >= Self::THRESHOLD {
-            let back_to_pool = !inline
-                || self.slow_in_window.fetch_add(1, Ordering::Relaxed) + 1 >= Self::SLOW_CALLS;
-            if back_to_pool {
-                self.fast_calls.store(0, Ordering::Relaxed);
-                self.slow_in_window.store(0, Ordering::Relaxed);
-                return !self.seen_blocking.swap(true, Ordering::Relaxed);
-            }
-            return false;
-        }
-        if self.fast_calls.load(Ordering::Relaxed) < Self::FAST_CALLS {
-            self.fast_calls.fetch_add(1, Ordering::Relaxed);
-        }
-        false
-    }
-}
-
 /// Runs calls of one function. Cloning it (once per call) costs two reference counts.
 #[derive(Debug, Clone)]
 pub struct Engine {
@@ -245,8 +175,8 @@ pub struct Engine {
 #[derive(Debug)]
 struct Inner {
     function: Function,
-    /// Whether calls may run inline.
-    blocking: Blocking,
+    /// Where request/reply calls run.
+    pool: Arc<Pool>,
     instance_id: Arc<str>,
     function_name: Arc<str>,
     config: Arc<HashMap<String, String>>,
@@ -269,6 +199,7 @@ impl Engine {
         instance_id: &str,
         config: Arc<HashMap<String, String>>,
         stats: Arc<Stats>,
+        pool: Arc<Pool>,
     ) -> Self {
         let output_types = function
             .info()
@@ -285,7 +216,7 @@ impl Engine {
             inner: Arc::new(Inner {
                 function_name: function.info().name.as_str().into(),
                 function,
-                blocking: Blocking::default(),
+                pool,
                 instance_id: instance_id.into(),
                 config,
                 stats,
@@ -413,28 +344,28 @@ impl Engine {
         let ctx = self.context(headers);
         let index = chosen.as_ref().map_or(0, |c| c.index);
         let function = self.inner.function.clone();
-        // Times the function itself, not the hand-off to another thread.
-        let invoke = move || {
-            let started = Instant::now();
-            let output = function.invoke(&ctx, input.as_ref(), index);
-            (output, started.elapsed())
+        let meta = self.meta.clone();
+        let (done, result) = tokio::sync::oneshot::channel();
+        // Never on an async worker: the function may block (see `pool`).
+        self.inner.pool.submit(
+            self.meta.clone(),
+            Box::new(move || {
+                // A caller that gave up while the call waited for a thread: do not start it.
+                if done.is_closed() || meta.is_cancelled() {
+                    return;
+                }
+                if meta.deadline().is_some_and(|d| Instant::now() >= d) {
+                    let _ = done.send(None);
+                    return;
+                }
+                let _ = done.send(Some(function.invoke(&ctx, input.as_ref(), index)));
+            }),
+        )?;
+        let output = match result.await {
+            Ok(Some(output)) => output,
+            Ok(None) => return Err(errors::deadline_exceeded()),
+            Err(_) => return Err(errors::cancelled()),
         };
-        let inline = self.inner.blocking.try_inline();
-        let ran_inline = inline.is_some();
-        let (output, took) = if let Some(_inline) = inline {
-            invoke()
-        } else {
-            // Maybe blocking: run it on the blocking pool, so the worker threads go on.
-            tokio::task::spawn_blocking(invoke)
-                .await
-                .map_err(|e| Status::internal(format!("Invoker: the call did not finish: {e}")))?
-        };
-        if self.inner.blocking.record(took, ran_inline) {
-            tracing::info!(
-                function = %info.name,
-                "a call took over 1 ms: the function's calls run on the blocking pool until it is fast again"
-            );
-        }
         let output = output.map_err(|e| self.failed(e))?;
         Ok(output.map(|out| {
             let content_type = chosen.map_or_else(|| Arc::from(""), |c| self.content_type(0, &c));

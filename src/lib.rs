@@ -13,6 +13,7 @@ pub mod client;
 pub mod config;
 pub mod engine;
 pub mod function;
+pub mod listener;
 pub mod live;
 pub mod local;
 pub mod logging;

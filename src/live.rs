@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use crate::config;
 use crate::engine::Engine;
+use crate::engine::pool::Pool;
 use crate::function::{Function, Library};
 use crate::stats::Stats;
 
@@ -45,6 +46,8 @@ pub struct Live {
     instance_id: Arc<str>,
     config: Arc<HashMap<String, String>>,
     stats: Arc<Stats>,
+    /// The function threads, shared by every load of the function.
+    pool: Arc<Pool>,
 }
 
 impl Live {
@@ -56,6 +59,7 @@ impl Live {
         instance_id: &str,
         config: HashMap<String, String>,
         stats: Arc<Stats>,
+        pool: Arc<Pool>,
     ) -> anyhow::Result<Live> {
         let config = Arc::new(config);
         let (library, function) = load(path, &Select::from(handler), &config)?;
@@ -67,7 +71,13 @@ impl Live {
             generation: 1,
         };
         stats.set_generation(1);
-        let engine = Engine::new(function, instance_id, config.clone(), stats.clone());
+        let engine = Engine::new(
+            function,
+            instance_id,
+            config.clone(),
+            stats.clone(),
+            pool.clone(),
+        );
         Ok(Live {
             engine: RwLock::new((engine, current)),
             libraries: Mutex::new(vec![library]),
@@ -76,6 +86,7 @@ impl Live {
             instance_id: instance_id.into(),
             config,
             stats,
+            pool,
         })
     }
 
@@ -128,6 +139,7 @@ impl Live {
             &self.instance_id,
             self.config.clone(),
             self.stats.clone(),
+            self.pool.clone(),
         );
         self.libraries
             .lock()

@@ -17,6 +17,7 @@ use tokio::io::AsyncBufReadExt;
 use tonic::Status;
 
 use crate::cli::RunArgs;
+use crate::engine::pool::{Limits as PoolLimits, Pool};
 use crate::engine::{CallMeta, Engine, Inbound, Outbound};
 use crate::function::Shape;
 use crate::function::uri::FunctionUri;
@@ -27,12 +28,14 @@ use crate::stats::Stats;
 pub fn run(args: RunArgs) -> anyhow::Result<u8> {
     let uri = FunctionUri::parse(&args.function_uri)?;
     let config = crate::config::load(args.config.as_deref(), args.function_config.as_deref())?;
+    let stats = Arc::new(Stats::new());
     let live = Live::start(
         &uri.path,
         uri.handler.as_deref(),
         &format!("local-{}", std::process::id()),
         config,
-        Arc::new(Stats::new()),
+        stats.clone(),
+        Arc::new(Pool::new(PoolLimits::default_for_this_machine(), stats)),
     )?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -3,13 +3,16 @@
 //! optionally the admin socket and `/metrics`. After the drain, the shutdown hooks run.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{AdminService, reload_uri, serve_admin, serve_metrics};
 use crate::cli::ServeArgs;
+use crate::engine::pool::{Limits as PoolLimits, Pool};
 use crate::function::uri::FunctionUri;
+use crate::listener::ConnectionLimits;
 use crate::live::Live;
 use crate::server::{Calls, ServeOptions, serve as serve_grpc};
 use crate::stats::Stats;
@@ -19,12 +22,22 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let uri = FunctionUri::parse(&args.function_uri)?;
     let config = crate::config::load(args.config.as_deref(), args.function_config.as_deref())?;
     let stats = Arc::new(Stats::new());
+    let limits = &args.limits;
+    let mut pool_limits = match limits.max_concurrency {
+        Some(n) => PoolLimits::with_max_running(n as usize),
+        None => PoolLimits::default_for_this_machine(),
+    };
+    if let Some(queued) = limits.max_queued {
+        pool_limits.max_queued = queued as usize;
+    }
+    let pool = Arc::new(Pool::new(pool_limits, stats.clone()));
     let live = Arc::new(Live::start(
         &uri.path,
         uri.handler.as_deref(),
         &instance_id(),
         config,
         stats,
+        pool,
     )?);
     let current = live.current();
     tracing::info!(
@@ -33,12 +46,14 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         sdk = %current.sdk_version,
         "function loaded"
     );
+    let terminate = CancellationToken::new();
+    watch_for_termination(terminate.clone(), args.grace_period)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     let served = runtime.block_on(async {
-        let calls = Arc::new(Calls::default());
+        let calls = Arc::new(Calls::with_max(args.limits.max_calls as usize));
         let stop = CancellationToken::new();
         let mut helpers = tokio::task::JoinSet::new();
         if let Some(port) = args.metrics_port {
@@ -72,9 +87,18 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
             host: args.host,
             port: args.port,
             grace: args.grace_period,
+            connections: ConnectionLimits {
+                max_connections: args.limits.max_connections as usize,
+                handshake_timeout: args.limits.handshake_timeout,
+                idle_timeout: args.limits.idle_timeout,
+            },
+            max_streams_per_connection: args.limits.max_streams_per_connection,
+            keepalive_interval: args.limits.keepalive_interval,
+            keepalive_timeout: args.limits.keepalive_timeout,
         };
+        let terminated = terminate.clone().cancelled_owned();
         let served = tokio::select! {
-            served = serve_grpc(options, live.clone(), calls) => served,
+            served = serve_grpc(options, live.clone(), calls, terminated) => served,
             // A helper that fails (its port or socket is taken) stops the daemon.
             Some(Ok(Err(e))) = helpers.join_next() => Err(e),
         };
@@ -91,8 +115,52 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     served
 }
 
-/// How long shutdown waits for calls still blocked in the function after the drain.
-const BLOCKED_CALL_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long shutdown waits for tasks still running after the drain.
+const BLOCKED_CALL_WAIT: Duration = Duration::from_millis(300);
+
+/// How long after SIGTERM, past the grace period, the process may take to end at most.
+const EXIT_MARGIN: Duration = Duration::from_secs(1);
+
+/// Watches for SIGTERM and SIGINT on a thread of its own, with its own small runtime, so that
+/// nothing the function does to the serving runtime's workers (a streaming function that
+/// blocks or spins) can keep the signal from being seen. On the signal it starts the drain
+/// (`terminate`), and if the process has not ended by the grace period plus [`EXIT_MARGIN`],
+/// it ends it (exit code 1, logged), without the shutdown hooks.
+fn watch_for_termination(terminate: CancellationToken, grace: Duration) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the signal thread's runtime")?;
+    // Installed now, before the port opens, so an early signal is not missed.
+    let (mut sigterm, mut sigint) = runtime
+        .block_on(async {
+            Ok::<_, std::io::Error>((
+                signal(SignalKind::terminate())?,
+                signal(SignalKind::interrupt())?,
+            ))
+        })
+        .context("cannot listen for SIGTERM/SIGINT")?;
+    std::thread::Builder::new()
+        .name("invoker-signals".into())
+        .spawn(move || {
+            runtime.block_on(async {
+                tokio::select! {
+                    _ = sigterm.recv() => tracing::info!("SIGTERM received"),
+                    _ = sigint.recv() => tracing::info!("SIGINT received"),
+                }
+                terminate.cancel();
+                tokio::time::sleep(grace + EXIT_MARGIN).await;
+            });
+            tracing::error!(
+                grace_seconds = grace.as_secs_f64(),
+                "the drain did not end within the grace period and a second (the function is blocking the server): exiting now, without the shutdown hooks"
+            );
+            std::process::exit(1);
+        })
+        .context("cannot start the signal thread")?;
+    Ok(())
+}
 
 /// Reloads the file `FUNCTION_URI` names on each SIGHUP, until `stop`.
 async fn reload_on_sighup(

@@ -4,7 +4,6 @@
 //! with UNAVAILABLE while calls in flight run on; when they are done, or the grace period is
 //! over (then the rest end with UNAVAILABLE), the server stops and `serve` returns.
 
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -17,9 +16,9 @@ use tokio::sync::Notify;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::Status;
 use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
 
 use crate::engine::{CallMeta, errors};
+use crate::listener::{ActiveCall, ConnInfo, ConnectionLimits, incoming};
 use crate::live::Live;
 use crate::protocol::call::CallService;
 use crate::protocol::proto::FILE_DESCRIPTOR_SET;
@@ -29,8 +28,10 @@ use crate::protocol::riff::RiffService;
 use crate::stats::Stats;
 
 /// The calls in flight, and whether new ones are still welcome.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Calls {
+    /// How many may be in flight at once.
+    max: usize,
     draining: AtomicBool,
     in_flight: AtomicUsize,
     idle: Notify,
@@ -39,16 +40,58 @@ pub struct Calls {
     cancelled: AtomicBool,
 }
 
+impl Default for Calls {
+    fn default() -> Self {
+        Calls::with_max(usize::MAX)
+    }
+}
+
 impl Calls {
-    /// Admits a new call, unless the server is draining.
+    /// At most `max` calls in flight at once.
+    pub fn with_max(max: usize) -> Calls {
+        Calls {
+            max,
+            draining: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
+            idle: Notify::new(),
+            cancel: CancellationToken::new(),
+            cancelled: AtomicBool::new(false),
+        }
+    }
+
+    /// Admits a new call, unless the server is draining or has `max` calls in flight.
     pub fn enter(self: &Arc<Self>) -> Result<CallGuard, Status> {
         if self.draining.load(Ordering::Acquire) {
             return Err(errors::draining());
         }
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        if self.in_flight.fetch_add(1, Ordering::AcqRel) >= self.max {
+            self.release();
+            return Err(Status::resource_exhausted(format!(
+                "Invoker: too many calls in flight ({}, --max-calls); retry later",
+                self.max
+            )));
+        }
         Ok(CallGuard {
             calls: self.clone(),
+            _connection: None,
         })
+    }
+
+    /// Admits a new call from its request: refused while draining, with a malformed
+    /// `grpc-timeout` (INVALID_ARGUMENT) or one already past (DEADLINE_EXCEEDED), so nothing
+    /// of the function runs for it. Returns its guard and its meta; the call keeps its
+    /// connection from counting as idle.
+    pub fn admit<T>(
+        self: &Arc<Self>,
+        request: &tonic::Request<T>,
+    ) -> Result<(CallGuard, CallMeta), Status> {
+        let mut guard = self.enter()?;
+        let meta = call_meta(request)?;
+        guard._connection = request
+            .extensions()
+            .get::<ConnInfo>()
+            .map(ConnInfo::call_started);
+        Ok((guard, meta))
     }
 
     /// The number of calls in flight.
@@ -59,6 +102,13 @@ impl Calls {
     /// Whether the server is draining (after SIGTERM).
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Acquire)
+    }
+
+    /// One call fewer in flight.
+    fn release(&self) {
+        if self.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.idle.notify_waiters();
+        }
     }
 
     /// Refuses new calls from now on.
@@ -84,13 +134,13 @@ impl Calls {
 #[derive(Debug)]
 pub struct CallGuard {
     calls: Arc<Calls>,
+    /// Keeps the call's connection from counting as idle.
+    _connection: Option<ActiveCall>,
 }
 
 impl Drop for CallGuard {
     fn drop(&mut self) {
-        if self.calls.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.calls.idle.notify_waiters();
-        }
+        self.calls.release();
     }
 }
 
@@ -123,14 +173,27 @@ impl CallGuard {
     }
 }
 
-/// The `CallMeta` of a request: a fresh id, and the deadline its `grpc-timeout` sets.
-pub fn call_meta<T>(request: &tonic::Request<T>) -> CallMeta {
-    let timeout = request
-        .metadata()
-        .get("grpc-timeout")
-        .and_then(|v| v.to_str().ok())
-        .and_then(parse_grpc_timeout);
-    CallMeta::new(timeout)
+/// The `CallMeta` of a request: a fresh id, and the deadline its `grpc-timeout` sets. A
+/// malformed `grpc-timeout` is INVALID_ARGUMENT; a zero one has passed already:
+/// DEADLINE_EXCEEDED.
+pub fn call_meta<T>(request: &tonic::Request<T>) -> Result<CallMeta, Status> {
+    let Some(value) = request.metadata().get("grpc-timeout") else {
+        return Ok(CallMeta::new(None));
+    };
+    let timeout = value
+        .to_str()
+        .ok()
+        .and_then(parse_grpc_timeout)
+        .ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "Invoker: malformed grpc-timeout {:?}: at most 8 digits and a unit (H, M, S, m, u, n)",
+                String::from_utf8_lossy(value.as_bytes())
+            ))
+        })?;
+    if timeout.is_zero() {
+        return Err(errors::deadline_exceeded_before_start());
+    }
+    Ok(CallMeta::new(Some(timeout)))
 }
 
 /// Parses a `grpc-timeout` value: at most 8 digits and a unit (H, M, S, m, u, n).
@@ -237,38 +300,39 @@ pub struct ServeOptions {
     pub port: u16,
     /// How long calls in flight may run on after a shutdown signal.
     pub grace: Duration,
+    /// Bounds on connections.
+    pub connections: ConnectionLimits,
+    /// HTTP/2 streams (calls) open at once on one connection (SETTINGS_MAX_CONCURRENT_STREAMS).
+    pub max_streams_per_connection: u32,
+    /// How often an HTTP/2 ping checks a connection, and how long its answer may take.
+    pub keepalive_interval: Duration,
+    /// How long a keepalive ping's answer may take before the connection is closed.
+    pub keepalive_timeout: Duration,
 }
 
-/// Binds the port and serves `engine` until SIGTERM/SIGINT and the drain are done.
+/// Binds the port and serves `engine` until `signal` (SIGTERM/SIGINT) and the drain are done.
 pub async fn serve(
     options: ServeOptions,
     live: Arc<Live>,
     calls: Arc<Calls>,
+    signal: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let listener = TcpListener::bind((options.host.as_str(), options.port))
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}:{}: {e}", options.host, options.port))?;
-    let addr = listener.local_addr()?;
-    serve_on(
-        listener,
-        addr,
-        options.grace,
-        live,
-        calls,
-        shutdown_signal(),
-    )
-    .await
+    serve_on(listener, &options, live, calls, signal).await
 }
 
 /// Serves on a bound listener until `signal` completes and the drain is done.
 pub async fn serve_on(
     listener: TcpListener,
-    addr: SocketAddr,
-    grace: Duration,
+    options: &ServeOptions,
     live: Arc<Live>,
     calls: Arc<Calls>,
     signal: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let addr = listener.local_addr()?;
+    let grace = options.grace;
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<MessageFunctionServer<CallService>>()
@@ -321,12 +385,15 @@ pub async fn serve_on(
     tracing::info!(%addr, function, "serving");
     println!("listening on {addr}");
     let server = Server::builder()
+        .max_concurrent_streams(options.max_streams_per_connection)
+        .http2_keepalive_interval(Some(options.keepalive_interval))
+        .http2_keepalive_timeout(Some(options.keepalive_timeout))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_alpha)
         .add_service(call_service)
         .add_service(riff_service)
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), drain);
+        .serve_with_incoming_shutdown(incoming(listener, options.connections), drain);
     // After the drain, clients get a moment to close their connections; one that does not
     // answer cannot keep the process alive.
     let linger = async {
@@ -343,26 +410,6 @@ pub async fn serve_on(
     Ok(())
 }
 
-/// How long connections may stay open after the drain.
-const CONNECTION_LINGER: Duration = Duration::from_secs(2);
-
-/// Completes on SIGTERM or SIGINT. The handlers are installed when this is called, not when
-/// first polled, so a signal that arrives as soon as the port is open is not missed.
-fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
-    use tokio::signal::unix::{SignalKind, signal};
-    let sigterm = signal(SignalKind::terminate());
-    let sigint = signal(SignalKind::interrupt());
-    async move {
-        let (mut sigterm, mut sigint) = match (sigterm, sigint) {
-            (Ok(term), Ok(int)) => (term, int),
-            (Err(e), _) | (_, Err(e)) => {
-                tracing::error!("cannot listen for SIGTERM/SIGINT: {e}");
-                return std::future::pending().await;
-            }
-        };
-        tokio::select! {
-            _ = sigterm.recv() => tracing::info!("SIGTERM received"),
-            _ = sigint.recv() => tracing::info!("SIGINT received"),
-        }
-    }
-}
+/// How long connections may stay open after the drain (kept short: the process ends within
+/// the grace period and a second of the signal, see `run`).
+const CONNECTION_LINGER: Duration = Duration::from_millis(500);

@@ -44,6 +44,11 @@ pub struct Stats {
     calls: Counter,
     reloads: Counter,
     in_flight: Gauge,
+    running: Gauge,
+    queued: Gauge,
+    rejected: Counter,
+    /// The function threads' bounds (running, waiting), for the status.
+    limits: Mutex<(usize, usize)>,
     generation: Gauge,
     durations: Histogram,
     /// For the average call duration: total nanoseconds, and calls finished.
@@ -109,6 +114,14 @@ pub struct Snapshot {
     pub panics: u64,
     /// Calls started.
     pub calls: u64,
+    /// Request/reply calls running in the function now.
+    pub running: u64,
+    /// Request/reply calls waiting for a function thread now.
+    pub queued: u64,
+    /// Calls refused because the function threads and their queue were full.
+    pub rejected: u64,
+    /// How many calls may run in the function at once, and wait for it.
+    pub limits: (usize, usize),
     /// The average duration of a finished call.
     pub average_call: Duration,
     /// The last errors, oldest first.
@@ -128,6 +141,9 @@ impl Stats {
         let calls = Counter::default();
         let reloads = Counter::default();
         let in_flight = Gauge::default();
+        let running = Gauge::default();
+        let queued = Gauge::default();
+        let rejected = Counter::default();
         let generation = Gauge::default();
         // 50 µs to ~6.5 s.
         let durations = Histogram::new(exponential_buckets(0.00005, 4.0, 9));
@@ -152,6 +168,21 @@ impl Stats {
         );
         registry.register("calls_in_flight", "Calls in flight", in_flight.clone());
         registry.register(
+            "calls_running",
+            "Request/reply calls running in the function (on a function thread)",
+            running.clone(),
+        );
+        registry.register(
+            "calls_queued",
+            "Request/reply calls waiting for a function thread",
+            queued.clone(),
+        );
+        registry.register(
+            "calls_rejected",
+            "Calls refused with RESOURCE_EXHAUSTED: the function threads and their queue were full",
+            rejected.clone(),
+        );
+        registry.register(
             "function_generation",
             "Which load of the function serves new calls (1 at start, +1 per reload)",
             generation.clone(),
@@ -175,6 +206,10 @@ impl Stats {
             calls,
             reloads,
             in_flight,
+            running,
+            queued,
+            rejected,
+            limits: Mutex::new((0, 0)),
             generation,
             durations,
             duration_nanos: AtomicU64::new(0),
@@ -210,6 +245,26 @@ impl Stats {
             Ordering::Relaxed,
         );
         self.finished.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How many calls may run in the function at once, and wait for it.
+    pub fn set_call_limits(&self, max_running: usize, max_queued: usize) {
+        *self.limits.lock().unwrap_or_else(|p| p.into_inner()) = (max_running, max_queued);
+    }
+
+    /// Request/reply calls running in the function now.
+    pub fn set_calls_running(&self, n: usize) {
+        self.running.set(n as i64);
+    }
+
+    /// Request/reply calls waiting for a function thread now.
+    pub fn set_calls_queued(&self, n: usize) {
+        self.queued.set(n as i64);
+    }
+
+    /// A call was refused: the function threads and their queue were full.
+    pub fn call_rejected(&self) {
+        self.rejected.inc();
     }
 
     /// The function failed: counts it and keeps its text among the recent errors.
@@ -273,6 +328,10 @@ impl Stats {
             user_errors: self.user_errors.get(),
             panics: self.panics.get(),
             calls: self.calls.get(),
+            running: self.running.get().max(0) as u64,
+            queued: self.queued.get().max(0) as u64,
+            rejected: self.rejected.get(),
+            limits: *self.limits.lock().unwrap_or_else(|p| p.into_inner()),
             average_call: Duration::from_nanos(nanos.checked_div(finished).unwrap_or(0)),
             recent_errors: self
                 .recent

@@ -8,9 +8,13 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Daemon, call, lib, msg};
+use common::{Daemon, call, lib, msg, uri};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use tonic::Code;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
 
 /// A fresh directory for one test's files.
 fn scratch(name: &str) -> PathBuf {
@@ -113,4 +117,255 @@ fn a_function_uri_that_is_not_a_regular_file_is_refused() {
         )),
         "{stderr}"
     );
+}
+
+/// `invoker status` as JSON.
+fn status(socket: &std::path::Path) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_invoker"))
+        .args(["status", "--admin-socket", socket.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Waits until the admin status shows `n` calls in flight.
+async fn wait_for_calls_in_flight(socket: &std::path::Path, n: u64) {
+    let socket = socket.to_path_buf();
+    let waited = tokio::time::timeout(common::HANG, async move {
+        loop {
+            let socket = socket.clone();
+            let status = tokio::task::spawn_blocking(move || status(&socket))
+                .await
+                .unwrap();
+            if status["calls_in_flight"].as_u64() == Some(n) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    waited.await.expect("the calls never were in flight");
+}
+
+fn sigterm(daemon: &Daemon) {
+    kill(Pid::from_raw(daemon.child.id() as i32), Signal::SIGTERM).unwrap();
+}
+
+async fn health(daemon: &Daemon) -> ServingStatus {
+    let mut health = HealthClient::new(daemon.channel().await);
+    let reply = tokio::time::timeout(
+        common::HANG,
+        health.check(HealthCheckRequest {
+            service: String::new(),
+        }),
+    )
+    .await
+    .expect("the health check hung")
+    .unwrap();
+    reply.into_inner().status()
+}
+
+#[tokio::test]
+async fn a_blocked_call_stalls_no_other_call_nor_health_nor_sigterm() {
+    let dir = scratch("blocked");
+    let socket = dir.join("admin.sock");
+    let daemon = Daemon::start_with(
+        &uri("probe", Some("sleep_ms")),
+        &[
+            ("ADMIN_SOCKET", socket.to_str().unwrap()),
+            ("GRACE_PERIOD", "1"),
+        ],
+    );
+    let mut client = daemon.client().await;
+    // Fast calls first (an earlier blocking policy then ran calls inline on an async worker).
+    for _ in 0..100 {
+        let outcome = call(&mut client, vec![msg("0", &[])]).await;
+        assert_eq!(outcome.texts(), ["slept 0 ms"], "{outcome:?}");
+    }
+    // Then one call that blocks for ten minutes.
+    let mut blocked_client = client.clone();
+    let blocked =
+        tokio::spawn(async move { call(&mut blocked_client, vec![msg("600000", &[])]).await });
+    wait_for_calls_in_flight(&socket, 1).await;
+    // Everything else goes on: calls on the same connection and on new ones, and health.
+    for _ in 0..20 {
+        let outcome = call(&mut client, vec![msg("0", &[])]).await;
+        assert_eq!(outcome.texts(), ["slept 0 ms"], "{outcome:?}");
+        let outcome = call(&mut daemon.client().await, vec![msg("0", &[])]).await;
+        assert_eq!(outcome.texts(), ["slept 0 ms"], "{outcome:?}");
+        assert_eq!(health(&daemon).await, ServingStatus::Serving);
+    }
+    // SIGTERM: the blocked call is cancelled when the grace period ends, and the process exits.
+    sigterm(&daemon);
+    let outcome = blocked.await.unwrap();
+    assert_eq!(outcome.code(), Code::Unavailable, "{outcome:?}");
+    let mut daemon = daemon;
+    assert_eq!(daemon.exit_code().await, Some(0), "{}", daemon.stderr());
+}
+
+#[tokio::test]
+async fn sigterm_ends_the_process_even_when_a_streaming_function_spins() {
+    let mut daemon = Daemon::start_with(&uri("probe", Some("spin")), &[("GRACE_PERIOD", "1")]);
+    let mut client = daemon.client().await;
+    // The call never half-closes; it is enough that the function is spinning.
+    let _spinning = tokio::spawn(async move {
+        client
+            .call(futures_util::stream::pending::<
+                invoker::protocol::proto::function::Message,
+            >())
+            .await
+    });
+    common::wait_for_log(&daemon, "spin: spinning").await;
+    sigterm(&daemon);
+    assert_eq!(daemon.exit_code().await, Some(1), "{}", daemon.stderr());
+    assert!(
+        daemon
+            .stderr()
+            .contains("the drain did not end within the grace period and a second"),
+        "{}",
+        daemon.stderr()
+    );
+}
+
+/// One Call to `daemon` carrying `payload` with the `grpc-timeout` header `timeout`, made with
+/// a bare HTTP/2 client (tonic's client would enforce the timeout itself): the call's status.
+async fn call_with_timeout(daemon: &Daemon, payload: &str, timeout: &str) -> (Code, String) {
+    let raw = async {
+        let tcp = tokio::net::TcpStream::connect(&daemon.addr).await.unwrap();
+        let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+        tokio::spawn(connection);
+        let mut client = client.ready().await.unwrap();
+        let request = http::Request::builder()
+            .method("POST")
+            .uri(format!(
+                "http://{}/function.MessageFunction/Call",
+                daemon.addr
+            ))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .header("grpc-timeout", timeout)
+            .body(())
+            .unwrap();
+        let (response, mut body) = client.send_request(request, false).unwrap();
+        // One length-prefixed message: field 1 (payload), no headers.
+        let mut message = vec![0x0a, payload.len() as u8];
+        message.extend_from_slice(payload.as_bytes());
+        let mut frame = vec![0u8];
+        frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
+        frame.extend_from_slice(&message);
+        let _ = body.send_data(frame.into(), true);
+        let response = response.await.unwrap();
+        let (head, mut received) = response.into_parts();
+        // A trailers-only response carries the status in its headers.
+        let mut fields = head.headers;
+        if !fields.contains_key("grpc-status") {
+            while let Some(data) = received.data().await {
+                data.unwrap();
+            }
+            fields = received.trailers().await.unwrap().unwrap_or_default();
+        }
+        let code = fields["grpc-status"]
+            .to_str()
+            .unwrap()
+            .parse::<i32>()
+            .unwrap();
+        let message = fields
+            .get("grpc-message")
+            .map(|m| percent_decode(m.to_str().unwrap()))
+            .unwrap_or_default();
+        (Code::from(code), message)
+    };
+    tokio::time::timeout(common::HANG, raw)
+        .await
+        .expect("the call hung")
+}
+
+/// Decodes grpc-message's percent-encoding.
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16)
+        {
+            out.push(b);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn an_expired_or_malformed_grpc_timeout_runs_nothing() {
+    let daemon = Daemon::start(&uri("rot13", None));
+    let (code, message) = call_with_timeout(&daemon, "World", "0n").await;
+    assert_eq!(code, Code::DeadlineExceeded, "{message}");
+    assert_eq!(
+        message,
+        "Invoker: the call's deadline had passed when it arrived"
+    );
+    for malformed in ["soon", "5x", "123456789S", "S"] {
+        let (code, message) = call_with_timeout(&daemon, "World", malformed).await;
+        assert_eq!(code, Code::InvalidArgument, "{malformed}: {message}");
+        assert!(
+            message.starts_with("Invoker: malformed grpc-timeout"),
+            "{message}"
+        );
+    }
+    let (code, message) = call_with_timeout(&daemon, "World", "10S").await;
+    assert_eq!(code, Code::Ok, "{message}");
+}
+
+#[tokio::test]
+async fn calls_past_the_concurrency_and_queue_bounds_are_refused() {
+    let dir = scratch("bounds");
+    let socket = dir.join("admin.sock");
+    let daemon = Daemon::start_with(
+        &uri("probe", Some("sleep_ms")),
+        &[
+            ("ADMIN_SOCKET", socket.to_str().unwrap()),
+            ("MAX_CONCURRENCY", "2"),
+            ("MAX_QUEUED", "2"),
+        ],
+    );
+    // Ten calls to a ten-minute function whose callers give up after two seconds: two run,
+    // two wait, the rest are refused at once, and none holds a thread beyond the two.
+    let calls: Vec<_> = (0..10)
+        .map(|_| call_with_timeout(&daemon, "600000", "2S"))
+        .collect();
+    let outcomes = futures_util::future::join_all(calls).await;
+    let refused: Vec<_> = outcomes
+        .iter()
+        .filter(|(code, _)| *code == Code::ResourceExhausted)
+        .collect();
+    let expired = outcomes
+        .iter()
+        .filter(|(code, _)| *code == Code::DeadlineExceeded)
+        .count();
+    assert_eq!((refused.len(), expired), (6, 4), "{outcomes:?}");
+    assert!(
+        refused[0]
+            .1
+            .starts_with("Invoker: too many calls: 2 running and 2 waiting"),
+        "{refused:?}"
+    );
+    let status = tokio::task::spawn_blocking(move || status(&socket))
+        .await
+        .unwrap();
+    assert_eq!(status["calls_running"], 2, "{status}");
+    assert_eq!(status["calls_rejected"], 6, "{status}");
+    assert_eq!(status["max_concurrency"], 2, "{status}");
+    assert_eq!(status["max_queued"], 2, "{status}");
+    // Waiting places held by callers that gave up are freed for new calls.
+    let (code, message) = call_with_timeout(&daemon, "0", "1S").await;
+    assert_eq!(code, Code::DeadlineExceeded, "{message}");
 }

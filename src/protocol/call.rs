@@ -10,7 +10,7 @@ use super::proto::function_server::message_function_server::MessageFunction;
 use super::wire::Message;
 use crate::engine::{Inbound, Outbound};
 use crate::live::Live;
-use crate::server::{Calls, call_meta};
+use crate::server::Calls;
 
 /// The `MessageFunction` service.
 #[derive(Debug, Clone)]
@@ -48,8 +48,7 @@ impl MessageFunction for CallService {
         &self,
         request: Request<Streaming<Message>>,
     ) -> Result<Response<CallStream>, Status> {
-        let guard = self.calls.enter()?;
-        let meta = call_meta(&request);
+        let (guard, meta) = self.calls.admit(&request)?;
         let engine = self.live.engine();
         let stats = engine.stats().clone();
         let (mut received, mut sent) = (stats.received_by_call(), stats.sent_by_call());

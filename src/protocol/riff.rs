@@ -14,7 +14,7 @@ use super::proto::streaming::{
 use crate::engine::{INVOKE_DEFAULT_CONTENT_TYPE, Inbound, Outbound, Signal};
 use crate::function::{Headers, Text};
 use crate::live::Live;
-use crate::server::{Calls, call_meta};
+use crate::server::Calls;
 
 /// The `Riff` service.
 #[derive(Debug, Clone)]
@@ -98,8 +98,7 @@ impl Riff for RiffService {
         &self,
         request: Request<Streaming<InputSignal>>,
     ) -> Result<Response<InvokeStream>, Status> {
-        let guard = self.calls.enter()?;
-        let meta = call_meta(&request);
+        let (guard, meta) = self.calls.admit(&request)?;
         let engine = self.live.engine();
         let stats = engine.stats().clone();
         let (mut received, mut sent) = (stats.received_by_call(), stats.sent_by_call());

@@ -1,0 +1,309 @@
+//! Accepting gRPC connections, with bounds: how many connections at once, how long a new
+//! connection may take to start HTTP/2, how long a connection may stay without calls, and what
+//! happens when the process runs out of file descriptors.
+//!
+//! - **Connections.** At most `max_connections` are open at once; past that, new ones wait in
+//!   the kernel's listen backlog until one closes (logged once per episode).
+//! - **Handshake.** A connection that has not sent the HTTP/2 preface and its first frame
+//!   header within `handshake_timeout` of being accepted is closed (a slowloris client that
+//!   connects and sends nothing, or a byte at a time, holds a descriptor only that long).
+//! - **Idle.** A connection with no call open for `idle_timeout` is closed. HTTP/2 keepalive
+//!   pings (configured on the server) close connections whose peer stopped answering.
+//! - **Accept errors.** When `accept` fails for lack of descriptors or memory (EMFILE, ENFILE,
+//!   ENOBUFS, ENOMEM) the loop backs off (10 ms doubling to 1 s) instead of spinning, and logs
+//!   once until a connection is accepted again.
+//!
+//! The timers are checked only when a connection's read would wait: a busy connection pays
+//! nothing for them.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant};
+
+use futures_util::Stream;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Sleep;
+use tonic::transport::server::Connected;
+
+/// The bounds on connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Connections open at once.
+    pub max_connections: usize,
+    /// From accept to the HTTP/2 preface and first frame header.
+    pub handshake_timeout: Duration,
+    /// How long a connection may stay open with no call.
+    pub idle_timeout: Duration,
+}
+
+/// The client's HTTP/2 connection preface (24 bytes) and the header of its first frame, the
+/// SETTINGS frame (9 bytes): a connection that sent this much has started HTTP/2.
+const HANDSHAKE_BYTES: usize = 24 + 9;
+
+/// What a connection shares with the calls made on it: how many are open, and since when
+/// none has been (milliseconds since [`epoch`]).
+#[derive(Debug, Default)]
+pub struct ConnState {
+    active: AtomicUsize,
+    idle_since: AtomicU64,
+}
+
+/// The connection a call came on, as tonic puts it in the request's extensions.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    /// The peer.
+    pub remote: Option<SocketAddr>,
+    state: Arc<ConnState>,
+}
+
+impl ConnInfo {
+    /// Marks a call open on this connection until the returned guard is dropped.
+    pub fn call_started(&self) -> ActiveCall {
+        self.state.active.fetch_add(1, Ordering::AcqRel);
+        ActiveCall(self.state.clone())
+    }
+}
+
+/// A call open on a connection (it is not idle while one is).
+#[derive(Debug)]
+pub struct ActiveCall(Arc<ConnState>);
+
+impl Drop for ActiveCall {
+    fn drop(&mut self) {
+        if self.0.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle_since.store(millis_now(), Ordering::Release);
+        }
+    }
+}
+
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn millis_now() -> u64 {
+    epoch().elapsed().as_millis() as u64
+}
+
+/// An accepted connection: the TCP stream with its timers and its place under the limit.
+pub struct Conn {
+    io: TcpStream,
+    info: ConnInfo,
+    limits: ConnectionLimits,
+    accepted: Instant,
+    /// Bytes read, counted until the handshake is done.
+    handshake: usize,
+    timer: Pin<Box<Sleep>>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Conn {
+    fn new(io: TcpStream, limits: ConnectionLimits, permit: OwnedSemaphorePermit) -> Conn {
+        let remote = io.peer_addr().ok();
+        let state = Arc::new(ConnState::default());
+        state.idle_since.store(millis_now(), Ordering::Release);
+        let accepted = Instant::now();
+        Conn {
+            io,
+            info: ConnInfo { remote, state },
+            limits,
+            accepted,
+            handshake: 0,
+            timer: Box::pin(tokio::time::sleep_until(
+                (accepted + limits.handshake_timeout).into(),
+            )),
+            _permit: permit,
+        }
+    }
+
+    /// The timer fired: whether the connection is to be closed, and why; else the timer is
+    /// set to the next time it could be.
+    fn expired(&mut self) -> Option<&'static str> {
+        let now = Instant::now();
+        if self.handshake < HANDSHAKE_BYTES {
+            if now >= self.accepted + self.limits.handshake_timeout {
+                return Some("the client did not start HTTP/2 within the handshake timeout");
+            }
+            self.timer
+                .as_mut()
+                .reset((self.accepted + self.limits.handshake_timeout).into());
+            return None;
+        }
+        let next = if self.info.state.active.load(Ordering::Acquire) == 0 {
+            let idle_since =
+                epoch() + Duration::from_millis(self.info.state.idle_since.load(Ordering::Acquire));
+            let closes = idle_since + self.limits.idle_timeout;
+            // Read `active` again: a call may have started after the first look.
+            if now >= closes && self.info.state.active.load(Ordering::Acquire) == 0 {
+                return Some("no call for the idle timeout");
+            }
+            closes.max(now + Duration::from_millis(10))
+        } else {
+            now + self.limits.idle_timeout
+        };
+        self.timer.as_mut().reset(next.into());
+        None
+    }
+}
+
+impl Connected for Conn {
+    type ConnectInfo = ConnInfo;
+
+    fn connect_info(&self) -> ConnInfo {
+        self.info.clone()
+    }
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        match Pin::new(&mut this.io).poll_read(cx, buf) {
+            Poll::Ready(result) => {
+                if this.handshake < HANDSHAKE_BYTES {
+                    this.handshake += buf.filled().len() - before;
+                }
+                Poll::Ready(result)
+            }
+            Poll::Pending => loop {
+                ready!(this.timer.as_mut().poll(cx));
+                if let Some(why) = this.expired() {
+                    tracing::debug!(remote = ?this.info.remote, "closing a connection: {why}");
+                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, why)));
+                }
+            },
+        }
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+/// Whether an accept error means the process or system is out of a resource (retrying at
+/// once would spin), rather than one connection failing.
+fn out_of_resources(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(code) if code == rustix::io::Errno::MFILE.raw_os_error()
+            || code == rustix::io::Errno::NFILE.raw_os_error()
+            || code == rustix::io::Errno::NOBUFS.raw_os_error()
+            || code == rustix::io::Errno::NOMEM.raw_os_error()
+    )
+}
+
+struct Acceptor {
+    listener: TcpListener,
+    limits: ConnectionLimits,
+    slots: Arc<Semaphore>,
+    /// Set while accepting is held back (by the limit or by errors), so it is logged once.
+    at_limit: bool,
+    failing: bool,
+    backoff: Duration,
+}
+
+const FIRST_BACKOFF: Duration = Duration::from_millis(10);
+const LAST_BACKOFF: Duration = Duration::from_secs(1);
+
+impl Acceptor {
+    async fn next(&mut self) -> Conn {
+        loop {
+            let permit = match self.slots.clone().try_acquire_owned() {
+                Ok(permit) => permit,
+                Err(_) => {
+                    if !self.at_limit {
+                        self.at_limit = true;
+                        tracing::warn!(
+                            max_connections = self.limits.max_connections,
+                            "connection limit reached: new connections wait until one closes"
+                        );
+                    }
+                    match self.slots.clone().acquire_owned().await {
+                        Ok(permit) => permit,
+                        // The semaphore is never closed.
+                        Err(_) => std::future::pending().await,
+                    }
+                }
+            };
+            match self.listener.accept().await {
+                Ok((io, _)) => {
+                    let _ = io.set_nodelay(true);
+                    if std::mem::take(&mut self.failing) || std::mem::take(&mut self.at_limit) {
+                        tracing::info!("accepting connections again");
+                    }
+                    self.backoff = FIRST_BACKOFF;
+                    return Conn::new(io, self.limits, permit);
+                }
+                Err(e) if out_of_resources(&e) => {
+                    drop(permit);
+                    if !self.failing {
+                        self.failing = true;
+                        tracing::error!(
+                            "cannot accept connections: {e}; retrying with backoff (raise the file-descriptor limit, or lower --max-connections)"
+                        );
+                    }
+                    tokio::time::sleep(self.backoff).await;
+                    self.backoff = (self.backoff * 2).min(LAST_BACKOFF);
+                }
+                // One connection failed (reset before it was accepted): go on.
+                Err(e) => tracing::debug!("accept failed: {e}"),
+            }
+        }
+    }
+}
+
+/// The connections accepted on `listener`, within `limits`. Never ends and never yields an
+/// error: accept errors are handled here.
+pub fn incoming(
+    listener: TcpListener,
+    limits: ConnectionLimits,
+) -> impl Stream<Item = Result<Conn, io::Error>> + Send + 'static {
+    let acceptor = Acceptor {
+        listener,
+        limits,
+        slots: Arc::new(Semaphore::new(limits.max_connections.max(1))),
+        at_limit: false,
+        failing: false,
+        backoff: FIRST_BACKOFF,
+    };
+    futures_util::stream::unfold(acceptor, |mut acceptor| async move {
+        let conn = acceptor.next().await;
+        Some((Ok(conn), acceptor))
+    })
+}
