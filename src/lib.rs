@@ -4,6 +4,11 @@
 //! errors) → [`function`] (the library boundary) → back. [`negotiate`] is pure content
 //! negotiation; [`server`] hosts the services and the drain; [`run`] starts it all.
 //! See ARCHITECTURE.md.
+//!
+//! `unsafe` is denied everywhere but at the library boundary: `function::ffi` and
+//! `function::crash` (the fatal-signal handler) allow it, and every block says why it is sound.
+
+#![deny(unsafe_code)]
 
 pub mod admin;
 pub mod author;

@@ -26,6 +26,7 @@ use crate::stats::Stats;
 
 /// `invoker run`: the exit code is 0, or the gRPC code of the first call that failed.
 pub fn run(args: RunArgs) -> anyhow::Result<u8> {
+    crate::logging::install_crash_handler();
     let uri = FunctionUri::parse(&args.function_uri)?;
     let config = crate::config::load(args.config.as_deref(), args.function_config.as_deref())?;
     let stats = Arc::new(Stats::new());
@@ -49,6 +50,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
         }
     });
     live.shutdown();
+    crate::function::flush_panic_log();
     code
 }
 

@@ -1,5 +1,7 @@
 //! The `invoker` binary: parse the command line, hand over to the library.
 
+#![forbid(unsafe_code)]
+
 use std::process::ExitCode;
 
 use clap::Parser;

@@ -19,6 +19,8 @@ use crate::stats::Stats;
 
 /// `invoker serve`.
 pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    // Before the library is loaded: a crash in its initialisers or init hook is named too.
+    crate::logging::install_crash_handler();
     let uri = FunctionUri::parse(&args.function_uri)?;
     let config = crate::config::load(args.config.as_deref(), args.function_config.as_deref())?;
     let stats = Arc::new(Stats::new());
@@ -112,6 +114,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     runtime.shutdown_timeout(BLOCKED_CALL_WAIT);
     // After the drain (or a failed start), every loaded library's shutdown hook runs once.
     live.shutdown();
+    crate::function::flush_panic_log();
     served
 }
 

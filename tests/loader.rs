@@ -215,6 +215,31 @@ fn a_panic_is_an_error_and_the_process_goes_on() {
 }
 
 #[test]
+fn a_library_panics_through_its_own_hook_and_leaves_the_hosts_alone() {
+    // This process is the host: its hook records the panics it sees that carry the marker.
+    static SEEN: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if let Some(message) = info.payload_as_str()
+            && message.starts_with("hook-marker")
+        {
+            SEEN.lock().unwrap().push(message.to_owned());
+        }
+        previous(info)
+    }));
+    // A library links its own std: a panic in it runs the library's hook (the SDK's), not
+    // the host's.
+    let f = function("shapes", "panics");
+    assert_eq!(
+        call(&f, "hook-marker-library"),
+        Err(FunctionError::Panicked("hook-marker-library".into()))
+    );
+    // And the SDK's hook did not replace the host's: a panic in the host still reaches it.
+    let _ = std::panic::catch_unwind(|| panic!("hook-marker-host"));
+    assert_eq!(*SEEN.lock().unwrap(), ["hook-marker-host"]);
+}
+
+#[test]
 fn wrong_input_arity_is_refused_without_calling() {
     let f = function("greeter", "hello");
     assert!(matches!(

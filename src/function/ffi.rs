@@ -1,4 +1,5 @@
-//! The host side of the library boundary: the one module of the daemon with `unsafe`.
+//! The host side of the library boundary: with `crash`, the only modules of the daemon with
+//! `unsafe`.
 //!
 //! Everything read from a library is validated and copied into owned Rust values at load time
 //! ([`load`]); afterwards the rest of the daemon only sees the safe types of
@@ -19,12 +20,14 @@ use futures_util::Stream;
 use invoker_abi::{
     ABI_VERSION, FunctionDescriptor, Header, HostContext, InMessage, InitFn, InputStream, InvokeFn,
     LibraryDescriptor, LibraryDescriptorV1, OpenFn, OutMessage, OutputStream as RawOutputStream,
-    Port, ROOT_SYMBOL, RootFn, ShutdownFn, Slice, shape, status,
+    PANIC_LOCATION, Port, ROOT_SYMBOL, RootFn, ShutdownFn, Slice, shape, status,
 };
 
+use super::crash::Running;
+use super::panics::{self, Source};
 use super::{
-    CallContext, FunctionError, FunctionInfo, InputMessage, LoadError, OutputMessage, PortInfo,
-    Shape, Text,
+    CallContext, CallMeta, FunctionError, FunctionInfo, InputMessage, LoadError, OutputMessage,
+    PortInfo, Shape, Text,
 };
 
 /// A loaded library. Never unloaded: a library may have left threads (timers), thread-locals
@@ -58,14 +61,19 @@ impl LoadedLibrary {
         };
         let headers = abi_headers(config);
         let mut error = OutMessage::EMPTY;
+        let path = self.path.to_string_lossy();
+        let _running = Running::init(&path);
         // SAFETY: the headers and the strings they point into live until the hook returns;
         // `error` is writable; the hook was read from the validated descriptor of this
         // library, which is loaded.
         let code = unsafe { init(headers.as_ptr(), headers.len(), &mut error) };
+        let source = Source::Init {
+            library: &self.path,
+        };
         match code {
             status::READY => Ok(()),
             // SAFETY: `error` was filled by the library for an error status.
-            code => Err(unsafe { error_of(code, error) }),
+            code => Err(unsafe { error_of(code, error, source) }),
         }
     }
 
@@ -76,6 +84,8 @@ impl LoadedLibrary {
                 .shut_down
                 .swap(true, std::sync::atomic::Ordering::AcqRel)
         {
+            let path = self.path.to_string_lossy();
+            let _running = Running::shutdown(&path);
             // SAFETY: the hook comes from this loaded library's validated descriptor; the SDK
             // catches panics inside it, and the flag above makes it run at most once.
             unsafe { shutdown() }
@@ -109,6 +119,8 @@ pub(crate) fn load(image: std::os::fd::OwnedFd, shown: &Path) -> Result<Loaded, 
     let path = path.as_path();
     let display = shown.display().to_string();
     let display_path = display.clone();
+    // Loading runs the library's code: its initialisers, its root function.
+    let _running = Running::loading(&display_path);
     // SAFETY: loading a library runs its initialisers. That is the point of the daemon: the
     // operator named this file as the function to run, and trusts it like any executable.
     let library =
@@ -497,21 +509,32 @@ unsafe fn take_message(
     copied
 }
 
-/// Converts an error status and its message into a `FunctionError`.
+/// Converts an error status and its message into a `FunctionError`; a panic is logged (with
+/// its location, when the library sent one) as being in `source`.
 ///
 /// # Safety
 /// As [`take_message`].
-unsafe fn error_of(code: u32, out: OutMessage) -> FunctionError {
+unsafe fn error_of(code: u32, out: OutMessage, source: Source<'_>) -> FunctionError {
     // SAFETY: forwarded from the caller.
-    let text = match unsafe { take_message(out, None) } {
-        Ok(message) => String::from_utf8_lossy(&message.payload).into_owned(),
+    let (text, headers) = match unsafe { take_message(out, None) } {
+        Ok(message) => (
+            String::from_utf8_lossy(&message.payload).into_owned(),
+            message.headers,
+        ),
         Err(e) => {
             return FunctionError::Abi(format!("the library returned a malformed error: {e}"));
         }
     };
     match code {
         status::FUNCTION_ERROR => FunctionError::Failed(text),
-        status::PANIC => FunctionError::Panicked(text),
+        status::PANIC => {
+            let location = headers
+                .iter()
+                .find(|(name, _)| name == PANIC_LOCATION)
+                .map(|(_, at)| at.as_str());
+            panics::report(source, &text, location);
+            FunctionError::Panicked(text)
+        }
         status::BAD_INPUT => FunctionError::BadInput(text),
         other => FunctionError::Abi(format!("the library returned unknown status {other}")),
     }
@@ -536,10 +559,15 @@ pub(crate) fn invoke(
         .as_ref()
         .map_or(std::ptr::null(), |m| m as *const InMessage);
     let mut out = OutMessage::EMPTY;
+    let _running = Running::call(&ctx.function_name, ctx.call.id());
     // SAFETY: every pointer passed lives until this call returns: the context and its data,
     // the input message with its payload and headers, and `out`. The library validated
     // `entry` as its invoke function at load time, and `self` keeps the library loaded.
     let code = unsafe { entry(&host_ctx, input_ptr, media_type as u32, &mut out) };
+    let source = Source::Call {
+        function: &ctx.function_name,
+        call: &ctx.call,
+    };
     match code {
         // SAFETY: `out` was filled by the library for READY.
         status::READY => unsafe { take_message(out, None) }
@@ -547,7 +575,7 @@ pub(crate) fn invoke(
             .map_err(FunctionError::Abi),
         status::EMPTY => Ok(None),
         // SAFETY: `out` was filled by the library for an error status.
-        code => Err(unsafe { error_of(code, out) }),
+        code => Err(unsafe { error_of(code, out, source) }),
     }
 }
 
@@ -639,6 +667,7 @@ pub(crate) fn open(
         .collect();
     let mut raw_outputs: Vec<RawOutputStream> = Vec::with_capacity(outputs_len);
     let mut error = OutMessage::EMPTY;
+    let _running = Running::call(&ctx.function_name, ctx.call.id());
     // SAFETY: the context lives until `entry` returns; ownership of the input streams passes
     // to the library (which drops each exactly once, even on error), so we forget our copies
     // with `set_len(0)` below; `raw_outputs` has room for `outputs_len` streams, which the
@@ -659,13 +688,19 @@ pub(crate) fn open(
         code
     };
     if code != status::READY {
+        let source = Source::Call {
+            function: &ctx.function_name,
+            call: &ctx.call,
+        };
         // SAFETY: `error` was filled by the library for an error status.
-        return Err(unsafe { error_of(code, error) });
+        return Err(unsafe { error_of(code, error, source) });
     }
     Ok(raw_outputs
         .into_iter()
         .map(|raw| OutputStream {
             library: library.clone(),
+            function: ctx.function_name.clone(),
+            call: ctx.call.clone(),
             raw,
             done: false,
             arena: Arena::default(),
@@ -676,6 +711,9 @@ pub(crate) fn open(
 /// One output stream of a streaming function. Dropping it releases the function's stream.
 pub struct OutputStream {
     library: Arc<LoadedLibrary>,
+    /// The function and the call, for the crash line and the panic log.
+    function: Arc<str>,
+    call: CallMeta,
     raw: RawOutputStream,
     done: bool,
     arena: Arena,
@@ -697,6 +735,7 @@ impl OutputStream {
         }
         let mut out = OutMessage::EMPTY;
         let raw = &self.raw;
+        let _running = Running::call(&self.function, self.call.id());
         // SAFETY: the stream is live (not dropped, not finished) and the library is loaded
         // (`self.library`); `out` is writable.
         let code = cx.with_ffi_context(|fcx| unsafe {
@@ -714,8 +753,12 @@ impl OutputStream {
             )),
             code => {
                 self.done = true;
+                let source = Source::Call {
+                    function: &self.function,
+                    call: &self.call,
+                };
                 // SAFETY: `out` was filled by the library for an error status.
-                Poll::Ready(Some(Err(unsafe { error_of(code, out) })))
+                Poll::Ready(Some(Err(unsafe { error_of(code, out, source) })))
             }
         }
     }
@@ -728,6 +771,7 @@ impl OutputStream {
 
 impl Drop for OutputStream {
     fn drop(&mut self) {
+        let _running = Running::call(&self.function, self.call.id());
         // SAFETY: each output stream is dropped exactly once, here, while the library is loaded.
         unsafe { (self.raw.drop)(self.raw.state) }
     }

@@ -1,12 +1,17 @@
 //! The function: where `FUNCTION_URI` points, loading the library, and calling into it.
 //!
 //! [`uri`] parses `FUNCTION_URI`; [`Library`] loads and validates a library and hands out
-//! [`Function`]s; `ffi` is the one module of the daemon with `unsafe`. Everything here is safe
-//! to use from the rest of the daemon: a [`Function`] can be invoked (request/reply) or
-//! opened (streaming) with owned Rust values, and errors come back typed.
+//! [`Function`]s; `ffi` and `crash` (the fatal-signal handler) are the only modules of the
+//! daemon with `unsafe`. Everything here is safe to use from the rest of the daemon: a
+//! [`Function`] can be invoked (request/reply) or opened (streaming) with owned Rust values,
+//! and errors come back typed. A panic caught in the library is logged by `panics`.
 
+#[allow(unsafe_code)]
+mod crash;
+#[allow(unsafe_code)]
 mod ffi;
 mod library;
+mod panics;
 pub mod uri;
 
 use std::collections::HashMap;
@@ -18,9 +23,11 @@ use bytes::Bytes;
 
 use crate::stats::Stats;
 
+pub use crash::install as install_crash_handler;
 pub use ffi::BoxInput;
 pub use ffi::OutputStream;
 pub use library::{Function, Library, LoadError};
+pub use panics::flush as flush_panic_log;
 
 /// Whether a function is called once per message or once per stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

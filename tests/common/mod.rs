@@ -49,8 +49,25 @@ impl Daemon {
     /// As [`Daemon::start`], with extra environment variables.
     pub fn start_with(uri: &str, env: &[(&str, &str)]) -> Daemon {
         let mut command = Command::new(env!("CARGO_BIN_EXE_invoker"));
+        command.arg("serve");
+        Self::spawn(command, uri, env)
+    }
+
+    /// As [`Daemon::start_with`], started by `sh`, which runs `script` first and then execs
+    /// the daemon (so the process id is the daemon's); e.g. `trap '' SEGV` to start it with
+    /// SIGSEGV ignored.
+    pub fn start_in_shell(uri: &str, env: &[(&str, &str)], script: &str) -> Daemon {
+        let mut command = Command::new("sh");
+        command.args([
+            "-c",
+            &format!("{script}\nexec \"$0\" serve"),
+            env!("CARGO_BIN_EXE_invoker"),
+        ]);
+        Self::spawn(command, uri, env)
+    }
+
+    fn spawn(mut command: Command, uri: &str, env: &[(&str, &str)]) -> Daemon {
         command
-            .arg("serve")
             .env("FUNCTION_URI", uri)
             .env("GRPC_PORT", "0")
             .env("HOST", "127.0.0.1")

@@ -101,7 +101,8 @@ pub struct InMessage {
 /// host copies what it needs before either.
 ///
 /// Also carries error text: for [`status::FUNCTION_ERROR`], [`status::PANIC`] and
-/// [`status::BAD_INPUT`], `payload` is a UTF-8 message.
+/// [`status::BAD_INPUT`], `payload` is a UTF-8 message; a host ignores an error's headers,
+/// except [`PANIC_LOCATION`] on a [`status::PANIC`].
 #[repr(C)]
 #[derive(Debug)]
 pub struct OutMessage {
@@ -140,11 +141,17 @@ pub mod status {
     pub const PENDING: u32 = 3;
     /// The function returned an error; the message is in the output's payload.
     pub const FUNCTION_ERROR: u32 = 4;
-    /// The function panicked; the panic message is in the output's payload.
+    /// The function panicked; the panic message is in the output's payload, and where it
+    /// happened may be in a [`PANIC_LOCATION`](super::PANIC_LOCATION) header.
     pub const PANIC: u32 = 5;
     /// An input could not be decoded into the function's input type; the output's payload says why.
     pub const BAD_INPUT: u32 = 6;
 }
+
+/// The header of a [`status::PANIC`] error message that says where the panic happened, as
+/// `file:line:column`. Optional: a library may leave it out (SDKs before it was added did),
+/// and a host must not require it; the message itself is the payload, as for any error.
+pub const PANIC_LOCATION: &str = "invoker-panic-location";
 
 /// Function shapes.
 pub mod shape {

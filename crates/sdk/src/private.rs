@@ -1,22 +1,26 @@
 //! What `#[function]` expands to calls into this module. Not part of the public API.
 //!
 //! All `unsafe` of a function library lives here: the `extern "C"` shims that the generated
-//! code instantiates, and the root symbol. Every shim catches panics.
+//! code instantiates, and the root symbol. Every shim catches panics; the library's panic hook
+//! (installed by the root symbol) hands a caught panic's location to the shim, which sends it
+//! to the host with the message, instead of printing the standard panic report.
 
 use std::any::Any;
+use std::cell::{Cell, RefCell};
 use std::ffi::c_void;
 use std::fmt::Display;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, Once, OnceLock};
 use std::task::Poll;
 
 use async_ffi::FfiContext;
 use futures_util::Stream;
 use invoker_abi::{
     ABI_VERSION, FunctionDescriptor, Header, HostContext, InMessage, InputStream, InvokeFn,
-    LibraryDescriptor, OpenFn, OutMessage, OutputStream, Port, Slice, shape, status,
+    LibraryDescriptor, OpenFn, OutMessage, OutputStream, PANIC_LOCATION, Port, Slice, shape,
+    status,
 };
 
 pub use linkme;
@@ -120,33 +124,33 @@ unsafe extern "C" fn init_shim(
             .map(|h| unsafe { (abi_str(h.name), abi_str(h.value)) }),
     );
     for hook in INIT_HOOKS.iter() {
-        match catch_unwind(AssertUnwindSafe(|| (hook.run)(&config))) {
+        match catch(|| (hook.run)(&config)) {
             Ok(Ok(())) => {}
             // SAFETY: the caller guarantees `error` is writable.
             Ok(Err(message)) => {
                 return unsafe { write_error(error, status::FUNCTION_ERROR, message) };
             }
-            Err(panic) => {
-                let message = format!(
-                    "init hook '{}' panicked: {}",
-                    hook.name,
-                    panic_message(&*panic)
-                );
+            Err(mut panic) => {
+                panic.message = format!("init hook '{}' panicked: {}", hook.name, panic.message);
                 // SAFETY: as above.
-                return unsafe { write_error(error, status::PANIC, message) };
+                return unsafe { write_panic(error, panic) };
             }
         }
     }
     status::READY
 }
 
-/// Runs every shutdown hook; a panic in one is reported on stderr and the others still run.
+/// Runs every shutdown hook; a panic in one is reported on stderr (one line: there is no call
+/// to report it to) and the others still run.
 extern "C" fn shutdown_shim() {
     for hook in SHUTDOWN_HOOKS.iter() {
-        if let Err(panic) = catch_unwind(AssertUnwindSafe(hook.run)) {
+        if let Err(panic) = catch(hook.run) {
+            let at = panic
+                .location
+                .unwrap_or_else(|| "an unknown place".to_owned());
             eprintln!(
-                "invoker-sdk: a shutdown hook panicked: {}",
-                panic_message(&*panic)
+                "invoker-sdk: a shutdown hook panicked at {at}: {}",
+                panic.message
             );
         }
     }
@@ -433,6 +437,21 @@ unsafe fn write_error(out: *mut OutMessage, code: u32, message: String) -> u32 {
     code
 }
 
+/// Writes a caught panic into `out`: the message as the payload, the location (when known) in
+/// a [`PANIC_LOCATION`] header. Returns [`status::PANIC`].
+///
+/// # Safety
+/// `out` must be valid for writes.
+unsafe fn write_panic(out: *mut OutMessage, panic: Caught) -> u32 {
+    let headers = panic
+        .location
+        .map(|at| vec![(PANIC_LOCATION.to_owned(), at)])
+        .unwrap_or_default();
+    // SAFETY: forwarded from the caller.
+    unsafe { write_message(out, panic.message.into_bytes(), headers) };
+    status::PANIC
+}
+
 /// # Safety
 /// `out` must be valid for writes.
 unsafe fn write_call_error(out: *mut OutMessage, error: CallError) -> u32 {
@@ -443,6 +462,62 @@ unsafe fn write_call_error(out: *mut OutMessage, error: CallError) -> u32 {
             CallError::BadInput(message) => write_error(out, status::BAD_INPUT, message),
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Panics
+
+thread_local! {
+    /// How many shims on this thread are running code under [`catch`] now: a panic then is
+    /// reported to the host, so the hook prints nothing.
+    static CATCHING: Cell<u32> = const { Cell::new(0) };
+    /// Where the last panic under [`catch`] on this thread happened, as the hook saw it.
+    static LOCATION: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// A panic caught by a shim: its message and, when the library's hook saw it, where it
+/// happened (`file:line:column`).
+struct Caught {
+    message: String,
+    location: Option<String>,
+}
+
+/// Installs the library's panic hook, once per library. A `cdylib` links its own copy of std,
+/// and with it its own panic hook: this one sees only panics of this library's code and leaves
+/// the host's hook alone. A panic under [`catch`] is recorded for the shim, which reports it to
+/// the host; any other (in a thread the function started, in a drop the host asked for) goes
+/// to the hook that was there before, which prints it. Built with `panic = "abort"`, a panic
+/// ends the process before any shim could report it: the standard report stays.
+fn install_panic_hook() {
+    static INSTALLED: Once = Once::new();
+    if cfg!(panic = "abort") {
+        return;
+    }
+    INSTALLED.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if CATCHING.try_with(Cell::get).unwrap_or(0) == 0 {
+                return previous(info);
+            }
+            let at = info
+                .location()
+                .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()));
+            let _ = LOCATION.try_with(|slot| slot.replace(at));
+        }));
+    });
+}
+
+/// Runs `f`, catching a panic: its message and location come back instead of being printed.
+fn catch<R>(f: impl FnOnce() -> R) -> Result<R, Caught> {
+    CATCHING.set(CATCHING.get() + 1);
+    let result = catch_unwind(AssertUnwindSafe(f));
+    CATCHING.set(CATCHING.get() - 1);
+    // Taken either way: a panic the function caught itself leaves nothing for the next one.
+    let location = LOCATION.take();
+    result.map_err(|panic| Caught {
+        message: panic_message(&*panic),
+        location,
+    })
 }
 
 /// The text of a panic payload.
@@ -542,7 +617,7 @@ pub unsafe extern "C" fn invoke_shim<H: RequestReply>(
         };
         H::call(&ctx, payload.as_ref(), out_type)
     };
-    let result = catch_unwind(AssertUnwindSafe(run));
+    let result = catch(run);
     // SAFETY: `out` is writable per the ABI.
     unsafe {
         match result {
@@ -552,7 +627,7 @@ pub unsafe extern "C" fn invoke_shim<H: RequestReply>(
             }
             Ok(Ok(None)) => status::EMPTY,
             Ok(Err(error)) => write_call_error(out, error),
-            Err(panic) => write_error(out, status::PANIC, panic_message(&*panic)),
+            Err(panic) => write_panic(out, panic),
         }
     }
 }
@@ -596,9 +671,8 @@ unsafe extern "C" fn output_poll(
     state.item.payload.clear();
     state.item.headers.clear();
     state.item_headers.clear();
-    let polled = catch_unwind(AssertUnwindSafe(|| {
-        cx.with_context(|cx| state.output.poll_item(cx, out_type, &mut state.item))
-    }));
+    let polled =
+        catch(|| cx.with_context(|cx| state.output.poll_item(cx, out_type, &mut state.item)));
     // SAFETY: `out` is writable per the ABI.
     unsafe {
         match polled {
@@ -621,7 +695,7 @@ unsafe extern "C" fn output_poll(
             Ok(Poll::Pending) => status::PENDING,
             Err(panic) => {
                 state.done = true;
-                write_error(out, status::PANIC, panic_message(&*panic))
+                write_panic(out, panic)
             }
         }
     }
@@ -631,9 +705,9 @@ unsafe extern "C" fn output_drop(state: *mut c_void) {
     // SAFETY: `state` came from `Box::into_raw` in `open_shim`; the host drops it once.
     let state = unsafe { Box::from_raw(state.cast::<OutputState>()) };
     // The function's stream may run arbitrary code when dropped: keep a panic on this side.
-    if catch_unwind(AssertUnwindSafe(move || drop(state))).is_err() {
-        // Nothing to report to: the host asked for the stream to go away, and it has.
-    }
+    // There is nothing to report it to (the host asked for the stream to go away, and it has),
+    // so it is not under `catch`: the hook that was there before prints it.
+    let _ = catch_unwind(AssertUnwindSafe(move || drop(state)));
 }
 
 /// The `extern "C"` entry point of a streaming function `H`.
@@ -668,18 +742,18 @@ pub unsafe extern "C" fn open_shim<H: Streaming>(
         // SAFETY: `error` is writable per the ABI.
         return unsafe { write_error(error, status::FUNCTION_ERROR, message) };
     }
-    let opened = catch_unwind(AssertUnwindSafe(|| {
+    let opened = catch(|| {
         // SAFETY: the host passes a context valid for this call.
         let ctx = unsafe { Context::from_raw(ctx) };
         H::open(&ctx, &mut owned)
-    }));
+    });
     drop(owned);
     let streams = match opened {
         Ok(Ok(streams)) => streams,
         // SAFETY: `error` is writable per the ABI.
         Ok(Err(e)) => return unsafe { write_call_error(error, e) },
         // SAFETY: as above.
-        Err(panic) => return unsafe { write_error(error, status::PANIC, panic_message(&*panic)) },
+        Err(panic) => return unsafe { write_panic(error, panic) },
     };
     if streams.len() != outputs_len {
         let message = format!(
@@ -806,6 +880,8 @@ fn build_descriptors() -> Descriptors {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn invoker_library() -> *const LibraryDescriptor {
     static DESCRIPTORS: OnceLock<Descriptors> = OnceLock::new();
+    // The host calls this first, before any shim.
+    install_panic_hook();
     match catch_unwind(|| &DESCRIPTORS.get_or_init(build_descriptors).library as *const _) {
         Ok(library) => library,
         Err(_) => std::ptr::null(),
