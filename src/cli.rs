@@ -275,6 +275,11 @@ pub struct ServeArgs {
     #[arg(long, env = "METRICS_PORT", value_name = "PORT")]
     pub metrics_port: Option<u16>,
 
+    /// Seconds a /metrics connection has to send a complete request head (request line and
+    /// headers) after it opens, or after the previous response, before it is closed.
+    #[arg(long, env = "METRICS_HEADER_TIMEOUT", default_value = "10", value_parser = parse_positive_seconds, value_name = "SECONDS")]
+    pub metrics_header_timeout: Duration,
+
     #[command(flatten)]
     pub limits: LimitArgs,
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
-use crate::admin::{AdminService, reload_uri, serve_admin, serve_metrics};
+use crate::admin::{AdminService, bind_admin_socket, reload_uri, serve_admin, serve_metrics};
 use crate::cli::ServeArgs;
 use crate::engine::pool::{Limits as PoolLimits, Pool};
 use crate::function::uri::FunctionUri;
@@ -58,15 +58,23 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let calls = Arc::new(Calls::with_max(args.limits.max_calls as usize));
         let stop = CancellationToken::new();
         let mut helpers = tokio::task::JoinSet::new();
+        // Every listener is bound before the gRPC port prints `listening on`; one that cannot
+        // be bound fails start-up here, before that line.
         if let Some(port) = args.metrics_port {
             let listener = tokio::net::TcpListener::bind((args.host.as_str(), port))
                 .await
                 .with_context(|| format!("cannot listen for /metrics on {}:{port}", args.host))?;
             println!("metrics on http://{}/metrics", listener.local_addr()?);
             let stopped = stop.clone().cancelled_owned();
-            helpers.spawn(serve_metrics(listener, live.clone(), stopped));
+            helpers.spawn(serve_metrics(
+                listener,
+                live.clone(),
+                args.metrics_header_timeout,
+                stopped,
+            ));
         }
-        if let Some(socket) = args.admin_socket.clone() {
+        if let Some(path) = &args.admin_socket {
+            let socket = bind_admin_socket(path)?;
             let service = AdminService::new(
                 live.clone(),
                 calls.clone(),
@@ -74,7 +82,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 uri.handler.clone(),
             );
             let stopped = stop.clone().cancelled_owned();
-            helpers.spawn(async move { serve_admin(&socket, service, stopped).await });
+            helpers.spawn(serve_admin(socket, service, stopped));
         }
         // Installed before the port opens: SIGHUP's default action would end the process.
         let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
