@@ -38,10 +38,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
         stats.clone(),
         Arc::new(Pool::new(PoolLimits::default_for_this_machine(), stats)),
     )?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime = crate::engine::runtime().context("cannot start the async runtime")?;
     let engine = live.engine();
     let code = runtime.block_on(async {
         tokio::select! {

@@ -50,10 +50,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     );
     let terminate = CancellationToken::new();
     watch_for_termination(terminate.clone(), args.grace_period)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime = crate::engine::runtime().context("cannot start the async runtime")?;
     let served = runtime.block_on(async {
         let calls = Arc::new(Calls::with_max(args.limits.max_calls as usize));
         let stop = CancellationToken::new();

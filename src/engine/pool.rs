@@ -78,6 +78,9 @@ struct State {
     threads: usize,
     busy: usize,
     idle: usize,
+    /// Calls running inline on an async worker (see `engine::Blocking`): they count against
+    /// `max_running` like threads.
+    inline: usize,
 }
 
 impl std::fmt::Debug for State {
@@ -128,7 +131,7 @@ impl Pool {
             shared.work.notify_one();
             return Ok(());
         }
-        if state.threads < shared.limits.max_running {
+        if state.threads + state.inline < shared.limits.max_running {
             state.threads += 1;
             state.busy += 1;
             shared.report(&state);
@@ -153,13 +156,38 @@ impl Pool {
             shared.report(&state);
             return Ok(());
         }
-        let (running, queued) = (state.busy, state.queue.len());
+        let (running, queued) = (state.busy + state.inline, state.queue.len());
         drop(state);
         shared.stats.call_rejected();
         Err(Status::resource_exhausted(format!(
             "Invoker: too many calls: {running} running and {queued} waiting (--max-concurrency {}); retry later",
             shared.limits.max_running
         )))
+    }
+}
+
+/// A place under `max_running` held by a call running inline, until dropped.
+#[derive(Debug)]
+pub struct Inline<'a>(&'a Shared);
+
+impl Drop for Inline<'_> {
+    fn drop(&mut self) {
+        let mut state = self.0.lock();
+        state.inline -= 1;
+        self.0.report(&state);
+    }
+}
+
+impl Pool {
+    /// A place for a call to run inline, if one is free and no call is waiting for a thread.
+    pub fn try_inline(&self) -> Option<Inline<'_>> {
+        let mut state = self.shared.lock();
+        if !state.queue.is_empty() || state.busy + state.inline >= self.shared.limits.max_running {
+            return None;
+        }
+        state.inline += 1;
+        self.shared.report(&state);
+        Some(Inline(&self.shared))
     }
 }
 
@@ -170,7 +198,7 @@ impl Shared {
     }
 
     fn report(&self, state: &State) {
-        self.stats.set_calls_running(state.busy);
+        self.stats.set_calls_running(state.busy + state.inline);
         self.stats.set_calls_queued(state.queue.len());
     }
 
