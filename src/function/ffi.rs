@@ -34,8 +34,8 @@ use super::{
 /// or wakers behind that still point into its code, so `dlclose` is never safe to call.
 pub(crate) struct LoadedLibrary {
     _library: ManuallyDrop<libloading::Library>,
-    /// The memory file the library was loaded from, kept open (see [`load`]).
-    _image: ManuallyDrop<std::os::fd::OwnedFd>,
+    /// The memory file the library was loaded from, if it was, kept open (see [`load`]).
+    _image: ManuallyDrop<Option<std::os::fd::OwnedFd>>,
     path: PathBuf,
     init: Option<InitFn>,
     shutdown: Option<ShutdownFn>,
@@ -108,15 +108,17 @@ pub(crate) struct Loaded {
     pub(crate) functions: Vec<(FunctionInfo, Entry)>,
 }
 
-/// Loads the library held by the memory file `image` (through `/proc/self/fd/N`) and validates
-/// its descriptor; errors and logs name it `shown`, the file the operator named.
+/// Loads the library at `path` (the private copy `Library::load` made) and validates its
+/// descriptor; errors and logs name it `shown`, the file the operator named.
 ///
-/// Once the dynamic loader has opened it, `image` is never closed: the loader knows the library
-/// by its path, and a later load through a reused descriptor number would be handed this one.
-pub(crate) fn load(image: std::os::fd::OwnedFd, shown: &Path) -> Result<Loaded, LoadError> {
-    use std::os::fd::AsRawFd;
-    let path = PathBuf::from(format!("/proc/self/fd/{}", image.as_raw_fd()));
-    let path = path.as_path();
+/// `image`, when the copy is a memory file opened as `/proc/self/fd/N`, is never closed once
+/// the dynamic loader has opened it: the loader knows the library by its path, and a later load
+/// through a reused descriptor number would be handed this one.
+pub(crate) fn load(
+    path: &Path,
+    image: Option<std::os::fd::OwnedFd>,
+    shown: &Path,
+) -> Result<Loaded, LoadError> {
     let display = shown.display().to_string();
     let display_path = display.clone();
     // Loading runs the library's code: its initialisers, its root function.

@@ -2,8 +2,9 @@
 
 use std::fmt;
 use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::ffi::{self, BoxInput, Entry, LoadedLibrary, OutputStream};
@@ -125,11 +126,20 @@ impl Library {
         if !path.exists() {
             return Err(LoadError::Missing { path: shown });
         }
-        let image = memory_copy(path).map_err(|reason| LoadError::Unreadable {
+        let unreadable = |reason| LoadError::Unreadable {
             path: shown.clone(),
             reason,
-        })?;
-        let loaded = ffi::load(image.into(), path)?;
+        };
+        let source = open_regular(path).map_err(unreadable)?;
+        let loaded = if Path::new("/proc/self/fd").is_dir() {
+            let image = memory_copy(source, path).map_err(unreadable)?;
+            let in_memory = PathBuf::from(format!("/proc/self/fd/{}", image.as_raw_fd()));
+            ffi::load(&in_memory, Some(image.into()), path)?
+        } else {
+            // No /proc (a chroot): a file in a directory only this process can write to.
+            let copy = PrivateCopy::new(source, path).map_err(unreadable)?;
+            ffi::load(&copy.file, None, path)?
+        };
         Ok(Library {
             inner: loaded.library,
             sdk_version: loaded.sdk_version,
@@ -217,10 +227,10 @@ impl Library {
     }
 }
 
-/// Copies the regular file at `path` into a new anonymous memory file.
-fn memory_copy(path: &Path) -> Result<File, String> {
+/// Opens the file at `path` for reading, refusing anything but a regular file.
+fn open_regular(path: &Path) -> Result<File, String> {
     // O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused just below).
-    let mut file = OpenOptions::new()
+    let file = OpenOptions::new()
         .read(true)
         .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
         .open(path)
@@ -229,9 +239,19 @@ fn memory_copy(path: &Path) -> Result<File, String> {
     if !metadata.is_file() {
         return Err("it is not a regular file".to_owned());
     }
-    let name = path
-        .file_name()
-        .map_or_else(|| "function.so".into(), |n| n.to_string_lossy());
+    Ok(file)
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name().map_or_else(
+        || "function.so".into(),
+        |n| n.to_string_lossy().into_owned(),
+    )
+}
+
+/// Copies `source` into a new anonymous memory file.
+fn memory_copy(mut source: File, path: &Path) -> Result<File, String> {
+    let name = file_name(path);
     let flags = rustix::fs::MemfdFlags::CLOEXEC;
     // Where the kernel makes memory files non-executable by default (vm.memfd_noexec),
     // MFD_EXEC asks for an executable one; kernels before 6.3 do not know the flag.
@@ -239,8 +259,76 @@ fn memory_copy(path: &Path) -> Result<File, String> {
         .or_else(|_| rustix::fs::memfd_create(&*name, flags))
         .map_err(|e| format!("cannot create a memory file to load it from: {e}"))?;
     let mut image = File::from(memfd);
-    std::io::copy(&mut file, &mut image).map_err(|e| format!("cannot copy it to memory: {e}"))?;
+    std::io::copy(&mut source, &mut image).map_err(|e| format!("cannot copy it to memory: {e}"))?;
     Ok(image)
+}
+
+/// A copy of a library in a fresh directory of `$TMPDIR` made by this process with mode 0700
+/// (so no other user can create, replace or link anything in it), under a random name; the
+/// file is created with `O_EXCL | O_NOFOLLOW`. Both are removed when this is dropped (the
+/// mapping of a loaded library outlives them).
+struct PrivateCopy {
+    dir: PathBuf,
+    file: PathBuf,
+}
+
+impl PrivateCopy {
+    fn new(mut source: File, path: &Path) -> Result<PrivateCopy, String> {
+        use std::hash::{BuildHasher, Hasher};
+        use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+        let base = std::env::temp_dir();
+        let mut attempt = 0;
+        let dir = loop {
+            let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+            hasher.write_u32(std::process::id());
+            hasher.write_u32(attempt);
+            let dir = base.join(format!("invoker-{:016x}", hasher.finish()));
+            // mkdir fails on anything already there, a symlink included.
+            match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+                Ok(()) => break dir,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempt < 16 => {
+                    attempt += 1;
+                }
+                Err(e) => {
+                    return Err(format!(
+                        "cannot create a private directory in {}: {e}",
+                        base.display()
+                    ));
+                }
+            }
+        };
+        let copy = PrivateCopy {
+            file: dir.join(file_name(path)),
+            dir,
+        };
+        let made = std::fs::symlink_metadata(&copy.dir).map_err(|e| e.to_string())?;
+        if !made.is_dir()
+            || made.uid() != rustix::process::geteuid().as_raw()
+            || made.mode() & 0o077 != 0
+        {
+            return Err(format!(
+                "{} is not the private directory this process made",
+                copy.dir.display()
+            ));
+        }
+        let mut out = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o700)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(&copy.file)
+            .map_err(|e| format!("cannot create {}: {e}", copy.file.display()))?;
+        std::io::copy(&mut source, &mut out)
+            .map_err(|e| format!("cannot copy it to {}: {e}", copy.file.display()))?;
+        Ok(copy)
+    }
+}
+
+impl Drop for PrivateCopy {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.file);
+        let _ = std::fs::remove_dir(&self.dir);
+    }
 }
 
 /// A function, ready to be called. Cheap to clone; keeps its library loaded.
