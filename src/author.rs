@@ -9,6 +9,8 @@
 //! other name is an error when the resource is applied, so a template that would not render
 //! (here or in riff) never reaches the registry.
 
+mod nesting;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -261,6 +263,18 @@ fn strings_in<'v>(value: &'v yaml_serde::Value, at: String, out: &mut Vec<(Strin
     }
 }
 
+/// An invoker's name: a DNS label (lowercase letters, digits, '-'; at most 63), so also a file
+/// name in the registry, with no path separator or `..`.
+fn is_dns_label(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}
+
 /// Whether `name` can name a Rust function.
 fn is_rust_ident(name: &str) -> bool {
     name.chars()
@@ -290,6 +304,14 @@ fn check_path(file: &File) -> anyhow::Result<()> {
 impl Invoker {
     /// Parses and validates a resource.
     pub fn parse(text: &str) -> anyhow::Result<Invoker> {
+        // Before yaml_serde, whose scanner is quadratic in the nesting (see `nesting`).
+        if let Err(deep) = nesting::check(text, nesting::MAX_DEPTH) {
+            bail!(
+                "line {} nests collections more than {} deep; an Invoker resource is refused deeper than that",
+                deep.line,
+                nesting::MAX_DEPTH
+            );
+        }
         let invoker: Invoker =
             yaml_serde::from_str(text).context("not a valid Invoker resource")?;
         invoker.validate()?;
@@ -308,14 +330,7 @@ impl Invoker {
             bail!("kind is '{}', not Invoker", self.kind);
         }
         let name = &self.metadata.name;
-        if name.is_empty()
-            || name.len() > 63
-            || !name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            || name.starts_with('-')
-            || name.ends_with('-')
-        {
+        if !is_dns_label(name) {
             bail!("metadata.name '{name}' is not a DNS label (lowercase letters, digits, '-')");
         }
         let spec = &self.spec;
@@ -458,6 +473,12 @@ pub fn apply(file: &Path, dry_run: bool) -> anyhow::Result<()> {
 
 /// The installed invoker called `name`, or the embedded one if that is its name.
 pub fn installed(name: &str) -> anyhow::Result<Invoker> {
+    // The name becomes a file name in the registry: `../x` or `/etc/x` must not reach outside.
+    if !is_dns_label(name) {
+        bail!(
+            "'{name}' is not an invoker name: a name is a DNS label (lowercase letters, digits, '-'), with no path separator"
+        );
+    }
     let path = registry_dir()?.join(format!("{name}.yaml"));
     if path.is_file() {
         let text = std::fs::read_to_string(&path)

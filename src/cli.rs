@@ -66,7 +66,8 @@ pub struct RunArgs {
     pub accept: Option<String>,
 
     /// Read and write NDJSON: each input line {"payload": ..., "headers": {...}}, each output
-    /// line {"payload": "...", "headers": {...}} with the reply's Content-Type.
+    /// line {"payload": "...", "headers": {...}} with the reply's Content-Type. A bad input
+    /// line is reported (its number and why) and skipped; the exit code is then non-zero.
     #[arg(long)]
     pub ndjson: bool,
 

@@ -9,6 +9,7 @@
 
 use std::io::Write as _;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use anyhow::Context as _;
 use bytes::Bytes;
@@ -24,7 +25,8 @@ use crate::function::uri::FunctionUri;
 use crate::live::Live;
 use crate::stats::Stats;
 
-/// `invoker run`: the exit code is 0, or the gRPC code of the first call that failed.
+/// `invoker run`: the exit code is 0, or the gRPC code of the first call that failed (3 for a
+/// `--ndjson` line that is not a message, which is skipped).
 pub fn run(args: RunArgs) -> anyhow::Result<u8> {
     crate::logging::install_crash_handler();
     let uri = FunctionUri::parse(&args.function_uri)?;
@@ -51,50 +53,99 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
     code
 }
 
-/// The messages on stdin, one per line.
-fn stdin_messages(args: &RunArgs) -> impl Stream<Item = anyhow::Result<Inbound>> + Send + 'static {
+/// The exit code of a run with a bad `--ndjson` line: `INVALID_ARGUMENT`, as for bad input.
+const BAD_LINE: u8 = tonic::Code::InvalidArgument as u8;
+
+/// The exit code of the run: the first failure's (a failed call, a bad line), else 0.
+#[derive(Debug, Default)]
+struct FirstFailure(AtomicU8);
+
+impl FirstFailure {
+    fn record(&self, code: u8) {
+        if code != 0 {
+            let _ = self
+                .0
+                .compare_exchange(0, code, Ordering::Relaxed, Ordering::Relaxed);
+        }
+    }
+
+    fn code(&self) -> u8 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// The messages on stdin, one per line. A line that is not a message (`--ndjson`) is reported
+/// on stderr with its number and skipped, and makes the run's exit code [`BAD_LINE`] unless
+/// something failed before it.
+fn stdin_messages(
+    args: &RunArgs,
+    failure: Arc<FirstFailure>,
+) -> impl Stream<Item = anyhow::Result<Inbound>> + Send + 'static {
     let lines = tokio_stream::wrappers::LinesStream::new(
         tokio::io::BufReader::new(tokio::io::stdin()).lines(),
     );
     let ndjson = args.ndjson;
     let content_type = args.content_type.clone();
     let accept = args.accept.clone();
-    lines.map(move |line| {
-        let line = line.context("cannot read stdin")?;
-        let mut message = if ndjson {
-            ndjson_message(&line)?
-        } else {
-            Inbound {
-                payload: Bytes::from(line),
-                headers: Vec::new(),
-            }
+    let mut number = 0u64;
+    lines.filter_map(move |line| {
+        number += 1;
+        let message = match line.context("cannot read stdin") {
+            Err(e) => Some(Err(e)),
+            Ok(line) => match message(line, ndjson, content_type.as_deref(), accept.as_deref()) {
+                Ok(message) => Some(Ok(message)),
+                Err(why) => {
+                    eprintln!("invoker: line {number} skipped: {why}");
+                    failure.record(BAD_LINE);
+                    None
+                }
+            },
         };
-        let has = |m: &Inbound, name: &str| m.header(name).is_some();
-        if let Some(ct) = &content_type
-            && !has(&message, "Content-Type")
-        {
-            message
-                .headers
-                .push(("Content-Type".into(), ct.as_str().into()));
-        }
-        if let Some(accept) = &accept
-            && !has(&message, "Accept")
-        {
-            message
-                .headers
-                .push(("Accept".into(), accept.as_str().into()));
-        }
-        Ok(message)
+        std::future::ready(message)
     })
+}
+
+/// One line of stdin as a message, with the `--content-type` and `--accept` of the command
+/// line unless it has its own; an error says why a `--ndjson` line is not a message.
+fn message(
+    line: String,
+    ndjson: bool,
+    content_type: Option<&str>,
+    accept: Option<&str>,
+) -> anyhow::Result<Inbound> {
+    let mut message = if ndjson {
+        ndjson_message(&line)?
+    } else {
+        Inbound {
+            payload: Bytes::from(line),
+            headers: Vec::new(),
+        }
+    };
+    if let Some(ct) = content_type
+        && message.header("Content-Type").is_none()
+    {
+        message.headers.push(("Content-Type".into(), ct.into()));
+    }
+    if let Some(accept) = accept
+        && message.header("Accept").is_none()
+    {
+        message.headers.push(("Accept".into(), accept.into()));
+    }
+    Ok(message)
 }
 
 /// One NDJSON line: `{"payload": ..., "headers": {"name": "value" or ["v1", "v2"]}}`. A string
 /// payload is sent as it is; any other JSON value as its JSON text.
 fn ndjson_message(line: &str) -> anyhow::Result<Inbound> {
-    let value: serde_json::Value =
-        serde_json::from_str(line).with_context(|| format!("not a JSON object: {line}"))?;
+    let value: serde_json::Value = serde_json::from_str(line).map_err(|e| {
+        // The error's position is in this one line.
+        let why = e
+            .to_string()
+            .replacen(" at line 1 column ", " at column ", 1);
+        anyhow::anyhow!("not JSON: {why}")
+    })?;
     let serde_json::Value::Object(mut object) = value else {
-        anyhow::bail!("expected a JSON object with \"payload\" and \"headers\": {line}");
+        anyhow::bail!("expected a JSON object with \"payload\" and \"headers\"");
     };
     let payload = match object.remove("payload") {
         None | Some(serde_json::Value::Null) => Bytes::new(),
@@ -121,10 +172,10 @@ fn ndjson_message(line: &str) -> anyhow::Result<Inbound> {
                 }
             }
         }
-        Some(_) => anyhow::bail!("\"headers\" must be an object of names and values: {line}"),
+        Some(_) => anyhow::bail!("\"headers\" must be an object of names and values"),
     }
     if let Some(unknown) = object.keys().next() {
-        anyhow::bail!("unknown field \"{unknown}\" (expected \"payload\" and \"headers\"): {line}");
+        anyhow::bail!("unknown field \"{unknown}\" (expected \"payload\" and \"headers\")");
     }
     Ok(Inbound { payload, headers })
 }
@@ -176,23 +227,20 @@ async fn print_call(mut outputs: crate::engine::OutboundStream, ndjson: bool) ->
 
 async fn drive(engine: Engine, args: &RunArgs) -> anyhow::Result<u8> {
     let info = engine.function().info();
-    let mut messages = Box::pin(stdin_messages(args));
+    let failure = Arc::new(FirstFailure::default());
+    let mut messages = Box::pin(stdin_messages(args, failure.clone()));
     match (info.shape, info.inputs.is_empty()) {
-        // One call per line; a failed call is reported and the others go on.
+        // One call per line; a failed call (or a bad line) is reported and the others go on.
         (Shape::RequestReply, false) => {
-            let mut first_failure = 0;
             while let Some(message) = messages.next().await {
                 let message = message?;
                 let call = engine.call(
                     futures_util::stream::iter([Ok(message)]).boxed(),
                     CallMeta::new(None),
                 );
-                let code = print_call(call, args.ndjson).await;
-                if first_failure == 0 {
-                    first_failure = code;
-                }
+                failure.record(print_call(call, args.ndjson).await);
             }
-            Ok(first_failure)
+            Ok(failure.code())
         }
         // Runs once; stdin is not read.
         (Shape::RequestReply, true) => {
@@ -224,7 +272,8 @@ async fn drive(engine: Engine, args: &RunArgs) -> anyhow::Result<u8> {
             if let Ok(e) = failed_rx.try_recv() {
                 return Err(e);
             }
-            Ok(code)
+            failure.record(code);
+            Ok(failure.code())
         }
     }
 }

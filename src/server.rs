@@ -23,7 +23,7 @@ use crate::live::Live;
 use crate::protocol::call::CallService;
 use crate::protocol::proto::FILE_DESCRIPTOR_SET;
 use crate::protocol::proto::function_server::message_function_server::MessageFunctionServer;
-use crate::protocol::proto::streaming::riff_server::RiffServer;
+use crate::protocol::proto::streaming_server::riff_server::RiffServer;
 use crate::protocol::riff::RiffService;
 use crate::stats::Stats;
 

@@ -3,11 +3,12 @@
 //! reads them (like Pulsar's instance status), and `/metrics` renders them as Prometheus text.
 //!
 //! Per message this costs one relaxed atomic add; per call, one histogram observation. Errors
-//! and custom metrics, which are rare, take a lock.
+//! and custom metrics, which are rare, take a lock. At most [`MAX_CUSTOM_METRICS`] custom metric
+//! names are kept.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus_client::encoding::text::encode;
@@ -21,6 +22,11 @@ use crate::function::FunctionError;
 
 /// How many errors the status keeps.
 pub const RECENT_ERRORS: usize = 10;
+
+/// How many distinct custom metric names are kept. Each name is a time series in `/metrics`
+/// and an entry in the status, for the life of the process: past this, a metric with a new
+/// name is dropped (with one warning); the names already kept go on counting.
+pub const MAX_CUSTOM_METRICS: usize = 1_000;
 
 /// An error the function returned (or a panic), with when it happened.
 #[derive(Debug, Clone, PartialEq)]
@@ -57,6 +63,8 @@ pub struct Stats {
     recent: Mutex<VecDeque<RecordedError>>,
     custom: CustomFamily,
     custom_values: Mutex<BTreeMap<String, f64>>,
+    /// Whether a metric was dropped for [`MAX_CUSTOM_METRICS`] (and the warning logged).
+    custom_capped: AtomicBool,
 }
 
 impl Default for Stats {
@@ -217,6 +225,7 @@ impl Stats {
             recent: Mutex::new(VecDeque::with_capacity(RECENT_ERRORS)),
             custom,
             custom_values: Mutex::new(BTreeMap::new()),
+            custom_capped: AtomicBool::new(false),
         }
     }
 
@@ -300,7 +309,8 @@ impl Stats {
         self.generation.set(generation as i64);
     }
 
-    /// The function added `value` to its custom metric `name`.
+    /// The function added `value` to its custom metric `name`. A new name beyond
+    /// [`MAX_CUSTOM_METRICS`] is dropped.
     pub fn custom_metric(&self, name: &str, value: f64) {
         if !value.is_finite() {
             tracing::debug!(
@@ -310,12 +320,27 @@ impl Stats {
             );
             return;
         }
+        // The names kept are those in `custom_values`; the lock keeps `custom` to the same.
+        let mut values = self
+            .custom_values
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(total) = values.get_mut(name) {
+            *total += value;
+        } else if values.len() < MAX_CUSTOM_METRICS {
+            values.insert(name.to_owned(), value);
+        } else {
+            if !self.custom_capped.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    metric = name,
+                    "the function recorded more than {MAX_CUSTOM_METRICS} custom metric names: metrics with new names are dropped"
+                );
+            }
+            return;
+        }
         self.custom
             .get_or_create(&vec![("name".to_owned(), name.to_owned())])
             .inc_by(value);
-        if let Ok(mut values) = self.custom_values.lock() {
-            *values.entry(name.to_owned()).or_default() += value;
-        }
     }
 
     /// The counters now.
@@ -397,6 +422,25 @@ mod tests {
             stats.snapshot().received,
             2 + CallCount::BATCH,
             "a full batch is added"
+        );
+    }
+
+    #[test]
+    fn keeps_a_bounded_number_of_custom_metric_names() {
+        let stats = Stats::new();
+        for i in 0..MAX_CUSTOM_METRICS + 5 {
+            stats.custom_metric(&format!("m{i}"), 1.0);
+        }
+        stats.custom_metric("m0", 1.0);
+        stats.custom_metric(&format!("m{MAX_CUSTOM_METRICS}"), 1.0);
+        let custom = stats.snapshot().custom;
+        assert_eq!(custom.len(), MAX_CUSTOM_METRICS);
+        assert_eq!(custom.get("m0"), Some(&2.0), "a kept name goes on counting");
+        assert_eq!(custom.get(&format!("m{MAX_CUSTOM_METRICS}")), None);
+        let text = stats.prometheus_text();
+        assert_eq!(
+            text.matches("invoker_function_metric{").count(),
+            MAX_CUSTOM_METRICS
         );
     }
 

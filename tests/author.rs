@@ -115,18 +115,75 @@ fn run_negotiates_like_the_server() {
     assert_eq!(line["payload"], "{\"greeting\":\"Hello Ada\"}");
     assert_eq!(line["headers"]["Content-Type"], "application/json");
     assert_eq!(line["headers"]["correlationId"], "7");
+}
 
+#[test]
+fn run_ndjson_reports_a_bad_line_and_goes_on() {
+    let input = [
+        r#"{"payload": "Ada"}"#,
+        "not json",
+        r#"{"payload": "Grace"}"#,
+        r#"["Ada"]"#,
+        r#"{"payload": "Edsger", "header": {}}"#,
+        r#"{"payload": "Barbara"}"#,
+    ]
+    .join("\n");
+    let skipped = [
+        "invoker: line 2 skipped: not JSON: expected ident at column 2",
+        "invoker: line 4 skipped: expected a JSON object with \"payload\" and \"headers\"",
+        "invoker: line 5 skipped: unknown field \"header\" (expected \"payload\" and \"headers\")",
+    ];
+    // One call per line: the good lines are answered.
     let out = with_stdin(
         &["run", "--ndjson", "-f", &function("greeter", "hello")],
         &[],
-        "not json\n",
+        &input,
     );
-    assert!(
-        stderr(&out).contains("not a JSON object"),
-        "{}",
-        stderr(&out)
+    let payloads: Vec<String> = stdout(&out)
+        .lines()
+        .map(|line| {
+            let line: serde_json::Value = serde_json::from_str(line).unwrap();
+            line["payload"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(payloads, ["Hello Ada", "Hello Grace", "Hello Barbara"]);
+    assert_eq!(stderr(&out).lines().collect::<Vec<_>>(), skipped);
+    assert_eq!(out.status.code(), Some(3), "INVALID_ARGUMENT, at the end");
+
+    // One call over the lines: the stream goes on past a bad line.
+    let input = input
+        .replace("Ada", "2")
+        .replace("Grace", "4")
+        .replace("Edsger", "0")
+        .replace("Barbara", "9");
+    let out = with_stdin(
+        &[
+            "run",
+            "--ndjson",
+            "-f",
+            &function("streams", "running_average"),
+        ],
+        &[],
+        &input,
     );
-    assert_eq!(out.status.code(), Some(1));
+    let payloads: Vec<String> = stdout(&out)
+        .lines()
+        .map(|line| {
+            let line: serde_json::Value = serde_json::from_str(line).unwrap();
+            line["payload"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(payloads, ["2", "3", "5"]);
+    assert_eq!(stderr(&out).lines().collect::<Vec<_>>(), skipped);
+    assert_eq!(out.status.code(), Some(3), "INVALID_ARGUMENT, at the end");
+
+    // A failed call before a bad line keeps its own code.
+    let out = with_stdin(
+        &["run", "--ndjson", "-f", &function("greeter", "hello")],
+        &[],
+        "{\"payload\": \"Riff\"}\nnot json\n",
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
 }
 
 #[test]
@@ -531,6 +588,69 @@ fn init_takes_its_templates_from_the_registry() {
         "{}",
         stdout(&out)
     );
+}
+
+#[test]
+fn apply_refuses_a_deeply_nested_document() {
+    // yaml_serde's scanner is quadratic in this nesting: parsed, it would take minutes.
+    let dir = scratch("deep");
+    let n = 100_000;
+    let file = dir.join("deep.yaml");
+    let resource =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("invoker.yaml"))
+            .unwrap();
+    let deep = format!("{resource}  extra: {}{}\n", "{a: ".repeat(n), "}".repeat(n));
+    std::fs::write(&file, deep).unwrap();
+    let out = invoker()
+        .args(["apply", "--dry-run", "-f", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let line = resource.lines().count() + 1;
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "invoker: {} is not applied: line {line} nests collections more than 64 deep; an Invoker resource is refused deeper than that\n",
+            file.display()
+        )
+    );
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn init_refuses_an_invoker_name_that_is_a_path() {
+    // `--invoker` names a file in the registry; a path must not reach a resource elsewhere.
+    let dir = scratch("invoker-path");
+    let home = dir.join("home");
+    std::fs::create_dir_all(home.join("invokers")).unwrap();
+    let resource = Path::new(env!("CARGO_MANIFEST_DIR")).join("invoker.yaml");
+    // A valid resource outside the registry, where `../outside` and an absolute path lead.
+    std::fs::copy(&resource, home.join("outside.yaml")).unwrap();
+    let sdk = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("crates")
+        .join("sdk");
+    let absolute = home.join("outside");
+    for name in [
+        "../outside",
+        absolute.to_str().unwrap(),
+        "rust/..",
+        "..\\outside",
+    ] {
+        let out = invoker()
+            .args(["init", "hello-fn", "--dry-run", "--invoker", name])
+            .arg("--sdk-path")
+            .arg(&sdk)
+            .env("INVOKER_HOME", &home)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{name}: {}", stdout(&out));
+        assert_eq!(
+            stderr(&out),
+            format!(
+                "invoker: '{name}' is not an invoker name: a name is a DNS label (lowercase letters, digits, '-'), with no path separator\n"
+            )
+        );
+    }
 }
 
 /// The libraries the runtime stage (debian:bookworm-slim) provides; the invoker and function

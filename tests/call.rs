@@ -665,3 +665,118 @@ async fn a_caller_that_does_not_read_holds_the_function_back() {
         "{produced} KiB produced for a caller that read 1 KiB"
     );
 }
+
+/// A gRPC codec that sends and receives raw bytes, to send what is not protobuf.
+#[derive(Debug, Clone, Copy, Default)]
+struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = bytes::Bytes;
+    type Decode = bytes::Bytes;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+    fn encoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+    fn decoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = bytes::Bytes;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: bytes::Bytes,
+        buf: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        bytes::BufMut::put(buf, item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = bytes::Bytes;
+    type Error = tonic::Status;
+    fn decode(
+        &mut self,
+        buf: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<bytes::Bytes>, tonic::Status> {
+        let len = bytes::Buf::remaining(buf);
+        Ok(Some(bytes::Buf::copy_to_bytes(buf, len)))
+    }
+}
+
+/// Sends `messages` as raw gRPC frames to `method` and returns how the call ended.
+async fn raw_call(daemon: &Daemon, method: &'static str, messages: Vec<&[u8]>) -> tonic::Status {
+    let mut grpc = tonic::client::Grpc::new(daemon.channel().await);
+    grpc.ready().await.expect("ready");
+    let request = futures_util::stream::iter(
+        messages
+            .into_iter()
+            .map(bytes::Bytes::copy_from_slice)
+            .collect::<Vec<_>>(),
+    );
+    let call = async {
+        let mut replies = match grpc
+            .streaming(
+                tonic::Request::new(request),
+                tonic::codegen::http::uri::PathAndQuery::from_static(method),
+                RawCodec,
+            )
+            .await
+        {
+            Ok(response) => response.into_inner(),
+            Err(status) => return status,
+        };
+        loop {
+            match replies.message().await {
+                Ok(Some(_)) => {}
+                Ok(None) => return tonic::Status::ok(""),
+                Err(status) => return status,
+            }
+        }
+    };
+    tokio::time::timeout(common::HANG, call)
+        .await
+        .expect("the call hung")
+}
+
+#[tokio::test]
+async fn a_message_that_is_not_protobuf_is_invalid_argument() {
+    // Both methods, whichever message of the call is malformed: it is the client's fault.
+    let daemon = Daemon::start(&uri("streams", Some("running_average")));
+    // Field 1 (payload) says 5 bytes follow, and one does; then a field with wire type 7.
+    let truncated: &[u8] = &[0x0a, 0x05, 0x31];
+    let bad_wire_type: &[u8] = &[0x0f, 0x00];
+    let good_call: &[u8] = &[0x0a, 0x01, 0x31]; // function.Message{payload: "1"}
+    // streaming.InputSignal{start: {expectedContentTypes: ["text/plain"]}}
+    let start: &[u8] = b"\x0a\x0c\x0a\x0atext/plain";
+    for (method, messages) in [
+        ("/function.MessageFunction/Call", vec![truncated]),
+        (
+            "/function.MessageFunction/Call",
+            vec![good_call, bad_wire_type],
+        ),
+        ("/streaming.Riff/Invoke", vec![bad_wire_type]),
+        ("/streaming.Riff/Invoke", vec![start, truncated]),
+    ] {
+        let status = raw_call(&daemon, method, messages.clone()).await;
+        assert_eq!(
+            status.code(),
+            Code::InvalidArgument,
+            "{method} {messages:?}: {status:?}"
+        );
+        assert!(
+            status
+                .message()
+                .starts_with("Invoker: malformed message: failed to decode Protobuf message"),
+            "{method} {messages:?}: {status:?}"
+        );
+    }
+    // The server goes on serving.
+    let mut client = daemon.client().await;
+    let out = call(&mut client, vec![msg("2", &[]), msg("4", &[])]).await;
+    assert_eq!(out.texts(), ["2", "3"], "{:?}", out.status);
+}

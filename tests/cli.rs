@@ -2,19 +2,29 @@
 
 mod common;
 
-use std::process::Command;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
 
+/// `invoker serve` with `FUNCTION_URI=uri`, which must refuse to start: its exit code and the
+/// last line on stderr. An invoker that serves instead is stopped and fails the test.
 fn serve(uri: &str) -> (Option<i32>, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_invoker"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_invoker"))
         .args(["serve", "--port", "0"])
         .env("FUNCTION_URI", uri)
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
-    assert!(
-        out.stdout.is_empty(),
-        "nothing is served: {:?}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    if !first.is_empty() {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("{uri} is served: {first}");
+    }
+    let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     let last = stderr.lines().last().unwrap_or_default().to_owned();
     assert!(!stderr.contains("panicked"), "{stderr}");
@@ -29,6 +39,29 @@ fn a_scheme_other_than_file() {
         line,
         "invoker: FUNCTION_URI 'http://example.com/libgreeter.so' has scheme 'http'; only file:// URIs and plain paths are supported"
     );
+}
+
+#[test]
+fn a_handler_given_twice_or_a_fragment_is_refused() {
+    let greeter = common::uri("greeter", Some("hello"));
+    let (code, line) = serve(&format!("{greeter}&handler=double"));
+    assert_eq!(code, Some(1));
+    assert_eq!(
+        line,
+        format!(
+            "invoker: FUNCTION_URI '{greeter}&handler=double' names the handler more than once; give ?handler=name once"
+        )
+    );
+    for uri in [format!("{greeter}#double"), format!("{greeter}#")] {
+        let (code, line) = serve(&uri);
+        assert_eq!(code, Some(1), "{uri}");
+        assert_eq!(
+            line,
+            format!(
+                "invoker: FUNCTION_URI '{uri}' has a #fragment, which is not supported; a '#' in a file name is written %23 in a file:// URI"
+            )
+        );
+    }
 }
 
 #[test]

@@ -165,6 +165,65 @@ async fn status_counts_what_the_test_sent() {
 }
 
 #[tokio::test]
+async fn custom_metric_names_are_capped_at_a_thousand() {
+    let dir = scratch("metric-cap");
+    let socket = dir.join("admin.sock");
+    let daemon = Daemon::start_with(
+        &uri("probe", Some("many_metrics")),
+        &[
+            ("METRICS_PORT", "0"),
+            ("ADMIN_SOCKET", socket.to_str().unwrap()),
+        ],
+    );
+    let mut client = daemon.client().await;
+    // 1 005 names, then the first three again, then 1 005 again.
+    for n in ["1005", "3", "1005"] {
+        let outcome = call(&mut client, vec![msg(n, &[])]).await;
+        assert_eq!(outcome.code(), tonic::Code::Ok, "{:?}", outcome.status);
+    }
+    let addr = daemon.metrics.clone().unwrap();
+    let (_, body) = tokio::task::spawn_blocking(move || get_metrics(&addr))
+        .await
+        .unwrap();
+    let samples = parse_prometheus(&body);
+    let custom: Vec<_> = samples
+        .iter()
+        .filter(|(name, _)| name.starts_with("invoker_function_metric{"))
+        .collect();
+    assert_eq!(custom.len(), 1000, "{body}");
+    let value = |i: usize| {
+        sample(
+            &samples,
+            &format!("invoker_function_metric{{name=\"probe.m{i}\"}}"),
+        )
+    };
+    assert_eq!(value(0), Some(3.0), "a kept name goes on counting");
+    assert_eq!(value(999), Some(2.0));
+    assert_eq!(value(1000), None, "the 1 001st name is dropped");
+    let status = tokio::task::spawn_blocking(move || status(&socket))
+        .await
+        .unwrap();
+    let names = status["custom_metrics"].as_object().unwrap();
+    assert_eq!(names.len(), 1000, "{status}");
+    assert_eq!(names["probe.m2"], 3.0, "{status}");
+    assert!(!names.contains_key("probe.m1004"), "{status}");
+    // One warning, however many names were dropped.
+    let warned = "the function recorded more than 1000 custom metric names: metrics with new names are dropped";
+    wait_for_log(&daemon, warned).await;
+    assert_eq!(
+        daemon.stderr().matches(warned).count(),
+        1,
+        "{}",
+        daemon.stderr()
+    );
+    assert!(
+        daemon.stderr().contains("probe.m1000"),
+        "{}",
+        daemon.stderr()
+    );
+}
+
+#[tokio::test]
 async fn metrics_are_prometheus_text() {
     let daemon = Daemon::start_with(&uri("shapes", Some("panics")), &[("METRICS_PORT", "0")]);
     let mut client = daemon.client().await;

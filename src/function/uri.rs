@@ -1,4 +1,5 @@
 //! `FUNCTION_URI`: `file:///abs/path/libname.so?handler=name`, or a bare path. Pure parsing.
+//! `handler` may be given once; a `#fragment` is refused (a `#` in a file name is `%23`).
 
 use std::path::PathBuf;
 
@@ -45,6 +46,20 @@ pub enum UriError {
         /// The parameter.
         param: String,
     },
+    /// `handler=` given twice.
+    #[error("FUNCTION_URI '{uri}' names the handler more than once; give ?handler=name once")]
+    DuplicateHandler {
+        /// The URI.
+        uri: String,
+    },
+    /// A `#fragment`, which would otherwise be taken as part of the path or the handler.
+    #[error(
+        "FUNCTION_URI '{uri}' has a #fragment, which is not supported; a '#' in a file name is written %23 in a file:// URI"
+    )]
+    Fragment {
+        /// The URI.
+        uri: String,
+    },
     /// A bad percent-escape.
     #[error("FUNCTION_URI '{uri}' has an invalid %-escape")]
     Escape {
@@ -59,6 +74,11 @@ impl FunctionUri {
         let trimmed = uri.trim();
         if trimmed.is_empty() {
             return Err(UriError::Empty);
+        }
+        if trimmed.contains('#') {
+            return Err(UriError::Fragment {
+                uri: uri.to_owned(),
+            });
         }
         let (location, query) = match trimmed.split_once('?') {
             Some((location, query)) => (location, Some(query)),
@@ -98,6 +118,11 @@ impl FunctionUri {
             .filter(|p| !p.is_empty())
         {
             match pair.split_once('=') {
+                Some(("handler", _)) if handler.is_some() => {
+                    return Err(UriError::DuplicateHandler {
+                        uri: uri.to_owned(),
+                    });
+                }
                 Some(("handler", value)) if !value.is_empty() => {
                     handler = Some(percent_decode(value).ok_or_else(|| UriError::Escape {
                         uri: uri.to_owned(),
@@ -188,6 +213,28 @@ mod tests {
             Err(UriError::Escape { .. })
         ));
         assert!(parse("file://").is_err());
+        assert!(matches!(
+            parse("/lib.so?handler=a&handler=b"),
+            Err(UriError::DuplicateHandler { .. })
+        ));
+        assert!(matches!(
+            parse("/lib.so?handler=a&handler=a"),
+            Err(UriError::DuplicateHandler { .. })
+        ));
+        for fragment in [
+            "file:///a/lib.so#x",
+            "file:///a/lib.so?handler=hello#x",
+            "/a/lib.so#",
+        ] {
+            assert!(
+                matches!(parse(fragment), Err(UriError::Fragment { .. })),
+                "{fragment}"
+            );
+        }
+        assert_eq!(
+            parse("file:///a/lib%23.so").unwrap().path,
+            PathBuf::from("/a/lib#.so")
+        );
     }
 
     #[test]

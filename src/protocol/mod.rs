@@ -2,6 +2,7 @@
 //! [`Outbound`](crate::engine::Outbound).
 
 pub mod call;
+pub mod codec;
 pub mod riff;
 pub mod wire;
 
@@ -13,7 +14,8 @@ pub mod proto {
     }
 
     /// The `function.MessageFunction` server, over the engine-shaped [`wire::Message`]
-    /// (`crate::protocol::wire::Message`) instead of the generated message type.
+    /// (`crate::protocol::wire::Message`) instead of the generated message type, with the codec
+    /// that answers a malformed message `INVALID_ARGUMENT`.
     pub mod function_server {
         include!(concat!(env!("OUT_DIR"), "/server/function.rs"));
     }
@@ -21,6 +23,12 @@ pub mod proto {
     /// `streaming.Riff` (riff 0.4+).
     pub mod streaming {
         tonic::include_proto!("streaming");
+    }
+
+    /// The `streaming.Riff` server, with the codec that answers a malformed message
+    /// `INVALID_ARGUMENT` ([`codec::ServerCodec`](crate::protocol::codec::ServerCodec)).
+    pub mod streaming_server {
+        include!(concat!(env!("OUT_DIR"), "/server/streaming.rs"));
     }
 
     /// The invoker's admin service (Unix socket only).

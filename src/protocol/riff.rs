@@ -7,10 +7,10 @@ use std::sync::Arc;
 use futures_util::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::proto::streaming::riff_server::Riff;
 use super::proto::streaming::{
     InputSignal, OutputFrame, OutputSignal, input_signal, output_signal,
 };
+use super::proto::streaming_server::riff_server::Riff;
 use crate::engine::{INVOKE_DEFAULT_CONTENT_TYPE, Inbound, Outbound, Signal};
 use crate::function::{Headers, Text};
 use crate::live::Live;
