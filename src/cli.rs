@@ -337,12 +337,18 @@ fn parse_positive_seconds(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// The longest grace period or timeout accepted: a day.
+const MAX_SECONDS: f64 = 86_400.0;
+
 /// Parses a non-negative number of seconds, such as `10` or `0.5`.
 fn parse_seconds(s: &str) -> Result<Duration, String> {
     let seconds: f64 = s
         .trim()
         .parse()
         .map_err(|_| format!("'{s}' is not a number of seconds"))?;
+    if seconds > MAX_SECONDS {
+        return Err(format!("'{s}' is more than a day ({MAX_SECONDS} seconds)"));
+    }
     Duration::try_from_secs_f64(seconds)
         .map_err(|_| format!("'{s}' is not a non-negative number of seconds"))
 }

@@ -264,7 +264,9 @@ impl Acceptor {
             match self.listener.accept().await {
                 Ok((io, _)) => {
                     let _ = io.set_nodelay(true);
-                    if std::mem::take(&mut self.failing) || std::mem::take(&mut self.at_limit) {
+                    let was_failing = std::mem::take(&mut self.failing);
+                    let was_at_limit = std::mem::take(&mut self.at_limit);
+                    if was_failing || was_at_limit {
                         tracing::info!("accepting connections again");
                     }
                     self.backoff = FIRST_BACKOFF;

@@ -162,7 +162,7 @@ fn watch_for_termination(terminate: CancellationToken, grace: Duration) -> anyho
             });
             tracing::error!(
                 grace_seconds = grace.as_secs_f64(),
-                "the drain did not end within the grace period and a second (the function is blocking the server): exiting now, without the shutdown hooks"
+                "the drain did not end within the grace period and a second (a call blocked in the function, or a slow shutdown hook): exiting now"
             );
             std::process::exit(1);
         })

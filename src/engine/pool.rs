@@ -124,7 +124,10 @@ impl Pool {
         if !state.queue.is_empty() {
             state.queue.retain(|job| !job.meta.is_cancelled());
         }
-        if state.idle > state.queue.len() {
+        // Each queued job is claimed by an idle thread, or waits for a place: the running calls
+        // (threads busy, calls inline, jobs claimed) stay within `max_running`.
+        let places = state.busy + state.inline + state.queue.len() < shared.limits.max_running;
+        if places && state.idle > state.queue.len() {
             state.queue.push_back(job);
             shared.report(&state);
             drop(state);
@@ -132,24 +135,11 @@ impl Pool {
             return Ok(());
         }
         if state.threads + state.inline < shared.limits.max_running {
-            state.threads += 1;
-            state.busy += 1;
-            shared.report(&state);
-            drop(state);
-            let worker = shared.clone();
-            let spawned = std::thread::Builder::new()
-                .name("invoker-function".into())
-                .spawn(move || worker.run(job));
-            if let Err(e) = spawned {
-                let mut state = shared.lock();
-                state.threads -= 1;
-                state.busy -= 1;
-                shared.report(&state);
-                return Err(Status::resource_exhausted(format!(
+            return shared.spawn(state, job).map_err(|e| {
+                Status::resource_exhausted(format!(
                     "Invoker: cannot start a thread for the call: {e}"
-                )));
-            }
-            return Ok(());
+                ))
+            });
         }
         if state.queue.len() < shared.limits.max_queued {
             state.queue.push_back(job);
@@ -168,13 +158,27 @@ impl Pool {
 
 /// A place under `max_running` held by a call running inline, until dropped.
 #[derive(Debug)]
-pub struct Inline<'a>(&'a Shared);
+pub struct Inline<'a>(&'a Arc<Shared>);
 
 impl Drop for Inline<'_> {
+    /// Gives the place back: to the first waiting call, if any.
     fn drop(&mut self) {
-        let mut state = self.0.lock();
+        let shared = self.0;
+        let mut state = shared.lock();
         state.inline -= 1;
-        self.0.report(&state);
+        shared.report(&state);
+        if state.queue.is_empty() {
+            return;
+        }
+        if state.idle > 0 {
+            drop(state);
+            shared.work.notify_one();
+        } else if state.threads + state.inline < shared.limits.max_running
+            && let Some(job) = state.queue.pop_front()
+            && let Err(e) = shared.spawn(state, job)
+        {
+            tracing::error!("cannot start a function thread: {e}");
+        }
     }
 }
 
@@ -192,6 +196,26 @@ impl Pool {
 }
 
 impl Shared {
+    /// Starts a thread for `job` (the caller checked there is a place for it).
+    fn spawn(self: &Arc<Self>, mut state: MutexGuard<'_, State>, job: Job) -> std::io::Result<()> {
+        state.threads += 1;
+        state.busy += 1;
+        self.report(&state);
+        drop(state);
+        let worker = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("invoker-function".into())
+            .spawn(move || worker.run(job));
+        if let Err(e) = spawned {
+            let mut state = self.lock();
+            state.threads -= 1;
+            state.busy -= 1;
+            self.report(&state);
+            return Err(e);
+        }
+        Ok(())
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // A job never runs under the lock, so no panic can poison it; recover all the same.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
@@ -210,7 +234,10 @@ impl Shared {
             let mut state = self.lock();
             state.busy -= 1;
             loop {
-                if let Some(next) = state.queue.pop_front() {
+                // A woken thread takes a job only if there is a place for it.
+                if state.busy + state.inline < self.limits.max_running
+                    && let Some(next) = state.queue.pop_front()
+                {
                     state.busy += 1;
                     self.report(&state);
                     job = next;
@@ -308,5 +335,29 @@ mod tests {
             .unwrap();
         release.send(()).unwrap();
         waited.recv().unwrap();
+    }
+
+    #[test]
+    fn a_call_waiting_behind_an_inline_call_runs_when_it_ends() {
+        let pool = Pool::new(
+            Limits {
+                max_running: 1,
+                max_queued: 1,
+            },
+            Arc::new(Stats::new()),
+        );
+        let inline = pool.try_inline().expect("a free place");
+        assert!(pool.try_inline().is_none(), "one place, taken");
+        let (ran, waited) = mpsc::channel::<()>();
+        pool.submit(CallMeta::default(), Box::new(move || ran.send(()).unwrap()))
+            .unwrap();
+        assert!(
+            waited.recv_timeout(Duration::from_millis(50)).is_err(),
+            "no place while the inline call runs"
+        );
+        drop(inline);
+        waited
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the waiting call never ran");
     }
 }

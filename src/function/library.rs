@@ -123,7 +123,9 @@ impl Library {
     pub fn load(path: impl AsRef<Path>) -> Result<Library, LoadError> {
         let path = path.as_ref();
         let shown = path.display().to_string();
-        if !path.exists() {
+        if let Err(e) = std::fs::metadata(path)
+            && e.kind() == std::io::ErrorKind::NotFound
+        {
             return Err(LoadError::Missing { path: shown });
         }
         let unreadable = |reason| LoadError::Unreadable {
@@ -131,14 +133,24 @@ impl Library {
             reason,
         };
         let source = open_regular(path).map_err(unreadable)?;
-        let loaded = if Path::new("/proc/self/fd").is_dir() {
-            let image = memory_copy(source, path).map_err(unreadable)?;
-            let in_memory = PathBuf::from(format!("/proc/self/fd/{}", image.as_raw_fd()));
-            ffi::load(&in_memory, Some(image.into()), path)?
-        } else {
-            // No /proc (a chroot): a file in a directory only this process can write to.
-            let copy = PrivateCopy::new(source, path).map_err(unreadable)?;
-            ffi::load(&copy.file, None, path)?
+        let mut source = source;
+        let image = match Path::new("/proc/self/fd").is_dir() {
+            true => memory_copy(&mut source, path).ok(),
+            false => None,
+        };
+        let loaded = match image {
+            Some(image) => {
+                let in_memory = PathBuf::from(format!("/proc/self/fd/{}", image.as_raw_fd()));
+                ffi::load(&in_memory, Some(image.into()), path)?
+            }
+            None => {
+                // No /proc (a chroot), or no memory file to be had (a kernel or policy that
+                // refuses them): a file in a directory only this process can write to.
+                use std::io::Seek;
+                source.rewind().map_err(|e| unreadable(e.to_string()))?;
+                let copy = PrivateCopy::new(source, path).map_err(unreadable)?;
+                ffi::load(&copy.file, None, path)?
+            }
         };
         Ok(Library {
             inner: loaded.library,
@@ -250,8 +262,12 @@ fn file_name(path: &Path) -> String {
 }
 
 /// Copies `source` into a new anonymous memory file.
-fn memory_copy(mut source: File, path: &Path) -> Result<File, String> {
-    let name = file_name(path);
+fn memory_copy(source: &mut File, path: &Path) -> Result<File, String> {
+    // The kernel takes names of up to 249 bytes; the name only shows in /proc/PID/maps.
+    let mut name = file_name(path);
+    while name.len() > 200 {
+        name.pop();
+    }
     let flags = rustix::fs::MemfdFlags::CLOEXEC;
     // Where the kernel makes memory files non-executable by default (vm.memfd_noexec),
     // MFD_EXEC asks for an executable one; kernels before 6.3 do not know the flag.
@@ -259,7 +275,7 @@ fn memory_copy(mut source: File, path: &Path) -> Result<File, String> {
         .or_else(|_| rustix::fs::memfd_create(&*name, flags))
         .map_err(|e| format!("cannot create a memory file to load it from: {e}"))?;
     let mut image = File::from(memfd);
-    std::io::copy(&mut source, &mut image).map_err(|e| format!("cannot copy it to memory: {e}"))?;
+    std::io::copy(source, &mut image).map_err(|e| format!("cannot copy it to memory: {e}"))?;
     Ok(image)
 }
 
