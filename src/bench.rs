@@ -171,6 +171,8 @@ enum Side {
 
 struct Setup {
     exe: PathBuf,
+    /// `--invoker-exe`: the invoker to measure (default: this binary, like the reference).
+    invoker_exe: PathBuf,
     lib_dir: PathBuf,
     /// `--server`: the one server to drive, already running.
     external: Option<String>,
@@ -178,6 +180,17 @@ struct Setup {
 
 impl Setup {
     fn start(&self, side: Side, library: &str, handler: &str) -> anyhow::Result<(Server, Instant)> {
+        self.start_with(side, library, handler, &[])
+    }
+
+    /// Starts a server, the invoker with `limits` (environment variables) added.
+    fn start_with(
+        &self,
+        side: Side,
+        library: &str,
+        handler: &str,
+        limits: &[(&str, String)],
+    ) -> anyhow::Result<(Server, Instant)> {
         if let Some(addr) = &self.external {
             let server = Server {
                 child: None,
@@ -191,7 +204,9 @@ impl Setup {
                     "file://{}?handler={handler}",
                     self.lib_dir.join(library).display()
                 );
-                Server::spawn(&self.exe, &["serve"], &[("FUNCTION_URI", uri)])
+                let mut env = vec![("FUNCTION_URI", uri)];
+                env.extend(limits.iter().cloned());
+                Server::spawn(&self.invoker_exe, &["serve"], &env)
             }
             Side::Reference => Server::spawn(&self.exe, &["reference-echo"], &[]),
         }
@@ -329,6 +344,66 @@ async fn idle_memory(server: &Server, streams: usize) -> anyhow::Result<f64> {
     Ok(after.saturating_sub(before) as f64 / streams as f64)
 }
 
+/// How long a burst is measured for, and how big it is.
+struct Burst {
+    streams: usize,
+    connections: usize,
+    /// How long all streams stay open before the reading.
+    open_for: Duration,
+    /// When resident memory is read again after all are closed (two readings).
+    after: [Duration; 2],
+}
+
+/// Resident memory (KiB) around a burst of idle streams spread over several connections:
+/// before, with all open, and at the two `after` times once they are all closed.
+async fn burst_memory(server: &Server, burst: &Burst) -> anyhow::Result<[u64; 4]> {
+    let mut channels = Vec::with_capacity(burst.connections);
+    for _ in 0..burst.connections {
+        channels.push(server.channel().await?);
+    }
+    // Warm up the server and its allocator with one completed call.
+    MessageFunctionClient::new(channels[0].clone())
+        .call(futures_util::stream::iter([message(b"1", "text/plain")]))
+        .await?
+        .into_inner()
+        .message()
+        .await?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = server.rss_kib()?;
+    // Open the streams, each connection's share from its own task.
+    let per_connection = burst.streams.div_ceil(burst.connections);
+    let openers = channels.iter().enumerate().map(|(i, channel)| {
+        let channel = channel.clone();
+        let count = per_connection.min(burst.streams.saturating_sub(i * per_connection));
+        tokio::spawn(async move {
+            let mut open = Vec::with_capacity(count);
+            for _ in 0..count {
+                let mut client = MessageFunctionClient::new(channel.clone());
+                let (tx, rx) = mpsc::channel::<Message>(1);
+                let response = client.call(ReceiverStream::new(rx)).await?;
+                open.push((tx, response));
+            }
+            Ok::<_, anyhow::Error>(open)
+        })
+    });
+    let mut open = Vec::with_capacity(burst.connections);
+    for opener in futures_util::future::join_all(openers).await {
+        open.push(opener??);
+    }
+    tokio::time::sleep(burst.open_for).await;
+    let during = server.rss_kib()?;
+    // Close every stream and connection.
+    drop(open);
+    drop(channels);
+    let closed = Instant::now();
+    let mut after = [0; 2];
+    for (reading, wait) in after.iter_mut().zip(burst.after) {
+        tokio::time::sleep(wait.saturating_sub(closed.elapsed())).await;
+        *reading = server.rss_kib()?;
+    }
+    Ok([before, during, after[0], after[1]])
+}
+
 /// Time from spawning the process to the first reply.
 async fn first_reply(setup: &Setup, side: Side) -> anyhow::Result<Duration> {
     let (server, started) = setup.start(side, "librot13.so", "encode")?;
@@ -393,7 +468,7 @@ fn figure(name: &'static str, unit: &'static str, higher_is_better: bool) -> Fig
 pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("cannot find the invoker binary")?;
     let lib_dir = match args.lib_dir {
-        Some(dir) => dir,
+        Some(dir) => std::path::absolute(dir)?,
         None => exe
             .parent()
             .context("the binary has no directory")?
@@ -407,8 +482,10 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
             );
         }
     }
-    if args.server.is_some() && args.only.as_deref() == Some("startup") {
-        bail!("--server measures a running server: startup cannot be measured that way");
+    if args.server.is_some() && matches!(args.only.as_deref(), Some("startup" | "memory")) {
+        bail!(
+            "--server measures a running server: startup and memory need servers started by the bench"
+        );
     }
     // With --server there is one side, reported in the invoker's column.
     let sides: &[Side] = match args.server {
@@ -416,6 +493,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
         None => &[Side::Invoker, Side::Reference],
     };
     let setup = Setup {
+        invoker_exe: args.invoker_exe.unwrap_or_else(|| exe.clone()),
         exe,
         lib_dir,
         external: args.server,
@@ -433,6 +511,30 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
             args.rounds,
         )
     };
+    // 50 000 idle streams over 10 connections, as in the burst that left 585 MB resident.
+    let burst = if args.smoke {
+        Burst {
+            streams: 200,
+            connections: 2,
+            open_for: Duration::from_millis(100),
+            after: [Duration::from_millis(100), Duration::from_millis(200)],
+        }
+    } else {
+        Burst {
+            streams: 50_000,
+            connections: 10,
+            open_for: Duration::from_secs(1),
+            after: [Duration::from_secs(1), Duration::from_secs(10)],
+        }
+    };
+    // The invoker's limits raised so that the whole burst is admitted.
+    let burst_limits = [
+        ("MAX_CALLS", (burst.streams + 1000).to_string()),
+        (
+            "MAX_STREAMS_PER_CONNECTION",
+            burst.streams.div_ceil(burst.connections).to_string(),
+        ),
+    ];
     let mut figures = vec![
         figure("request/reply, 1 in flight", "calls/s", true),
         figure("  p50 latency, 1 in flight", "µs", false),
@@ -446,6 +548,10 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
         figure("exec to first reply", "ms", false),
         figure("server CPU per call, 64 in flight", "µs", false),
         figure("server CPU per message, 8 streams", "µs", false),
+        figure("burst: resident before", "MiB", false),
+        figure("burst: resident, all open", "MiB", false),
+        figure("burst: resident 1 s after", "MiB", false),
+        figure("burst: resident 10 s after", "MiB", false),
     ];
     let run = |group: &str| args.only.as_deref().is_none_or(|only| only == group);
     runtime.block_on(async {
@@ -516,6 +622,19 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
                         )
                         .await?,
                     );
+                }
+
+                if run("memory") {
+                    let (server, _) = setup.start_with(
+                        side,
+                        "libstreams.so",
+                        "running_average",
+                        &burst_limits,
+                    )?;
+                    let readings = burst_memory(&server, &burst).await?;
+                    for (figure, kib) in figures[12..16].iter_mut().zip(readings) {
+                        figure.keep_best(side, kib as f64 / 1024.0);
+                    }
                 }
 
                 if run("startup") {

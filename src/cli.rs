@@ -165,9 +165,14 @@ pub struct BenchArgs {
     pub smoke: bool,
 
     /// Run only one group of figures, to profile it: request-reply, streaming, large,
-    /// or startup.
-    #[arg(long, value_parser = ["request-reply", "streaming", "large", "startup"])]
+    /// memory (resident memory around a burst of idle streams) or startup.
+    #[arg(long, value_parser = ["request-reply", "streaming", "large", "memory", "startup"])]
     pub only: Option<String>,
+
+    /// The invoker binary (or a script that execs one) to measure against this binary's
+    /// reference: to compare builds or environments, such as another allocator.
+    #[arg(long, value_name = "PATH")]
+    pub invoker_exe: Option<std::path::PathBuf>,
 
     /// Where librot13.so and libstreams.so are (default: beside this binary).
     #[arg(long, value_name = "DIR")]

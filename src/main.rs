@@ -7,6 +7,12 @@ use std::process::ExitCode;
 use clap::Parser;
 use invoker::cli::{Cli, Command};
 
+/// jemalloc, with a background thread that returns freed pages to the system within seconds:
+/// glibc's malloc kept the memory of a burst of 50 000 streams resident after they closed
+/// (BENCHMARKS.md, "Memory after a burst"). Function libraries keep their own allocator.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     invoker::logging::init();

@@ -27,6 +27,10 @@ fn the_benchmark_runs_and_reports_every_figure() {
         "streaming 16 KiB, 1 stream",
         "memory per idle stream",
         "exec to first reply",
+        "burst: resident before",
+        "burst: resident, all open",
+        "burst: resident 1 s after",
+        "burst: resident 10 s after",
     ] {
         let line = report
             .lines()
