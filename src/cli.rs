@@ -6,22 +6,42 @@ use clap::{Args, Parser, Subcommand};
 
 /// Runs one Rust function, compiled as a cdylib, behind riff's gRPC function protocols.
 #[derive(Debug, Parser)]
-#[command(name = "invoker", version, about)]
+#[command(name = "invoker", version = version(), about)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
 }
 
+/// `--version`: the package's version and the ABI version of the libraries it loads.
+fn version() -> &'static str {
+    static VERSION: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "{} (ABI version {})",
+            env!("CARGO_PKG_VERSION"),
+            invoker_abi::ABI_VERSION
+        )
+    });
+    &VERSION
+}
+
+/// The settings of the logs, which have no flags (`serve --help`, `run --help`).
+const LOG_HELP: &str = "\
+Logs (on stderr):
+  RUST_LOG    the log filter, such as info or invoker=debug [default: info]
+  LOG_FORMAT  text, or json for one JSON object per line [default: text]";
+
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Load the function and serve it over gRPC until SIGTERM/SIGINT.
+    #[command(after_help = LOG_HELP)]
     Serve(ServeArgs),
     /// Run a function locally: messages from stdin, one per line; results to stdout.
     ///
     /// Exits 0, or with the gRPC status code of the first failed call (2 for a function
     /// error, 3 for input it cannot decode, 13 for a panic).
+    #[command(after_help = LOG_HELP)]
     Run(RunArgs),
     /// Scaffold a function crate from an invoker's templates (invoker.yaml).
     Init(InitArgs),

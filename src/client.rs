@@ -95,17 +95,41 @@ async fn run(args: CallArgs) -> anyhow::Result<Code> {
     }
 }
 
-/// Connects, or reports why not (as UNAVAILABLE).
+/// Connects, or reports why not (as UNAVAILABLE): the OS's reason, such as `Connection
+/// refused`, not tonic's `transport error`.
 async fn connect(address: &str) -> anyhow::Result<Result<Channel, Code>> {
+    if let Some(rest) = address
+        .strip_prefix("http://")
+        .or_else(|| address.strip_prefix("https://"))
+    {
+        anyhow::bail!(
+            "'{address}' is not a HOST:PORT address: give --address (or INVOKER_ADDRESS) without the scheme, as {}",
+            rest.trim_end_matches('/')
+        );
+    }
     let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
         .with_context(|| format!("'{address}' is not a HOST:PORT address"))?
         .connect_timeout(Duration::from_secs(5));
     match endpoint.connect().await {
         Ok(channel) => Ok(Ok(channel)),
         Err(e) => {
-            eprintln!("invoker: cannot connect to {address}: {e}");
+            eprintln!("invoker: cannot connect to {address}: {}", root_cause(&e));
             Ok(Err(Code::Unavailable))
         }
+    }
+}
+
+/// The innermost reason of an error, with its `os error N` suffix dropped: `Connection
+/// refused`, `timed out`.
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = e;
+    while let Some(source) = cause.source() {
+        cause = source;
+    }
+    let text = cause.to_string();
+    match text.find(" (os error ") {
+        Some(at) => text[..at].to_owned(),
+        None => text,
     }
 }
 

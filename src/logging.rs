@@ -4,10 +4,11 @@
 
 use tracing_subscriber::EnvFilter;
 
-/// Installs the log subscriber (once; later calls do nothing).
-pub fn init() {
+/// Installs the log subscriber (once; later calls do nothing). A `LOG_FORMAT` that is neither
+/// `text` nor `json` is an error: logs in a format nobody asked for would go unread.
+pub fn init() -> anyhow::Result<()> {
+    let json = format()? == Format::Json;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let json = json();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -20,11 +21,32 @@ pub fn init() {
     } else {
         builder.try_init()
     };
+    Ok(())
+}
+
+/// The formats of `LOG_FORMAT`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Text,
+    Json,
+}
+
+/// `LOG_FORMAT`: `text` (also when unset or empty) or `json`, in any case.
+fn format() -> anyhow::Result<Format> {
+    let Some(value) = std::env::var_os("LOG_FORMAT") else {
+        return Ok(Format::Text);
+    };
+    let value = value.to_string_lossy();
+    match value.to_ascii_lowercase().as_str() {
+        "" | "text" => Ok(Format::Text),
+        "json" => Ok(Format::Json),
+        _ => anyhow::bail!("LOG_FORMAT '{value}' is not a log format: set it to text or json"),
+    }
 }
 
 /// Whether logs are JSON (`LOG_FORMAT=json`).
 pub fn json() -> bool {
-    std::env::var("LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"))
+    matches!(format(), Ok(Format::Json))
 }
 
 /// Installs the fatal-signal handler (see `function::install_crash_handler`), its line in the

@@ -5,6 +5,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use clap::error::{ContextKind, ContextValue, ErrorKind};
 use invoker::cli::{Cli, Command};
 
 /// jemalloc, with a background thread that returns freed pages to the system within seconds:
@@ -14,8 +15,11 @@ use invoker::cli::{Cli, Command};
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    invoker::logging::init();
+    let cli = Cli::try_parse().unwrap_or_else(|e| usage_error(e).exit());
+    if let Err(e) = invoker::logging::init() {
+        eprintln!("invoker: {e:#}");
+        return ExitCode::FAILURE;
+    }
     let result = match cli.command {
         Command::Serve(args) => invoker::run::serve(args).map(|()| ExitCode::SUCCESS),
         Command::Run(args) => invoker::local::run(args).map(ExitCode::from),
@@ -54,4 +58,25 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A usage error, with a tip where the flag clap names is usually given as an environment
+/// variable: a missing `--function-uri` is a missing `FUNCTION_URI` to most.
+fn usage_error(mut e: clap::Error) -> clap::Error {
+    let missing_uri = e.kind() == ErrorKind::MissingRequiredArgument
+        && matches!(
+            e.get(ContextKind::InvalidArg),
+            Some(ContextValue::Strings(args)) if args.iter().any(|a| a.starts_with("--function-uri"))
+        );
+    if missing_uri {
+        e.insert(
+            ContextKind::Suggested,
+            ContextValue::StyledStrs(vec![
+                "set the environment variable FUNCTION_URI, or pass --function-uri \
+                 (file:///abs/path/libname.so?handler=name)"
+                    .into(),
+            ]),
+        );
+    }
+    e
 }

@@ -60,7 +60,15 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         if let Some(port) = args.metrics_port {
             let listener = tokio::net::TcpListener::bind((args.host.as_str(), port))
                 .await
-                .with_context(|| format!("cannot listen for /metrics on {}:{port}", args.host))?;
+                .map_err(|e| {
+                    let hint = match e.kind() {
+                        std::io::ErrorKind::AddrInUse => {
+                            "; choose another port with --metrics-port or METRICS_PORT (0 picks a free one)"
+                        }
+                        _ => "",
+                    };
+                    anyhow::anyhow!("cannot listen for /metrics on {}:{port}: {e}{hint}", args.host)
+                })?;
             println!("metrics on http://{}/metrics", listener.local_addr()?);
             let stopped = stop.clone().cancelled_owned();
             helpers.spawn(serve_metrics(

@@ -319,7 +319,19 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let listener = TcpListener::bind((options.host.as_str(), options.port))
         .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}:{}: {e}", options.host, options.port))?;
+        .map_err(|e| {
+            let hint = match e.kind() {
+                std::io::ErrorKind::AddrInUse => {
+                    "; choose another port with --port or GRPC_PORT (0 picks a free one)"
+                }
+                _ => "",
+            };
+            anyhow::anyhow!(
+                "cannot listen on {}:{}: {e}{hint}",
+                options.host,
+                options.port
+            )
+        })?;
     serve_on(listener, &options, live, calls, signal).await
 }
 

@@ -125,11 +125,8 @@ pub(crate) fn load(
     let _running = Running::loading(&display_path);
     // SAFETY: loading a library runs its initialisers. That is the point of the daemon: the
     // operator named this file as the function to run, and trusts it like any executable.
-    let library =
-        unsafe { libloading::Library::new(path) }.map_err(|e| LoadError::NotALibrary {
-            path: display.clone(),
-            reason: e.to_string().replace(&*path.to_string_lossy(), &display),
-        })?;
+    let library = unsafe { libloading::Library::new(path) }
+        .map_err(|e| super::library::load_failure(path, &display, &e))?;
     let image = ManuallyDrop::new(image);
     let root_name = format!("{ROOT_SYMBOL}\0");
     // SAFETY: `invoker_library` is declared by the ABI as `RootFn`; if a library exports the

@@ -28,11 +28,20 @@ pub enum LoadError {
         /// Why.
         reason: String,
     },
-    /// The file is not a loadable shared library.
+    /// The file is not a shared library at all (text, an archive, an executable).
     #[error(
         "{path} is not a loadable shared library ({reason}): build the function crate with crate-type = [\"cdylib\"]"
     )]
     NotALibrary {
+        /// The path.
+        path: String,
+        /// What the dynamic loader said.
+        reason: String,
+    },
+    /// The file is a shared library, but the dynamic loader refused it: a dependency it cannot
+    /// find, a C library older than the one it was built against, another architecture.
+    #[error("cannot load function library {path}: {reason}{}", load_hint(.reason))]
+    LoadFailed {
         /// The path.
         path: String,
         /// What the dynamic loader said.
@@ -92,6 +101,61 @@ pub enum LoadError {
         /// The handlers on offer.
         handlers: String,
     },
+}
+
+/// What to do about the dynamic loader's `reason` for refusing a shared library, when it is one
+/// of the usual ones.
+fn load_hint(reason: &str) -> &'static str {
+    if reason.contains("version `GLIBC_") {
+        "; the library was built against a newer glibc than this system's: build it on a system \
+         (or image) with a glibc no newer than this one"
+    } else if reason.contains("cannot open shared object file") {
+        "; install the library it depends on, or build the function without that dependency"
+    } else {
+        ""
+    }
+}
+
+/// The error for a library the dynamic loader refused to load from `path` (the private copy),
+/// named `shown` (the file the operator named). Only a file that is not a shared library at
+/// all blames the crate type; anything else (a missing dependency, a too-new glibc) is the
+/// loader's own reason, which libloading keeps in the error's `source()`.
+pub(super) fn load_failure(path: &Path, shown: &str, error: &libloading::Error) -> LoadError {
+    use std::error::Error as _;
+    let reason = match error.source() {
+        Some(source) => source.to_string(),
+        None => error.to_string(),
+    };
+    let reason = reason.replace(&*path.to_string_lossy(), shown);
+    // A position-independent executable is ET_DYN too: a `bin` crate, not a `cdylib`.
+    if is_shared_object(path) && !reason.contains("position-independent executable") {
+        LoadError::LoadFailed {
+            path: shown.to_owned(),
+            reason,
+        }
+    } else {
+        LoadError::NotALibrary {
+            path: shown.to_owned(),
+            reason,
+        }
+    }
+}
+
+/// Whether the file at `path` is an ELF shared object (`e_type` `ET_DYN`).
+fn is_shared_object(path: &Path) -> bool {
+    use std::io::Read;
+    let mut head = [0u8; 18];
+    let read = File::open(path).and_then(|mut f| f.read_exact(&mut head));
+    if read.is_err() || head[..4] != *b"\x7fELF" {
+        return false;
+    }
+    const ET_DYN: u16 = 3;
+    let e_type = [head[16], head[17]];
+    match head[5] {
+        1 => u16::from_le_bytes(e_type) == ET_DYN,
+        2 => u16::from_be_bytes(e_type) == ET_DYN,
+        _ => false,
+    }
 }
 
 /// A loaded function library.
@@ -420,5 +484,25 @@ impl Function {
         }
         debug_assert_eq!(self.info.shape, Shape::Streaming);
         ffi::open(&self.library, entry, ctx, inputs, self.info.outputs.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_too_new_glibc_is_named_and_explained() {
+        let e = LoadError::LoadFailed {
+            path: "/f/libx.so".into(),
+            reason: "/lib/x86_64-linux-gnu/libc.so.6: version `GLIBC_2.39' not found (required by /f/libx.so)".into(),
+        };
+        let message = e.to_string();
+        assert!(
+            message.starts_with("cannot load function library /f/libx.so: /lib/x86_64-linux-gnu/libc.so.6: version `GLIBC_2.39' not found"),
+            "{message}"
+        );
+        assert!(message.contains("newer glibc"), "{message}");
+        assert!(!message.contains("cdylib"), "{message}");
     }
 }
