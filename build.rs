@@ -13,9 +13,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let fds = protox::compile(protos, ["proto"])?;
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
+    // What reflection advertises on the gRPC port: only the services served there. The admin
+    // service is served on the Unix socket alone, so admin.proto is left out.
+    let mut served = fds.clone();
+    served
+        .file
+        .retain(|file| file.name.as_deref() != Some("admin.proto"));
     std::fs::write(
         out_dir.join("descriptor.bin"),
-        prost::Message::encode_to_vec(&fds),
+        prost::Message::encode_to_vec(&served),
     )?;
     // Bytes payloads are shared, not copied; header maps are B-trees, since a message carries
     // a handful of headers and SipHash-ing each name costs more than comparing it.

@@ -486,6 +486,12 @@ async fn health_and_reflection_are_served() {
         names.contains(&"grpc.health.v1.Health".to_owned()),
         "{names:?}"
     );
+    assert!(names.contains(&"streaming.Riff".to_owned()), "{names:?}");
+    // The admin service is served on the Unix socket only: not advertised on this port.
+    assert!(
+        !names.iter().any(|name| name.starts_with("invoker.admin")),
+        "{names:?}"
+    );
 }
 
 fn sigterm(daemon: &Daemon) {

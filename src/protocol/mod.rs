@@ -36,7 +36,8 @@ pub mod proto {
         tonic::include_proto!("invoker.admin.v1");
     }
 
-    /// The encoded descriptors of every proto, for gRPC reflection.
+    /// The encoded descriptors of the protos served on the gRPC port (function.proto and
+    /// riff.proto; not admin.proto, whose service is on the Unix socket), for reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] =
         include_bytes!(concat!(env!("OUT_DIR"), "/descriptor.bin"));
 }
