@@ -66,11 +66,75 @@ async fn a_missing_content_type_means_text_and_charset_utf8_is_accepted() {
     );
 }
 
+/// SPEC §5: `String` speaks `text/plain` first and a JSON string second, as riff's Go and node
+/// invokers do, and takes `application/octet-stream` that is valid UTF-8.
+#[tokio::test]
+async fn a_string_function_speaks_json_strings_and_utf8_octet_streams() {
+    let hello = Daemon::start(&uri("greeter", Some("hello")));
+    let json = [
+        ("Content-Type", "application/json"),
+        ("Accept", "application/json"),
+    ];
+    let out = one(&hello, "\"Ada\"", &json).await;
+    assert_eq!(out.code(), Code::Ok, "{out:?}");
+    assert_eq!(out.texts(), ["\"Hello Ada\""]);
+    assert_eq!(
+        header(&out.messages[0], "Content-Type"),
+        Some("application/json")
+    );
+    // JSON in, text out (no Accept: the function's preference, text/plain), and escapes.
+    let out = one(
+        &hello,
+        "\"A\\\"d\\u00e1\"",
+        &[("Content-Type", "application/json")],
+    )
+    .await;
+    assert_eq!(out.texts(), ["Hello A\"d\u{e1}"]);
+    assert_eq!(header(&out.messages[0], "Content-Type"), Some("text/plain"));
+    // Text in, a JSON string out, with the escapes JSON needs.
+    let out = one(&hello, "A\"da", &[("Accept", "application/json")]).await;
+    assert_eq!(out.texts(), ["\"Hello A\\\"da\""]);
+    // */* and a tie both go to the function's own preference: text/plain.
+    for accept in ["*/*", "application/json, text/plain"] {
+        let out = one(&hello, "Ada", &[("Accept", accept)]).await;
+        assert_eq!(out.texts(), ["Hello Ada"], "{accept}");
+        assert_eq!(
+            header(&out.messages[0], "Content-Type"),
+            Some("text/plain"),
+            "{accept}"
+        );
+    }
+    // JSON that is not a string is a bad input, as is JSON that is not JSON.
+    for bad in ["{}", "42", "Ada"] {
+        let out = one(&hello, bad, &[("Content-Type", "application/json")]).await;
+        assert_status(&out, Code::InvalidArgument, "Invoker: Bad Input Signal");
+    }
+    // application/octet-stream that is valid UTF-8 is text.
+    let out = one(
+        &hello,
+        "Ada",
+        &[("Content-Type", "application/octet-stream")],
+    )
+    .await;
+    assert_eq!(out.texts(), ["Hello Ada"]);
+    assert_eq!(header(&out.messages[0], "Content-Type"), Some("text/plain"));
+    let mut client = hello.client().await;
+    let mut bad = msg("", &[("Content-Type", "application/octet-stream")]);
+    bad.payload = bytes::Bytes::from_static(&[0xff, 0xfe]);
+    let out = call(&mut client, vec![bad]).await;
+    assert_status(&out, Code::InvalidArgument, "Invoker: Bad Input Signal");
+}
+
 #[tokio::test]
 async fn every_error_status() {
     let hello = Daemon::start(&uri("greeter", Some("hello")));
     // Unsupported Media Type.
-    let out = one(&hello, "{}", &[("Content-Type", "application/json")]).await;
+    let out = one(
+        &hello,
+        "name=Ada",
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+    )
+    .await;
     assert_status(
         &out,
         Code::InvalidArgument,
@@ -81,7 +145,7 @@ async fn every_error_status() {
         "lists what it accepts: {out:?}"
     );
     // Not Acceptable.
-    let out = one(&hello, "Ada", &[("Accept", "application/json")]).await;
+    let out = one(&hello, "Ada", &[("Accept", "image/png")]).await;
     assert_status(&out, Code::InvalidArgument, "Invoker: Not Acceptable");
     // The function's error.
     let out = one(&hello, "Riff", &[]).await;

@@ -156,7 +156,7 @@ fn invoker_call_prints_replies_and_exits_with_the_grpc_code() {
     assert_eq!(out.status.code(), Some(2), "UNKNOWN is code 2");
     assert!(String::from_utf8_lossy(&out.stderr).contains("Unknown: error condition"));
 
-    let out = run(&["--accept", "application/json", "Ada"]);
+    let out = run(&["--accept", "image/png", "Ada"]);
     assert_eq!(out.status.code(), Some(3), "INVALID_ARGUMENT is code 3");
     assert!(String::from_utf8_lossy(&out.stderr).contains("Invoker: Not Acceptable"));
 }

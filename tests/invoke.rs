@@ -118,8 +118,9 @@ async fn invoke(daemon: &Daemon, signals: Vec<InputSignal>) -> Outcome {
 
 #[tokio::test]
 async fn an_empty_content_type_is_octet_stream_whatever_the_frame_headers_say() {
-    let daemon = Daemon::start(&uri("greeter", Some("hello")));
-    let mut frame = data("World", "", 0);
+    // An i64 is not read from application/octet-stream.
+    let daemon = Daemon::start(&uri("greeter", Some("double")));
+    let mut frame = data("21", "", 0);
     if let Some(input_signal::Frame::Data(data)) = &mut frame.frame {
         data.headers
             .insert("content-type".to_owned(), "text/plain".to_owned());
@@ -131,9 +132,67 @@ async fn an_empty_content_type_is_octet_stream_whatever_the_frame_headers_say() 
         "{out:?}"
     );
     // With the frame's own contentType, the same message is fine.
-    let out = invoke(&daemon, vec![start(&["text/plain"]), text("World")]).await;
+    let out = invoke(&daemon, vec![start(&["text/plain"]), text("21")]).await;
     assert_eq!(out.code(), Code::Ok, "{out:?}");
-    assert_eq!(out.results(), [(0, "Hello World".to_owned())]);
+    assert_eq!(out.results(), [(0, "42".to_owned())]);
+}
+
+/// What riff's HTTP adapter sends: a body without Content-Type arrives as
+/// application/octet-stream, which a `String` takes when it is valid UTF-8; and JSON strings
+/// both ways (SPEC §5).
+#[tokio::test]
+async fn a_string_function_takes_utf8_octet_streams_and_json_strings() {
+    let daemon = Daemon::start(&uri("greeter", Some("hello")));
+    let out = invoke(&daemon, vec![start(&["text/plain"]), data("Ada", "", 0)]).await;
+    assert_eq!(out.code(), Code::Ok, "{out:?}");
+    assert_eq!(out.results(), [(0, "Hello Ada".to_owned())]);
+    assert_eq!(out.frames[0].content_type, "text/plain");
+    let out = invoke(
+        &daemon,
+        vec![
+            start(&["application/json"]),
+            data("\"Ada\"", "application/json", 0),
+            data("Bob", "application/octet-stream", 0),
+        ],
+    )
+    .await;
+    assert_eq!(out.code(), Code::Ok, "{out:?}");
+    assert_eq!(
+        out.results(),
+        [
+            (0, "\"Hello Ada\"".to_owned()),
+            (0, "\"Hello Bob\"".to_owned())
+        ]
+    );
+    assert!(
+        out.frames
+            .iter()
+            .all(|f| f.content_type == "application/json")
+    );
+    // */* picks the function's own preference, text/plain.
+    let out = invoke(
+        &daemon,
+        vec![start(&["*/*"]), data("\"Ada\"", "application/json", 0)],
+    )
+    .await;
+    assert_eq!(out.results(), [(0, "Hello Ada".to_owned())]);
+    assert_eq!(out.frames[0].content_type, "text/plain");
+    // JSON that is not a string, and octet-stream that is not UTF-8, are bad inputs.
+    let out = invoke(
+        &daemon,
+        vec![
+            start(&["text/plain"]),
+            data("{\"name\":\"Ada\"}", "application/json", 0),
+        ],
+    )
+    .await;
+    out.assert_error(Code::InvalidArgument, "Invoker: Bad Input Signal");
+    let mut frame = data("", "", 0);
+    if let Some(input_signal::Frame::Data(data)) = &mut frame.frame {
+        data.payload = Bytes::from_static(&[0xc3, 0x28]);
+    }
+    let out = invoke(&daemon, vec![start(&["text/plain"]), frame]).await;
+    out.assert_error(Code::InvalidArgument, "Invoker: Bad Input Signal");
 }
 
 #[tokio::test]

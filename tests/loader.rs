@@ -96,7 +96,15 @@ fn open(f: &Function, items: Vec<&str>) -> BoxStream<'static, Result<String, Fun
 fn greeter_hello() {
     let f = function("greeter", "hello");
     assert_eq!(f.info().shape, Shape::RequestReply);
-    assert_eq!(f.info().inputs[0].media_types, ["text/plain"]);
+    // In preference order (SPEC §5): text, then a JSON string, then UTF-8 octets.
+    assert_eq!(
+        f.info().inputs[0].media_types,
+        ["text/plain", "application/json", "application/octet-stream"]
+    );
+    assert_eq!(
+        f.info().outputs[0].media_types,
+        ["text/plain", "application/json"]
+    );
     assert_eq!(call(&f, "World"), Ok(Some("Hello World".into())));
     assert_eq!(
         call(&f, "Riff"),
@@ -549,7 +557,10 @@ fn bool_and_static_str_outputs() {
     ));
 
     let yes_no = function("probe", "yes_no");
-    assert_eq!(yes_no.info().outputs[0].media_types, ["text/plain"]);
+    assert_eq!(
+        yes_no.info().outputs[0].media_types,
+        ["text/plain", "application/json"]
+    );
     assert_eq!(call(&yes_no, "true"), Ok(Some("yes".into())));
     assert_eq!(call(&yes_no, "false"), Ok(Some("no".into())));
 }
@@ -654,7 +665,10 @@ fn context_and_an_input_to_a_unit_result() {
 #[test]
 fn context_alone_to_a_fallible_static_str() {
     let f = function("probe", "ctx_greeting");
-    assert_eq!(f.info().outputs[0].media_types, ["text/plain"]);
+    assert_eq!(
+        f.info().outputs[0].media_types,
+        ["text/plain", "application/json"]
+    );
     let stats = Arc::new(Stats::new());
     let greet = |config: &[(&str, &str)]| {
         let out = f.invoke(&ctx_with(&f, &[], config, &stats), None, 0)?;

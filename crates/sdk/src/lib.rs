@@ -123,7 +123,7 @@
 //!
 //! | type | decodes from | encodes as |
 //! |---|---|---|
-//! | `String` | `text/plain` | `text/plain` |
+//! | `String`, `&'static str` (output only) | `text/plain`, `application/json` (a JSON string), `application/octet-stream` (valid UTF-8) | `text/plain`, `application/json` (a JSON string) |
 //! | integers, floats, `bool` | `text/plain`, `application/json` | `text/plain`, `application/json` |
 //! | `Vec<u8>`, `Bytes` | `application/octet-stream`, `text/plain` | `application/octet-stream` |
 //! | [`Json<T>`] | `application/json`, `application/x-www-form-urlencoded` | `application/json` |

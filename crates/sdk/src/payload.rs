@@ -177,29 +177,48 @@ pub trait IntoPayload {
     fn into_payload(self, media_type: &str, out: &mut Outgoing) -> Result<(), PayloadError>;
 }
 
+/// Text: `text/plain` first, then a JSON string (`"Hello Ada"`), as riff's Go and node
+/// invokers speak it; as an input also `application/octet-stream` that is valid UTF-8 (riff's
+/// HTTP adapter sends that for a body without a Content-Type).
 impl FromPayload for String {
-    const MEDIA_TYPES: &'static [&'static str] = &[TEXT_PLAIN];
+    const MEDIA_TYPES: &'static [&'static str] = &[TEXT_PLAIN, APPLICATION_JSON, OCTET_STREAM];
 
     fn from_payload(payload: &Payload<'_>) -> Result<Self, PayloadError> {
+        if payload.media_type == APPLICATION_JSON {
+            return serde_json::from_slice(payload.bytes)
+                .map_err(|e| PayloadError::new(format!("expected a JSON string: {e}")));
+        }
         payload.text().map(str::to_owned)
     }
 }
 
-impl IntoPayload for String {
-    const MEDIA_TYPES: &'static [&'static str] = &[TEXT_PLAIN];
+/// Encodes text as `text/plain` (the bytes as they are) or as a JSON string.
+fn text_payload(text: &str, media_type: &str, out: &mut Outgoing) -> Result<(), PayloadError> {
+    if media_type == APPLICATION_JSON {
+        return serde_json::to_writer(&mut out.payload, text)
+            .map_err(|e| PayloadError::new(e.to_string()));
+    }
+    out.payload.extend_from_slice(text.as_bytes());
+    Ok(())
+}
 
-    fn into_payload(self, _media_type: &str, out: &mut Outgoing) -> Result<(), PayloadError> {
+impl IntoPayload for String {
+    const MEDIA_TYPES: &'static [&'static str] = &[TEXT_PLAIN, APPLICATION_JSON];
+
+    fn into_payload(self, media_type: &str, out: &mut Outgoing) -> Result<(), PayloadError> {
+        if media_type == APPLICATION_JSON {
+            return text_payload(&self, media_type, out);
+        }
         out.payload = self.into_bytes();
         Ok(())
     }
 }
 
 impl IntoPayload for &'static str {
-    const MEDIA_TYPES: &'static [&'static str] = &[TEXT_PLAIN];
+    const MEDIA_TYPES: &'static [&'static str] = &[TEXT_PLAIN, APPLICATION_JSON];
 
-    fn into_payload(self, _media_type: &str, out: &mut Outgoing) -> Result<(), PayloadError> {
-        out.payload.extend_from_slice(self.as_bytes());
-        Ok(())
+    fn into_payload(self, media_type: &str, out: &mut Outgoing) -> Result<(), PayloadError> {
+        text_payload(self, media_type, out)
     }
 }
 
@@ -524,5 +543,49 @@ mod tests {
         assert_eq!(text(-42_i64), "-42");
         assert_eq!(text(u128::MAX), u128::MAX.to_string());
         assert_eq!(text(true), "true");
+    }
+
+    fn string_from(bytes: &[u8], media_type: &'static str) -> Result<String, PayloadError> {
+        String::from_payload(&Payload {
+            bytes,
+            media_type,
+            headers: &[],
+        })
+    }
+
+    fn encoded<T: IntoPayload>(value: T, media_type: &str) -> String {
+        let mut out = Outgoing::default();
+        value.into_payload(media_type, &mut out).unwrap();
+        String::from_utf8(out.payload).unwrap()
+    }
+
+    #[test]
+    fn strings_are_text_then_json_and_take_utf8_octet_streams() {
+        assert_eq!(
+            <String as FromPayload>::MEDIA_TYPES,
+            [TEXT_PLAIN, APPLICATION_JSON, OCTET_STREAM]
+        );
+        assert_eq!(
+            <String as IntoPayload>::MEDIA_TYPES,
+            [TEXT_PLAIN, APPLICATION_JSON]
+        );
+        assert_eq!(
+            <&'static str as IntoPayload>::MEDIA_TYPES,
+            [TEXT_PLAIN, APPLICATION_JSON]
+        );
+        assert_eq!(string_from(b"\"Ada\"", APPLICATION_JSON).unwrap(), "Ada");
+        assert_eq!(string_from(b"\"Ada\"", TEXT_PLAIN).unwrap(), "\"Ada\"");
+        assert_eq!(string_from(b"Ada", OCTET_STREAM).unwrap(), "Ada");
+        for bad in [&b"{}"[..], b"42", b"Ada", b"null"] {
+            assert!(string_from(bad, APPLICATION_JSON).is_err(), "{bad:?}");
+        }
+        assert!(string_from(&[0xff], OCTET_STREAM).is_err());
+        assert_eq!(
+            encoded("Hello \"Ada\"".to_owned(), APPLICATION_JSON),
+            r#""Hello \"Ada\"""#
+        );
+        assert_eq!(encoded("Hello Ada".to_owned(), TEXT_PLAIN), "Hello Ada");
+        assert_eq!(encoded("yes", APPLICATION_JSON), "\"yes\"");
+        assert_eq!(encoded("yes", TEXT_PLAIN), "yes");
     }
 }
