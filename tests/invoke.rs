@@ -262,6 +262,111 @@ async fn a_request_reply_function_is_mapped_over_every_frame() {
     out.assert_error(Code::Unknown, "error condition");
 }
 
+/// riff's HTTP adapter sends a StartFrame with one expected content type and one data frame,
+/// and waits for one output frame: a function without output answers each frame with an empty
+/// one; errors and panics still end the call with their status.
+#[tokio::test]
+async fn a_function_without_output_answers_each_frame_with_an_empty_one() {
+    let validate = Daemon::start(&uri("shapes", Some("validate")));
+    let out = invoke(
+        &validate,
+        vec![start(&["text/plain"]), data("Ada", "", 0), text("Bob")],
+    )
+    .await;
+    assert_eq!(out.code(), Code::Ok, "{out:?}");
+    assert_eq!(out.results(), [(0, String::new()), (0, String::new())]);
+    assert!(out.frames.iter().all(|f| f.content_type == "text/plain"));
+    assert!(out.frames.iter().all(|f| f.headers.is_empty()));
+    // The contentType follows the Accept list among text/plain and octet-stream.
+    let out = invoke(&validate, vec![start(&["*/*"]), text("Ada")]).await;
+    assert_eq!(out.frames[0].content_type, "text/plain");
+    let out = invoke(
+        &validate,
+        vec![start(&["application/octet-stream"]), text("Ada")],
+    )
+    .await;
+    assert_eq!(out.frames[0].content_type, "application/octet-stream");
+    // The function's error ends the call; frames already sent stay sent.
+    let out = invoke(
+        &validate,
+        vec![
+            start(&["text/plain"]),
+            text("Ada"),
+            text("Riff"),
+            text("Bob"),
+        ],
+    )
+    .await;
+    assert_eq!(out.results(), [(0, String::new())]);
+    out.assert_error(Code::Unknown, "Riff contained 'Riff'");
+    // Without an expected output (the StartFrame says 0) nothing is sent.
+    let out = invoke(&validate, vec![start(&[]), text("Ada")]).await;
+    assert_eq!(out.code(), Code::Ok, "{out:?}");
+    assert!(out.frames.is_empty(), "{out:?}");
+    // f(X) with a bool input, and a panic.
+    let arm = Daemon::start(&uri("probe", Some("arm")));
+    let out = invoke(&arm, vec![start(&["text/plain"]), text("true")]).await;
+    assert_eq!(out.code(), Code::Ok, "{out:?}");
+    assert_eq!(out.results(), [(0, String::new())]);
+    let panics = Daemon::start(&uri("shapes", Some("panics")));
+    let out = invoke(&panics, vec![start(&["text/plain"]), text("boom")]).await;
+    assert!(out.frames.is_empty(), "{out:?}");
+    out.assert_error(Code::Internal, "Invoker: Function Panicked");
+    // f() -> Result<(), E> (`arm` ran in another process, so `fire` is not armed): the
+    // call runs, and its error is the status.
+    let fire = Daemon::start(&uri("probe", Some("fire")));
+    let out = invoke(&fire, vec![start(&["text/plain"]), data("", "", 0)]).await;
+    assert!(out.frames.is_empty(), "{out:?}");
+    out.assert_error(Code::Unknown, "not armed");
+}
+
+/// A function without input runs once per data frame on input 0 (the payload is not read), or
+/// once at half-close when no frame came.
+#[tokio::test]
+async fn a_function_without_input_runs_once_per_frame() {
+    let five = Daemon::start(&uri("shapes", Some("five")));
+    // What riff's HTTP adapter sends for `curl -d ''`: one frame, octet-stream.
+    let out = invoke(&five, vec![start(&["text/plain"]), data("", "", 0)]).await;
+    assert_eq!(out.code(), Code::Ok, "{out:?}");
+    assert_eq!(out.results(), [(0, "5".to_owned())]);
+    assert_eq!(out.frames[0].content_type, "text/plain");
+    let out = invoke(
+        &five,
+        vec![
+            start(&["application/json"]),
+            data("ignored", "image/png", 0),
+            data("", "", 0),
+        ],
+    )
+    .await;
+    assert_eq!(out.code(), Code::Ok, "{out:?}");
+    assert_eq!(out.results(), [(0, "5".to_owned()), (0, "5".to_owned())]);
+    assert!(
+        out.frames
+            .iter()
+            .all(|f| f.content_type == "application/json")
+    );
+    // No data frame at all: once, at half-close.
+    let out = invoke(&five, vec![start(&["text/plain"])]).await;
+    assert_eq!(out.code(), Code::Ok, "{out:?}");
+    assert_eq!(out.results(), [(0, "5".to_owned())]);
+    // A frame for another input is still a protocol violation.
+    let out = invoke(&five, vec![start(&["text/plain"]), data("", "", 1)]).await;
+    out.assert_error(Code::InvalidArgument, "Invoker: Protocol Violation");
+    // Errors end the call.
+    let broken = Daemon::start(&uri("shapes", Some("broken")));
+    let out = invoke(&broken, vec![start(&["text/plain"]), data("", "", 0)]).await;
+    assert!(out.frames.is_empty(), "{out:?}");
+    out.assert_error(Code::Unknown, "broken");
+    // f(): neither input nor output, answered like the others.
+    let nothing = Daemon::start(&uri("shapes", Some("nothing")));
+    let out = invoke(&nothing, vec![start(&["text/plain"]), data("", "", 0)]).await;
+    assert_eq!(out.code(), Code::Ok, "{out:?}");
+    assert_eq!(out.results(), [(0, String::new())]);
+    let out = invoke(&nothing, vec![start(&["text/plain"])]).await;
+    assert_eq!(out.results(), [(0, String::new())]);
+}
+
 #[tokio::test]
 async fn protocol_violations() {
     let daemon = Daemon::start(&uri("greeter", Some("hello")));

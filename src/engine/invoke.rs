@@ -8,6 +8,7 @@
 
 use std::collections::VecDeque;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
@@ -74,6 +75,12 @@ impl Engine {
                 }
             };
             let info = engine.inner.function.info();
+            // riff's HTTP adapter always expects one output: a request/reply function without
+            // output answers each frame with an empty one (SPEC §2.2).
+            if info.shape == Shape::RequestReply && info.outputs.is_empty() && expected.len() == 1 {
+                let content_type = empty_frame_type(&expected[0]);
+                return engine.map_frames(inbound, None, Some(content_type));
+            }
             if expected.len() != info.outputs.len() {
                 return fail(errors::protocol_violation(format!(
                     "the StartFrame expects {} outputs, but '{}' has {}",
@@ -90,7 +97,7 @@ impl Engine {
                 }
             }
             match info.shape {
-                Shape::RequestReply => engine.map_frames(inbound, chosen.pop()),
+                Shape::RequestReply => engine.map_frames(inbound, chosen.pop(), None),
                 Shape::Streaming => engine.invoke_streaming(inbound, chosen),
             }
         };
@@ -98,42 +105,68 @@ impl Engine {
     }
 
     /// A request/reply function applied to every data frame, in order.
-    fn map_frames(&self, inbound: SignalStream, chosen: Option<Chosen>) -> FrameStream {
-        let engine = self.clone();
+    ///
+    /// A function without input is called once per data frame on input 0 (its payload is not
+    /// read), or once at half-close when no data frame came. `empty_reply` is set when the
+    /// function has no output but the StartFrame expects one: each call is then answered with
+    /// an empty frame of that contentType.
+    fn map_frames(
+        &self,
+        inbound: SignalStream,
+        chosen: Option<Chosen>,
+        empty_reply: Option<Arc<str>>,
+    ) -> FrameStream {
         let takes_input = !self.inner.function.info().inputs.is_empty();
-        // A function without input runs once, right after the StartFrame.
-        let ran_once = if takes_input {
-            stream::empty().boxed()
-        } else {
+        let called = Arc::new(AtomicBool::new(false));
+        let call = {
             let engine = self.clone();
-            let chosen = chosen.clone();
-            stream::once(async move {
-                engine
-                    .invoke_once(None, INVOKE_DEFAULT_CONTENT_TYPE, chosen)
-                    .await
-            })
-            .boxed()
-        };
-        let ran_once = ran_once.filter_map(|r| async move { r.transpose() });
-        let per_frame = inbound.then(move |signal| {
-            let engine = engine.clone();
-            let chosen = chosen.clone();
-            async move {
-                match signal? {
-                    Signal::Data {
-                        arg_index: 0,
-                        message,
-                    } if takes_input => {
-                        engine
-                            .invoke_once(Some(message), INVOKE_DEFAULT_CONTENT_TYPE, chosen)
-                            .await
-                    }
-                    other => Err(violation(&other, usize::from(takes_input))),
+            let called = called.clone();
+            move |message: Option<Inbound>| {
+                let engine = engine.clone();
+                let chosen = chosen.clone();
+                let empty_reply = empty_reply.clone();
+                called.store(true, Ordering::Relaxed);
+                async move {
+                    let out = engine
+                        .invoke_once(message, INVOKE_DEFAULT_CONTENT_TYPE, chosen)
+                        .await?;
+                    Ok(match (out, empty_reply) {
+                        (None, Some(content_type)) => Some(Outbound {
+                            payload: Default::default(),
+                            content_type,
+                            headers: Vec::new(),
+                        }),
+                        (out, _) => out,
+                    })
                 }
             }
+        };
+        let per_frame = {
+            let call = call.clone();
+            inbound.then(move |signal| {
+                let call = call.clone();
+                async move {
+                    match signal? {
+                        Signal::Data {
+                            arg_index: 0,
+                            message,
+                        } => call(takes_input.then_some(message)).await,
+                        other => Err(violation(&other, usize::from(takes_input))),
+                    }
+                }
+            })
+        };
+        // A function without input that no frame called runs once at half-close.
+        let at_end = stream::once(async move {
+            if takes_input || called.load(Ordering::Relaxed) {
+                return Ok(None);
+            }
+            call(None).await
         });
-        let per_frame = per_frame.filter_map(|r| async move { r.transpose() });
-        stop_after_error(ran_once.chain(per_frame).map(|r| r.map(|out| (0, out)))).boxed()
+        let frames = per_frame
+            .chain(at_end)
+            .filter_map(|r| async move { r.transpose() });
+        stop_after_error(frames.map(|r| r.map(|out| (0, out)))).boxed()
     }
 
     /// A streaming function: inputs demultiplexed from the frames, outputs merged.
@@ -181,6 +214,16 @@ impl Engine {
             done: false,
         })
     }
+}
+
+/// The contentType of the empty frames that answer a function without output: `text/plain` or
+/// `application/octet-stream` as the StartFrame's Accept list prefers, else none.
+fn empty_frame_type(accept: &str) -> Arc<str> {
+    const EMPTY_TYPES: [&str; 2] = ["text/plain", INVOKE_DEFAULT_CONTENT_TYPE];
+    negotiate::accept(Some(accept), &EMPTY_TYPES).map_or_else(
+        |_| Arc::from(""),
+        |c| Arc::from(c.content_type(&EMPTY_TYPES)),
+    )
 }
 
 /// The error for a signal that is not a data frame for a valid input.
