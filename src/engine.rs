@@ -7,7 +7,8 @@
 //! - streaming: the function is opened once per call over the call's input stream; its output
 //!   is polled only as fast as the caller reads it (backpressure), and inputs are pulled from
 //!   the transport only when the function asks for them. No task, no channel, no buffer.
-//! - supplier (streaming with no input): runs from call open until the caller half-closes.
+//! - supplier (streaming with no input): runs from call open until the caller half-closes
+//!   (with [`Engine::supply`], for `invoker run`: until its output ends).
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -385,6 +386,22 @@ impl Engine {
 
     /// Runs one `MessageFunction/Call`: messages in, messages out, in the function's shape.
     pub fn call(&self, inbound: InboundStream, meta: CallMeta) -> OutboundStream {
+        self.call_ending(inbound, meta, false)
+    }
+
+    /// Runs a call with no caller to half-close it (`invoker run`): a supplier's call ends when
+    /// the function's output ends, instead of when the caller half-closes. Otherwise as
+    /// [`Engine::call`] with no input.
+    pub fn supply(&self, meta: CallMeta) -> OutboundStream {
+        self.call_ending(stream::pending().boxed(), meta, true)
+    }
+
+    fn call_ending(
+        &self,
+        inbound: InboundStream,
+        meta: CallMeta,
+        ends_with_output: bool,
+    ) -> OutboundStream {
         let engine = self.for_call(meta);
         let info = engine.inner.function.info();
         match info.shape {
@@ -398,7 +415,7 @@ impl Engine {
                 ));
                 stream::once(async move { Err(status) }).boxed()
             }
-            Shape::Streaming => engine.streaming(inbound),
+            Shape::Streaming => engine.streaming(inbound, ends_with_output),
         }
     }
 
@@ -582,7 +599,8 @@ impl Engine {
     }
 
     /// A streaming function over a Call: one input stream, one output stream.
-    fn streaming(&self, inbound: InboundStream) -> OutboundStream {
+    /// `ends_with_output`: a supplier's call ends with its output, not at half-close.
+    fn streaming(&self, inbound: InboundStream, ends_with_output: bool) -> OutboundStream {
         let info = self.inner.function.info();
         let shared = Arc::new(Shared::new(self.inner.stats.clone()));
         let offered: Arc<[String]> = info.outputs[0].media_types.clone().into();
@@ -614,6 +632,7 @@ impl Engine {
             shared,
             offered,
             supplier_inbound,
+            ends_with_output,
             content_type: None,
             rest: None,
         })
@@ -829,6 +848,8 @@ struct CallOutput {
     offered: Arc<[String]>,
     /// A supplier's call: watched for half-close, since the function does not read it.
     supplier_inbound: Option<InboundStream>,
+    /// A supplier's call ends when its output ends, with no half-close (`invoker run`).
+    ends_with_output: bool,
     /// The Content-Type of every output, once chosen.
     content_type: Option<Arc<str>>,
     /// After the function's output ended: the inbound side, until the client half-closes.
@@ -853,6 +874,7 @@ impl CallOutput {
         // Releasing the function releases its input, which leaves the inbound side behind.
         self.output = None;
         let rest = match self.supplier_inbound.take() {
+            Some(_) if self.ends_with_output => None,
             Some(inbound) => Some(inbound),
             None => match self.shared.take_leftover() {
                 Some(Leftover::Open(inbound)) => Some(inbound),

@@ -249,7 +249,7 @@ async fn drive(engine: Engine, args: &RunArgs) -> anyhow::Result<u8> {
         }
         // A supplier: runs until it ends or Ctrl-C.
         (Shape::Streaming, true) => {
-            let call = engine.call(futures_util::stream::pending().boxed(), CallMeta::new(None));
+            let call = engine.supply(CallMeta::new(None));
             Ok(print_call(call, args.ndjson).await)
         }
         // One call over all the lines, printing outputs as they come.

@@ -35,6 +35,36 @@ fn with_stdin(args: &[&str], envs: &[(&str, &str)], stdin: &str) -> Output {
     child.wait_with_output().unwrap()
 }
 
+/// Runs `invoker ARGS` with `stdin` as its input and waits for it to exit; one still running
+/// after [`common::HANG`] is killed and fails the test (it hangs).
+fn bounded(args: &[&str], stdin: &str) -> Output {
+    let mut child = invoker()
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start invoker");
+    let mut input = child.stdin.take().unwrap();
+    let stdin = stdin.to_owned();
+    // A function that does not read stdin may exit before it is written: that is no error.
+    std::thread::spawn(move || input.write_all(stdin.as_bytes()));
+    let started = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > common::HANG {
+            child.kill().unwrap();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "invoker {args:?} hangs; it printed {:?}, {:?}",
+                stdout(&out),
+                stderr(&out)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
 fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -242,6 +272,13 @@ fn run_a_supplier_until_stopped() {
     assert_eq!(ticks, ["0", "1", "2"]);
     child.kill().unwrap();
     child.wait().unwrap();
+}
+
+#[test]
+fn run_a_finite_supplier_until_it_ends() {
+    let out = bounded(&["run", "-f", &function("probe", "countdown")], "");
+    assert_eq!(stdout(&out), "3\n2\n1\n");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 }
 
 #[test]
