@@ -77,7 +77,8 @@ pub struct RunArgs {
     )]
     pub function_uri: String,
 
-    /// The messages' Content-Type (default: text/plain).
+    /// The messages' Content-Type (default: the function's preferred input type, such as
+    /// text/plain for text and application/json for a `Json<T>`).
     #[arg(long)]
     pub content_type: Option<String>,
 

@@ -74,18 +74,18 @@ impl FirstFailure {
     }
 }
 
-/// The messages on stdin, one per line. A line that is not a message (`--ndjson`) is reported
+/// The messages on stdin, one per line, with `content_type` unless they have their own. A line that is not a message (`--ndjson`) is reported
 /// on stderr with its number and skipped, and makes the run's exit code [`BAD_LINE`] unless
 /// something failed before it.
 fn stdin_messages(
     args: &RunArgs,
+    content_type: Option<String>,
     failure: Arc<FirstFailure>,
 ) -> impl Stream<Item = anyhow::Result<Inbound>> + Send + 'static {
     let lines = tokio_stream::wrappers::LinesStream::new(
         tokio::io::BufReader::new(tokio::io::stdin()).lines(),
     );
     let ndjson = args.ndjson;
-    let content_type = args.content_type.clone();
     let accept = args.accept.clone();
     let mut number = 0u64;
     lines.filter_map(move |line| {
@@ -228,7 +228,14 @@ async fn print_call(mut outputs: crate::engine::OutboundStream, ndjson: bool) ->
 async fn drive(engine: Engine, args: &RunArgs) -> anyhow::Result<u8> {
     let info = engine.function().info();
     let failure = Arc::new(FirstFailure::default());
-    let mut messages = Box::pin(stdin_messages(args, failure.clone()));
+    // Without --content-type, lines are in the function's preferred input type: a function
+    // that takes only JSON takes JSON lines, one that takes text takes them as text.
+    let content_type = args.content_type.clone().or_else(|| {
+        info.inputs
+            .first()
+            .and_then(|port| port.media_types.first().cloned())
+    });
+    let mut messages = Box::pin(stdin_messages(args, content_type, failure.clone()));
     match (info.shape, info.inputs.is_empty()) {
         // One call per line; a failed call (or a bad line) is reported and the others go on.
         (Shape::RequestReply, false) => {

@@ -148,6 +148,34 @@ fn run_negotiates_like_the_server() {
 }
 
 #[test]
+fn run_sends_lines_in_the_functions_input_type() {
+    // greet_json takes only JSON (or a form): lines are JSON without --content-type.
+    let out = bounded(
+        &["run", "-f", &function("greeter", "greet_json")],
+        "{\"name\":\"Ada\"}\n{\"name\":\"Bob\"}\n",
+    );
+    assert_eq!(
+        stdout(&out),
+        "{\"greeting\":\"Hello Ada\"}\n{\"greeting\":\"Hello Bob\"}\n"
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+
+    // --content-type still wins.
+    let out = bounded(
+        &[
+            "run",
+            "-f",
+            &function("greeter", "greet_json"),
+            "--content-type",
+            "application/x-www-form-urlencoded",
+        ],
+        "name=Ada\n",
+    );
+    assert_eq!(stdout(&out), "{\"greeting\":\"Hello Ada\"}\n");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}
+
+#[test]
 fn run_ndjson_reports_a_bad_line_and_goes_on() {
     let input = [
         r#"{"payload": "Ada"}"#,
