@@ -231,12 +231,14 @@ pub struct CallArgs {
     )]
     pub address: String,
 
-    /// The messages' Content-Type (default: none, which the invoker reads as text/plain).
+    /// The messages' Content-Type (default: none, which the invoker reads as text/plain; with
+    /// --invoke, text/plain).
     #[arg(long)]
     pub content_type: Option<String>,
 
     /// The media types to accept for replies, as an Accept header. With --invoke, one per
-    /// output of the function (repeat it), sent as the StartFrame's expectedContentTypes.
+    /// output of the function (repeat it), sent as the StartFrame's expectedContentTypes;
+    /// without it, --invoke expects one output of any type (*/*).
     #[arg(long)]
     pub accept: Vec<String>,
 

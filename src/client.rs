@@ -139,10 +139,21 @@ async fn invoke(
     args: &CallArgs,
     headers: Vec<(String, String)>,
 ) -> anyhow::Result<Code> {
-    let content_type = args.content_type.clone().unwrap_or_default();
+    // Payloads typed on a command line are text, as with Call (where an empty contentType
+    // would mean application/octet-stream).
+    let content_type = args
+        .content_type
+        .clone()
+        .unwrap_or_else(|| "text/plain".to_owned());
+    // Without --accept, the one output of most functions, in any type.
+    let expected = if args.accept.is_empty() {
+        vec!["*/*".to_owned()]
+    } else {
+        args.accept.clone()
+    };
     let mut signals = vec![InputSignal {
         frame: Some(input_signal::Frame::Start(StartFrame {
-            expected_content_types: args.accept.clone(),
+            expected_content_types: expected,
             input_names: Vec::new(),
             output_names: Vec::new(),
         })),

@@ -213,6 +213,23 @@ fn invoker_call_speaks_invoke_too() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("Invoker: Protocol Violation"));
 }
 
+#[test]
+fn invoker_call_invoke_expects_one_output_of_any_type_by_default() {
+    let daemon = common::Daemon::start(&common::uri("streams", Some("running_average")));
+    let out = Command::new(env!("CARGO_BIN_EXE_invoker"))
+        .args(["call", "--invoke", "--address", &daemon.addr, "2", "4", "9"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "2\n3\n5\n");
+}
+
 /// A fresh directory for one test's files.
 fn scratch(name: &str) -> std::path::PathBuf {
     let dir = common::target_dir().join(format!("cli-{name}-{}", std::process::id()));
