@@ -258,9 +258,9 @@ pub struct CallArgs {
     #[arg(long)]
     pub show_headers: bool,
 
-    /// The payloads, one message each, sent in one call (none for a function without input).
-    /// Without payloads, and with stdin not a terminal, each line of stdin is one (`-` reads
-    /// stdin explicitly).
+    /// The payloads, one message each, sent in one call. Without payloads (or with `-`), each
+    /// line of stdin is one, sent as it is read, and the call ends when stdin does (Ctrl-D);
+    /// replies are printed as they arrive.
     pub payloads: Vec<String>,
 }
 

@@ -4,6 +4,9 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
+use futures_util::StreamExt as _;
+use futures_util::stream::BoxStream;
+use tokio::io::AsyncBufReadExt as _;
 use tonic::Code;
 
 use crate::cli::CallArgs;
@@ -18,28 +21,52 @@ use tonic::transport::Channel;
 
 /// Sends the messages of `args` in one `MessageFunction/Call`, prints each reply to stdout,
 /// and returns the gRPC status code the call ended with.
-pub fn call(mut args: CallArgs) -> anyhow::Result<Code> {
-    use std::io::{BufRead, IsTerminal};
+///
+/// With no payloads (or `-`), the messages are the lines of stdin, each sent as it is read,
+/// and replies are printed as they arrive: the call is open from the start, so a supplier's
+/// output shows while stdin is open, and a streaming function answers each line as it is typed.
+pub fn call(args: CallArgs) -> anyhow::Result<Code> {
+    use std::io::IsTerminal;
     let from_stdin = match args.payloads.as_slice() {
-        [] => !std::io::stdin().is_terminal(),
+        [] => true,
         [only] => only == "-",
         _ => false,
     };
-    if from_stdin {
-        args.payloads = std::io::stdin()
-            .lock()
-            .lines()
-            .collect::<Result<_, _>>()
-            .context("cannot read messages from stdin")?;
+    if from_stdin && std::io::stdin().is_terminal() {
+        eprintln!("invoker: sending each line of stdin as a message; Ctrl-D ends the call");
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(run(args))
+    let code = runtime.block_on(run(args, from_stdin));
+    // A read of stdin cannot be cancelled: do not wait for it when the call ended first.
+    runtime.shutdown_background();
+    code
 }
 
-async fn run(args: CallArgs) -> anyhow::Result<Code> {
+/// The payloads: those of the command line, or each line of stdin as it is read.
+fn payloads(args: &CallArgs, from_stdin: bool) -> BoxStream<'static, String> {
+    if !from_stdin {
+        return futures_util::stream::iter(args.payloads.clone()).boxed();
+    }
+    let lines = tokio_stream::wrappers::LinesStream::new(
+        tokio::io::BufReader::new(tokio::io::stdin()).lines(),
+    );
+    lines
+        .scan((), |(), line| {
+            std::future::ready(match line {
+                Ok(line) => Some(line),
+                Err(e) => {
+                    eprintln!("invoker: cannot read messages from stdin: {e}");
+                    None
+                }
+            })
+        })
+        .boxed()
+}
+
+async fn run(args: CallArgs, from_stdin: bool) -> anyhow::Result<Code> {
     let mut headers = Vec::new();
     if let Some(ct) = &args.content_type {
         headers.push(("Content-Type".to_owned(), ct.clone()));
@@ -60,35 +87,34 @@ async fn run(args: CallArgs) -> anyhow::Result<Code> {
         Ok(channel) => channel,
         Err(code) => return Ok(code),
     };
+    let payloads = payloads(&args, from_stdin);
     if args.invoke {
-        return invoke(channel, &args, headers).await;
+        return invoke(channel, &args, headers, payloads).await;
     }
-    let messages: Vec<Message> = args
-        .payloads
-        .iter()
-        .map(|payload| {
-            let mut map = std::collections::BTreeMap::<String, HeaderValue>::new();
-            for (name, value) in &headers {
-                map.entry(name.clone())
-                    .or_default()
-                    .values
-                    .push(value.clone());
-            }
-            Message {
-                payload: payload.clone().into_bytes().into(),
-                headers: map,
-            }
-        })
-        .collect();
+    let mut map = std::collections::BTreeMap::<String, HeaderValue>::new();
+    for (name, value) in &headers {
+        map.entry(name.clone())
+            .or_default()
+            .values
+            .push(value.clone());
+    }
+    let messages = payloads.map(move |payload| Message {
+        payload: payload.into_bytes().into(),
+        headers: map.clone(),
+    });
 
     let mut client = MessageFunctionClient::new(channel);
-    let mut replies = match client.call(futures_util::stream::iter(messages)).await {
+    let mut replies = match client.call(messages).await {
         Ok(response) => response.into_inner(),
         Err(status) => return Ok(report(&status)),
     };
     loop {
         match replies.message().await {
-            Ok(Some(reply)) => print_reply(&reply, args.show_headers),
+            Ok(Some(reply)) => {
+                if !print_reply(&reply, args.show_headers) {
+                    return Ok(Code::Ok);
+                }
+            }
             Ok(None) => return Ok(Code::Ok),
             Err(status) => return Ok(report(&status)),
         }
@@ -138,6 +164,7 @@ async fn invoke(
     channel: Channel,
     args: &CallArgs,
     headers: Vec<(String, String)>,
+    payloads: BoxStream<'static, String>,
 ) -> anyhow::Result<Code> {
     // Payloads typed on a command line are text, as with Call (where an empty contentType
     // would mean application/octet-stream).
@@ -151,29 +178,29 @@ async fn invoke(
     } else {
         args.accept.clone()
     };
-    let mut signals = vec![InputSignal {
+    let start = InputSignal {
         frame: Some(input_signal::Frame::Start(StartFrame {
             expected_content_types: expected,
             input_names: Vec::new(),
             output_names: Vec::new(),
         })),
-    }];
-    signals.extend(args.payloads.iter().map(|payload| {
-        InputSignal {
-            frame: Some(input_signal::Frame::Data(InputFrame {
-                payload: payload.clone().into_bytes().into(),
-                content_type: content_type.clone(),
-                headers: headers
-                    .iter()
-                    .filter(|(n, _)| !n.eq_ignore_ascii_case("Content-Type"))
-                    .cloned()
-                    .collect(),
-                arg_index: args.arg_index,
-            })),
-        }
-    }));
+    };
+    let headers: Vec<(String, String)> = headers
+        .into_iter()
+        .filter(|(n, _)| !n.eq_ignore_ascii_case("Content-Type"))
+        .collect();
+    let arg_index = args.arg_index;
+    let data = payloads.map(move |payload| InputSignal {
+        frame: Some(input_signal::Frame::Data(InputFrame {
+            payload: payload.into_bytes().into(),
+            content_type: content_type.clone(),
+            headers: headers.clone().into_iter().collect(),
+            arg_index,
+        })),
+    });
+    let signals = futures_util::stream::once(std::future::ready(start)).chain(data);
     let mut client = RiffClient::new(channel);
-    let mut replies = match client.invoke(futures_util::stream::iter(signals)).await {
+    let mut replies = match client.invoke(signals).await {
         Ok(response) => response.into_inner(),
         Err(status) => return Ok(report(&status)),
     };
@@ -182,16 +209,19 @@ async fn invoke(
             Ok(Some(OutputSignal {
                 frame: Some(output_signal::Frame::Data(frame)),
             })) => {
+                let mut text = String::new();
                 if args.show_headers {
-                    println!("resultIndex: {}", frame.result_index);
-                    println!("Content-Type: {}", frame.content_type);
+                    text += &format!("resultIndex: {}\n", frame.result_index);
+                    text += &format!("Content-Type: {}\n", frame.content_type);
                     let mut names: Vec<_> = frame.headers.iter().collect();
                     names.sort();
                     for (name, value) in names {
-                        println!("{name}: {value}");
+                        text += &format!("{name}: {value}\n");
                     }
                 }
-                println!("{}", String::from_utf8_lossy(&frame.payload));
+                if !print(text, &frame.payload) {
+                    return Ok(Code::Ok);
+                }
             }
             Ok(Some(_)) => {}
             Ok(None) => return Ok(Code::Ok),
@@ -200,17 +230,32 @@ async fn invoke(
     }
 }
 
-fn print_reply(reply: &Message, show_headers: bool) {
+/// Prints a reply (and its headers, with --show-headers); false when stdout is gone (a closed
+/// pipe, as with `| head`, ends the call).
+fn print_reply(reply: &Message, show_headers: bool) -> bool {
+    let mut text = String::new();
     if show_headers {
         let mut names: Vec<_> = reply.headers.keys().collect();
         names.sort();
         for name in names {
             for value in &reply.headers[name].values {
-                println!("{name}: {value}");
+                text += &format!("{name}: {value}\n");
             }
         }
     }
-    println!("{}", String::from_utf8_lossy(&reply.payload));
+    print(text, &reply.payload)
+}
+
+/// Writes `headers`, then `payload` as a line, and flushes; false when stdout is gone.
+fn print(headers: String, payload: &[u8]) -> bool {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(headers.as_bytes())
+        .and_then(|()| stdout.write_all(String::from_utf8_lossy(payload).as_bytes()))
+        .and_then(|()| stdout.write_all(b"\n"))
+        .and_then(|()| stdout.flush())
+        .is_ok()
 }
 
 fn report(status: &tonic::Status) -> Code {
