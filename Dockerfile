@@ -20,6 +20,8 @@ COPY --from=build /src/target/release/invoker /usr/local/bin/invoker
 USER 10001:10001
 ENV HOST=0.0.0.0 \
     GRPC_PORT=10382 \
+    METRICS_PORT=9090 \
     GRACE_PERIOD=10
-EXPOSE 10382
+# gRPC, then Prometheus /metrics.
+EXPOSE 10382 9090
 ENTRYPOINT ["invoker", "serve"]

@@ -1036,7 +1036,12 @@ async fn the_runtime_image_files_are_enough() {
             .unwrap_or_else(|| panic!("the image sets no {key}"))
     };
     assert_eq!(value(&env, "HOST"), "0.0.0.0");
-    assert_eq!(image.one("EXPOSE"), value(&env, "GRPC_PORT"));
+    let exposed: Vec<&str> = image.one("EXPOSE").split_whitespace().collect();
+    assert_eq!(
+        exposed,
+        [value(&env, "GRPC_PORT"), value(&env, "METRICS_PORT")],
+        "the image exposes its gRPC and metrics ports"
+    );
     let entrypoint: Vec<String> =
         serde_json::from_str(image.one("ENTRYPOINT")).expect("ENTRYPOINT in exec form");
     assert_eq!(entrypoint[1..], ["serve"]);
@@ -1165,8 +1170,9 @@ async fn the_runtime_image_files_are_enough() {
         .env_clear()
         .env("PATH", &path)
         .envs(env.iter().map(|(k, v)| (k, v)))
-        // Any free port instead of the image's, which another test may hold.
+        // Any free ports instead of the image's, which another test may hold.
         .env("GRPC_PORT", "0")
+        .env("METRICS_PORT", "0")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -1198,4 +1204,80 @@ async fn the_runtime_image_files_are_enough() {
     assert_eq!(outcome.texts(), ["Uryyb Jbeyq"]);
     child.kill().unwrap();
     child.wait().unwrap();
+}
+
+#[test]
+fn the_deployment_pauses_before_the_drain_and_waits_for_a_slow_start() {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(manifest.join("deploy/kubernetes/deployment.yaml")).unwrap();
+    let deployment: yaml_serde::Value = yaml_serde::from_str(&text).unwrap();
+    let pod = &deployment["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    let env = |key: &str| {
+        container["env"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .find(|e| e["name"].as_str() == Some(key))
+            .and_then(|e| e["value"].as_str())
+            .map(str::to_owned)
+    };
+    let dockerfile = std::fs::read_to_string(manifest.join("Dockerfile")).unwrap();
+    let image_env = parse_dockerfile(&dockerfile).last().unwrap().env();
+    let image = |key: &str| {
+        image_env
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| panic!("the image sets no {key}"))
+    };
+
+    // SIGTERM only after a pause, so the endpoints drop the pod before it refuses calls.
+    let command: Vec<&str> = container["lifecycle"]["preStop"]["exec"]["command"]
+        .as_sequence()
+        .expect("a preStop exec command")
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    assert_eq!(command.len(), 2, "{command:?}");
+    assert_eq!(
+        command[0], "sleep",
+        "coreutils' sleep is in debian:bookworm-slim"
+    );
+    let pause: u64 = command[1].parse().unwrap();
+    assert!(
+        pause >= 3,
+        "{pause} s is too short for the endpoints to be updated"
+    );
+
+    // The pause, the drain, and the second the invoker may take after it, within the period.
+    let grace: u64 = env("GRACE_PERIOD")
+        .unwrap_or_else(|| image("GRACE_PERIOD"))
+        .parse()
+        .unwrap();
+    let period = pod["terminationGracePeriodSeconds"].as_u64().unwrap();
+    assert!(
+        period > pause + grace,
+        "terminationGracePeriodSeconds {period} < preStop {pause} + grace {grace} + 1"
+    );
+
+    // A startup probe on the health service, so a slow init hook is not killed by liveness.
+    let startup = &container["startupProbe"];
+    assert!(startup["grpc"]["port"].as_u64().is_some(), "{startup:?}");
+    let patience = startup["periodSeconds"].as_u64().unwrap_or(10)
+        * startup["failureThreshold"].as_u64().unwrap_or(3);
+    assert!(patience >= 60, "the startup probe waits only {patience} s");
+
+    // The metrics port: the image's METRICS_PORT, declared and named.
+    let metrics_port = env("METRICS_PORT").unwrap_or_else(|| image("METRICS_PORT"));
+    let declared = container["ports"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"].as_str() == Some("metrics"))
+        .expect("a port named metrics");
+    assert_eq!(
+        declared["containerPort"].as_u64().map(|p| p.to_string()),
+        Some(metrics_port)
+    );
 }
