@@ -37,7 +37,9 @@ pub struct RecordedError {
     pub message: String,
 }
 
-type CustomFamily = Family<Vec<(String, String)>, Gauge<f64, AtomicU64>>;
+/// Custom metrics are running sums of what the function added: counters, so a rate over
+/// them is meaningful and a scraper does not mistake them for levels.
+type CustomFamily = Family<Vec<(String, String)>, Counter<f64, AtomicU64>>;
 
 /// The counters of one invoker process, across reloads of the function.
 #[derive(Debug)]
@@ -310,13 +312,14 @@ impl Stats {
     }
 
     /// The function added `value` to its custom metric `name`. A new name beyond
-    /// [`MAX_CUSTOM_METRICS`] is dropped.
+    /// [`MAX_CUSTOM_METRICS`] is dropped, and so is a negative or non-finite value: the metric
+    /// is a counter, which only goes up.
     pub fn custom_metric(&self, name: &str, value: f64) {
-        if !value.is_finite() {
+        if !value.is_finite() || value < 0.0 {
             tracing::debug!(
                 metric = name,
                 value,
-                "ignoring a non-finite custom metric value"
+                "ignoring a negative or non-finite custom metric value"
             );
             return;
         }
@@ -410,7 +413,11 @@ mod tests {
         let text = stats.prometheus_text();
         assert!(text.contains("invoker_messages_received_total 2"), "{text}");
         assert!(
-            text.contains("invoker_function_metric{name=\"words\"} 5"),
+            text.contains("invoker_function_metric_total{name=\"words\"} 5"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE invoker_function_metric counter\n"),
             "{text}"
         );
         assert!(text.ends_with("# EOF\n"), "{text}");
@@ -422,6 +429,23 @@ mod tests {
             stats.snapshot().received,
             2 + CallCount::BATCH,
             "a full batch is added"
+        );
+    }
+
+    #[test]
+    fn a_custom_metric_only_goes_up() {
+        let stats = Stats::new();
+        stats.custom_metric("stock", 4.0);
+        stats.custom_metric("stock", -1.0);
+        stats.custom_metric("stock", f64::NAN);
+        stats.custom_metric("gone", -1.0);
+        let custom = stats.snapshot().custom;
+        assert_eq!(custom.get("stock"), Some(&4.0));
+        assert_eq!(custom.get("gone"), None, "a negative value makes no name");
+        let text = stats.prometheus_text();
+        assert!(
+            text.contains("invoker_function_metric_total{name=\"stock\"} 4"),
+            "{text}"
         );
     }
 
@@ -439,7 +463,7 @@ mod tests {
         assert_eq!(custom.get(&format!("m{MAX_CUSTOM_METRICS}")), None);
         let text = stats.prometheus_text();
         assert_eq!(
-            text.matches("invoker_function_metric{").count(),
+            text.matches("invoker_function_metric_total{").count(),
             MAX_CUSTOM_METRICS
         );
     }

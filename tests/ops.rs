@@ -188,13 +188,13 @@ async fn custom_metric_names_are_capped_at_a_thousand() {
     let samples = parse_prometheus(&body);
     let custom: Vec<_> = samples
         .iter()
-        .filter(|(name, _)| name.starts_with("invoker_function_metric{"))
+        .filter(|(name, _)| name.starts_with("invoker_function_metric_total{"))
         .collect();
     assert_eq!(custom.len(), 1000, "{body}");
     let value = |i: usize| {
         sample(
             &samples,
-            &format!("invoker_function_metric{{name=\"probe.m{i}\"}}"),
+            &format!("invoker_function_metric_total{{name=\"probe.m{i}\"}}"),
         )
     };
     assert_eq!(value(0), Some(3.0), "a kept name goes on counting");
@@ -616,9 +616,16 @@ async fn the_context_example_reads_each_field() {
         .unwrap();
     let samples = parse_prometheus(&body);
     assert_eq!(
-        sample(&samples, "invoker_function_metric{name=\"described\"}"),
+        sample(
+            &samples,
+            "invoker_function_metric_total{name=\"described\"}"
+        ),
         Some(1.0),
         "{body}"
+    );
+    assert!(
+        body.contains("# TYPE invoker_function_metric counter\n"),
+        "a running sum is a counter: {body}"
     );
 }
 

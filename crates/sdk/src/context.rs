@@ -125,7 +125,9 @@ impl Context {
         self.log(level::DEBUG, message)
     }
 
-    /// Adds `value` to a custom metric, reported by the invoker's status and metrics. The
+    /// Adds `value` to a custom metric, reported by the invoker's status and metrics. A custom
+    /// metric is a counter (the running sum of the values added, `invoker_function_metric_total`
+    /// in Prometheus): a negative or non-finite value is ignored (logged at debug level). The
     /// invoker keeps at most 1 000 distinct names for the life of the process: a metric with a
     /// new name beyond those is dropped (and logged once), so names should not carry ids.
     pub fn record_metric(&self, name: &str, value: f64) {
