@@ -73,11 +73,54 @@ fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-fn scratch(name: &str) -> PathBuf {
+/// A fresh directory under `$TMPDIR` for one test, removed with what it holds when the test
+/// ends (passing or panicking): the runtime image's files alone are over 100 MB. Scaffolds are
+/// built into the shared target directory (`target_dir()`), not here, so their build is kept.
+struct Scratch(PathBuf);
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for Scratch {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.0.as_os_str()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn scratch(name: &str) -> Scratch {
     let dir = std::env::temp_dir().join(format!("invoker-author-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    dir
+    Scratch(dir)
+}
+
+#[test]
+fn a_scratch_directory_is_removed_when_the_test_ends() {
+    let dir = scratch("guard");
+    let path = dir.to_path_buf();
+    std::fs::create_dir_all(dir.join("nested")).unwrap();
+    std::fs::write(dir.join("nested/file"), "x").unwrap();
+    drop(dir);
+    assert!(!path.exists(), "{} is left behind", path.display());
+    let panicked = std::panic::catch_unwind(|| {
+        let dir = scratch("guard-panic");
+        std::fs::write(dir.join("file"), "x").unwrap();
+        panic!("a failing test");
+    });
+    assert!(panicked.is_err());
+    let left =
+        std::env::temp_dir().join(format!("invoker-author-guard-panic-{}", std::process::id()));
+    assert!(!left.exists(), "{} is left behind", left.display());
 }
 
 fn function(crate_name: &str, handler: &str) -> String {
