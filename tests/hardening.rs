@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Daemon, call, lib, msg, uri};
+use common::{Daemon, call, lib, msg, status, uri, wait_for_calls_in_flight};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tonic::Code;
@@ -117,38 +117,6 @@ fn a_function_uri_that_is_not_a_regular_file_is_refused() {
         )),
         "{stderr}"
     );
-}
-
-/// `invoker status` as JSON.
-fn status(socket: &std::path::Path) -> serde_json::Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_invoker"))
-        .args(["status", "--admin-socket", socket.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-/// Waits until the admin status shows `n` calls in flight.
-async fn wait_for_calls_in_flight(socket: &std::path::Path, n: u64) {
-    let socket = socket.to_path_buf();
-    let waited = tokio::time::timeout(common::HANG, async move {
-        loop {
-            let socket = socket.clone();
-            let status = tokio::task::spawn_blocking(move || status(&socket))
-                .await
-                .unwrap();
-            if status["calls_in_flight"].as_u64() == Some(n) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    });
-    waited.await.expect("the calls never were in flight");
 }
 
 fn sigterm(daemon: &Daemon) {
@@ -445,9 +413,19 @@ async fn connections_advertise_their_stream_limit_and_calls_are_bounded() {
             .starts_with("Invoker: too many calls in flight (3, --max-calls)"),
         "{refused:?}"
     );
+    // Once they end (the server sees the resets a moment later), calls are admitted again.
     drop(open);
     let mut client = daemon.client().await;
-    let outcome = call(&mut client, vec![msg("World", &[])]).await;
+    let admitted = tokio::time::timeout(common::HANG, async {
+        loop {
+            let outcome = call(&mut client, vec![msg("World", &[])]).await;
+            if outcome.code() != Code::ResourceExhausted {
+                return outcome;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    let outcome = admitted.await.expect("calls were never admitted again");
     assert_eq!(outcome.texts(), ["Jbeyq"], "{outcome:?}");
 }
 

@@ -4,13 +4,13 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{Daemon, call, lib, msg, uri, wait_for_log};
+use common::{Daemon, call, lib, msg, status, uri, wait_for_calls_in_flight, wait_for_log};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
@@ -33,31 +33,6 @@ fn invoker(args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
-}
-
-/// `invoker status` as JSON.
-fn status(socket: &Path) -> serde_json::Value {
-    let (code, out, err) = invoker(&["status", "--admin-socket", socket.to_str().unwrap()]);
-    assert_eq!(code, 0, "invoker status failed: {err}");
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("status is not JSON ({e}): {out}"))
-}
-
-/// Waits until the admin status shows `n` calls in flight.
-async fn wait_for_calls_in_flight(socket: &Path, n: u64) {
-    let socket = socket.to_path_buf();
-    let waited = tokio::time::timeout(common::HANG, async move {
-        loop {
-            let socket = socket.clone();
-            let status = tokio::task::spawn_blocking(move || status(&socket))
-                .await
-                .unwrap();
-            if status["calls_in_flight"].as_u64() == Some(n) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    });
-    waited.await.expect("the calls never were in flight");
 }
 
 fn signal(daemon: &Daemon, signal: Signal) {

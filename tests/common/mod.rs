@@ -274,3 +274,37 @@ async fn call_unbounded(
         }
     }
 }
+
+/// `invoker status --admin-socket SOCKET` as JSON (fails the test if it fails).
+pub fn status(socket: &std::path::Path) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_invoker"))
+        .args(["status", "--admin-socket", socket.to_str().unwrap()])
+        .output()
+        .expect("run invoker status");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "invoker status failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("status is not JSON ({e}): {stdout}"))
+}
+
+/// Waits (without blocking the async runtime) until the admin status shows `n` calls in
+/// flight; fails the test after [`HANG`].
+pub async fn wait_for_calls_in_flight(socket: &std::path::Path, n: u64) {
+    let socket = socket.to_path_buf();
+    let waited = tokio::time::timeout(HANG, async move {
+        loop {
+            let socket = socket.clone();
+            let status = tokio::task::spawn_blocking(move || status(&socket))
+                .await
+                .unwrap();
+            if status["calls_in_flight"].as_u64() == Some(n) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    waited.await.expect("the calls never were in flight");
+}
