@@ -73,7 +73,7 @@ impl Calls {
         }
         Ok(CallGuard {
             calls: self.clone(),
-            _connection: None,
+            connection: None,
         })
     }
 
@@ -87,7 +87,7 @@ impl Calls {
     ) -> Result<(CallGuard, CallMeta), Status> {
         let mut guard = self.enter()?;
         let meta = call_meta(request)?;
-        guard._connection = request
+        guard.connection = request
             .extensions()
             .get::<ConnInfo>()
             .map(ConnInfo::call_started);
@@ -135,7 +135,7 @@ impl Calls {
 pub struct CallGuard {
     calls: Arc<Calls>,
     /// Keeps the call's connection from counting as idle.
-    _connection: Option<ActiveCall>,
+    connection: Option<ActiveCall>,
 }
 
 impl Drop for CallGuard {

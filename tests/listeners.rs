@@ -15,12 +15,8 @@ use common::{Daemon, HANG, uri, wait_for_log};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-/// A fresh directory for one test's files.
 fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("invoker-listeners-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    common::scratch("listeners", name)
 }
 
 /// The permission bits of `path` itself (not of what a symbolic link points to).

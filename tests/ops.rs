@@ -14,12 +14,8 @@ use common::{Daemon, call, lib, msg, status, uri, wait_for_calls_in_flight, wait
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-/// A fresh directory for one test's files.
 fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("invoker-ops-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    common::scratch("ops", name)
 }
 
 /// Runs `invoker ARGS`; returns (exit code, stdout, stderr).

@@ -108,11 +108,6 @@ impl Pool {
         }
     }
 
-    /// Its bounds.
-    pub fn limits(&self) -> Limits {
-        self.shared.limits
-    }
-
     /// Runs `run` for the call `meta` on a function thread: an idle one, a new one, or the
     /// next one free. Refused with RESOURCE_EXHAUSTED when the pool is running and queueing
     /// all it may. A waiting call whose caller gave up (`meta` cancelled) is dropped from the

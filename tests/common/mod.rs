@@ -308,3 +308,11 @@ pub async fn wait_for_calls_in_flight(socket: &std::path::Path, n: u64) {
     });
     waited.await.expect("the calls never were in flight");
 }
+
+/// A fresh directory of `$TMPDIR` for one test's files: `invoker-PREFIX-NAME-PID`, emptied.
+pub fn scratch(prefix: &str, name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("invoker-{prefix}-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
