@@ -76,7 +76,7 @@ fn expand_hook(attr: TokenStream2, item: &ItemFn, kind: Hook) -> syn::Result<Tok
     }
     check_plain_fn(sig, supported)?;
     let ident = &sig.ident;
-    let name = ident.to_string().trim_start_matches("r#").to_owned();
+    let names = Names::of(ident);
     let private = quote!(::invoker_sdk::private);
     match kind {
         Hook::Init => {
@@ -85,37 +85,78 @@ fn expand_hook(attr: TokenStream2, item: &ItemFn, kind: Hook) -> syn::Result<Tok
             if !takes_config {
                 return err(sig.inputs.span(), supported);
             }
-            let registration = format_ident!("__INVOKER_INIT_{}", name.to_uppercase());
             // A return type that is not a hook's is reported at the return type.
             let run = quote_spanned!(return_span(&sig.output)=>
                 #private::IntoInitResult::into_init_result(#ident(config))
             );
-            Ok(quote! {
-                #[#private::linkme::distributed_slice(#private::INIT_HOOKS)]
-                #[linkme(crate = #private::linkme)]
-                #[doc(hidden)]
-                #[allow(non_upper_case_globals)]
-                static #registration: #private::InitHook = #private::InitHook {
+            let name = &names.name;
+            Ok(register(
+                "INIT_HOOKS",
+                &names.upper("__INVOKER_INIT"),
+                quote!(InitHook),
+                quote!(#private::InitHook {
                     name: #name,
                     run: |config: &::invoker_sdk::Config| {
                         #run
                     },
-                };
-            })
+                }),
+            ))
         }
         Hook::Shutdown => {
             if !sig.inputs.is_empty() || !matches!(sig.output, ReturnType::Default) {
                 return err(sig.span(), supported);
             }
-            let registration = format_ident!("__INVOKER_SHUTDOWN_{}", name.to_uppercase());
-            Ok(quote! {
-                #[#private::linkme::distributed_slice(#private::SHUTDOWN_HOOKS)]
-                #[linkme(crate = #private::linkme)]
-                #[doc(hidden)]
-                #[allow(non_upper_case_globals)]
-                static #registration: #private::ShutdownHook = #private::ShutdownHook { run: #ident };
-            })
+            Ok(register(
+                "SHUTDOWN_HOOKS",
+                &names.upper("__INVOKER_SHUTDOWN"),
+                quote!(ShutdownHook),
+                quote!(#private::ShutdownHook { run: #ident }),
+            ))
         }
+    }
+}
+
+/// The names an exported item is known by: its name as the invoker sees it (`r#type` is
+/// `type`), and the identifiers of the generated statics and marker type built from it.
+struct Names {
+    /// The name without `r#`, as registered in the library's table.
+    name: String,
+}
+
+impl Names {
+    fn of(ident: &syn::Ident) -> Self {
+        Names {
+            name: ident.to_string().trim_start_matches("r#").to_owned(),
+        }
+    }
+
+    /// `PREFIX_NAME`, upper-cased: the registration static.
+    fn upper(&self, prefix: &str) -> syn::Ident {
+        format_ident!("{}_{}", prefix, self.name.to_uppercase())
+    }
+
+    /// `PREFIX_name`: the marker type.
+    fn marker(&self) -> syn::Ident {
+        format_ident!("__InvokerFunction_{}", self.name)
+    }
+}
+
+/// A hidden static registered in one of the SDK's distributed slices (`FUNCTIONS`,
+/// `INIT_HOOKS`, `SHUTDOWN_HOOKS`): how every attribute makes its item known to the library.
+fn register(
+    slice: &str,
+    registration: &syn::Ident,
+    ty: TokenStream2,
+    value: TokenStream2,
+) -> TokenStream2 {
+    let private = quote!(::invoker_sdk::private);
+    let slice = format_ident!("{}", slice);
+    quote! {
+        #[#private::linkme::distributed_slice(#private::#slice)]
+        #[linkme(crate = #private::linkme)]
+        #[doc(hidden)]
+        #[allow(non_upper_case_globals)]
+        static #registration: #private::#ty = #value;
     }
 }
 
@@ -355,6 +396,31 @@ fn expand(attr: TokenStream2, item: &ItemFn) -> syn::Result<TokenStream2> {
     }
 }
 
+/// The registration of an exported function in the library's function table.
+fn function_registration(
+    names: &Names,
+    uses_context: bool,
+    entry: TokenStream2,
+    inputs: TokenStream2,
+    outputs: TokenStream2,
+) -> TokenStream2 {
+    let private = quote!(::invoker_sdk::private);
+    let name = &names.name;
+    register(
+        "FUNCTIONS",
+        &names.upper("__INVOKER_FUNCTION"),
+        quote!(FunctionSpec),
+        quote!(#private::FunctionSpec {
+            name: #name,
+            inputs: #inputs,
+            outputs: #outputs,
+            uses_context: #uses_context,
+            entry: #private::Entry::#entry,
+            package: (::core::env!("CARGO_PKG_NAME"), ::core::env!("CARGO_PKG_VERSION")),
+        }),
+    )
+}
+
 fn expand_request_reply(
     item: &ItemFn,
     uses_context: bool,
@@ -368,9 +434,8 @@ fn expand_request_reply(
         );
     }
     let ident = &sig.ident;
-    let name = ident.to_string().trim_start_matches("r#").to_owned();
-    let marker = format_ident!("__InvokerFunction_{}", ident);
-    let registration = format_ident!("__INVOKER_FUNCTION_{}", ident.to_string().to_uppercase());
+    let names = Names::of(ident);
+    let marker = names.marker();
     let sdk = quote!(::invoker_sdk);
     let private = quote!(::invoker_sdk::private);
 
@@ -428,6 +493,13 @@ fn expand_request_reply(
         quote!(_)
     };
 
+    let registration = function_registration(
+        &names,
+        uses_context,
+        quote!(Invoke(#private::invoke_shim::<#marker>)),
+        input_port,
+        output_port,
+    );
     Ok(quote! {
         #item
 
@@ -451,18 +523,7 @@ fn expand_request_reply(
             }
         }
 
-        #[#private::linkme::distributed_slice(#private::FUNCTIONS)]
-        #[linkme(crate = #private::linkme)]
-        #[doc(hidden)]
-        #[allow(non_upper_case_globals)]
-        static #registration: #private::FunctionSpec = #private::FunctionSpec {
-            name: #name,
-            inputs: #input_port,
-            outputs: #output_port,
-            uses_context: #uses_context,
-            entry: #private::Entry::Invoke(#private::invoke_shim::<#marker>),
-            package: (::core::env!("CARGO_PKG_NAME"), ::core::env!("CARGO_PKG_VERSION")),
-        };
+        #registration
     })
 }
 
@@ -473,9 +534,8 @@ fn expand_streaming(
 ) -> syn::Result<TokenStream2> {
     let sig = &item.sig;
     let ident = &sig.ident;
-    let name = ident.to_string().trim_start_matches("r#").to_owned();
-    let marker = format_ident!("__InvokerFunction_{}", ident);
-    let registration = format_ident!("__INVOKER_FUNCTION_{}", ident.to_string().to_uppercase());
+    let names = Names::of(ident);
+    let marker = names.marker();
     let sdk = quote!(::invoker_sdk);
     let private = quote!(::invoker_sdk::private);
 
@@ -551,6 +611,13 @@ fn expand_streaming(
         item
     };
 
+    let registration = function_registration(
+        &names,
+        uses_context,
+        quote!(Open(#private::open_shim::<#marker>)),
+        quote!(&[#(#input_ports),*]),
+        quote!(&[#(#output_ports),*]),
+    );
     Ok(quote! {
         #item
 
@@ -572,18 +639,7 @@ fn expand_streaming(
             }
         }
 
-        #[#private::linkme::distributed_slice(#private::FUNCTIONS)]
-        #[linkme(crate = #private::linkme)]
-        #[doc(hidden)]
-        #[allow(non_upper_case_globals)]
-        static #registration: #private::FunctionSpec = #private::FunctionSpec {
-            name: #name,
-            inputs: &[#(#input_ports),*],
-            outputs: &[#(#output_ports),*],
-            uses_context: #uses_context,
-            entry: #private::Entry::Open(#private::open_shim::<#marker>),
-            package: (::core::env!("CARGO_PKG_NAME"), ::core::env!("CARGO_PKG_VERSION")),
-        };
+        #registration
     })
 }
 
@@ -762,5 +818,44 @@ mod tests {
         let expanded = expand(TokenStream2::new(), &item).map(|t| t.to_string());
         let expanded = expanded.unwrap_or_else(|e| panic!("{e}"));
         assert!(!expanded.contains("use <"), "{expanded}");
+    }
+
+    #[test]
+    fn raw_identifiers_are_exported_by_their_plain_name() {
+        let items: [ItemFn; 2] = [
+            parse_quote!(
+                fn r#type(s: String) -> String {
+                    s
+                }
+            ),
+            parse_quote!(
+                fn r#match(words: Input<String>) -> impl Stream<Item = String> {
+                    words
+                }
+            ),
+        ];
+        for (item, name) in items.into_iter().zip(["type", "match"]) {
+            let expanded = expand(TokenStream2::new(), &item).map(|t| t.to_string());
+            let expanded = expanded.unwrap_or_else(|e| panic!("{e}"));
+            assert!(
+                expanded.contains(&format!("name : \"{name}\"")),
+                "{expanded}"
+            );
+            let upper = name.to_uppercase();
+            assert!(
+                expanded.contains(&format!("static __INVOKER_FUNCTION_{upper} :")),
+                "{expanded}"
+            );
+        }
+        let hook: ItemFn = parse_quote!(
+            fn r#loop(config: &Config) {}
+        );
+        let expanded = expand_hook(TokenStream2::new(), &hook, Hook::Init)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .to_string();
+        assert!(
+            expanded.contains("static __INVOKER_INIT_LOOP :"),
+            "{expanded}"
+        );
     }
 }
