@@ -12,9 +12,14 @@ COPY . .
 RUN cargo build --release --locked -p invoker
 
 FROM debian:bookworm-slim
-# A fixed non-root user and its group; /tmp (an emptyDir under a read-only root) holds the
-# copies of function libraries made at each load.
-RUN groupadd --system --gid 10001 invoker \
+# CA certificates, for a function that calls TLS services (unpinned, so that each build takes
+# Debian's security updates of them). A fixed non-root user and its group; /tmp (an emptyDir
+# under a read-only root) holds the copies of function libraries made at each load.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates \
+    && rm -rf /var/lib/apt/lists/* \
+    && groupadd --system --gid 10001 invoker \
     && useradd --system --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin invoker
 COPY --from=build /src/target/release/invoker /usr/local/bin/invoker
 USER 10001:10001

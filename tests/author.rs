@@ -1070,6 +1070,14 @@ async fn the_runtime_image_files_are_enough() {
         run.find("groupadd") < run.find("useradd"),
         "the group exists before the user: {run}"
     );
+    // CA certificates, for a function that calls TLS services.
+    assert!(
+        run.split("&&").any(|command| {
+            let words: Vec<&str> = command.split_whitespace().collect();
+            words.starts_with(&["apt-get", "install"]) && words.contains(&"ca-certificates")
+        }),
+        "the runtime installs ca-certificates: {run}"
+    );
 
     let mut env = image.env();
     let value = |env: &[(String, String)], key: &str| {
