@@ -164,7 +164,8 @@ pub struct Vars {
     pub artifact_base: String,
     /// The invoker's version.
     pub invoker_version: String,
-    /// The `invoker-sdk` dependency, as a Cargo.toml value (scaffold only).
+    /// The local `invoker-sdk`, as a Cargo dependency value (scaffold only): what a local
+    /// build patches `invoker-sdk` to (an image build uses the invoker image's).
     pub sdk_dependency: String,
 }
 
@@ -641,6 +642,14 @@ pub fn init(options: InitOptions) -> anyhow::Result<()> {
         dir.display(),
         options.name.replace('-', "_")
     );
+    let image = options
+        .image
+        .clone()
+        .unwrap_or_else(|| format!("{}:0.1.0", options.name));
+    println!(
+        "image: docker build -t {image} {} (on the invoker base image: README, \"Packaging\")",
+        dir.display()
+    );
     Ok(())
 }
 
@@ -704,6 +713,9 @@ mod tests {
         let invoker = Invoker::parse(EMBEDDED).unwrap();
         assert_eq!(invoker.metadata.name, "rust");
         assert_eq!(invoker.spec.matchers, ["*.so"]);
+        // The scaffold asks for invoker-sdk at the invoker's version: the image of that version
+        // carries the SDK of the workspace's version, which is this crate's.
+        assert_eq!(invoker.spec.version, env!("CARGO_PKG_VERSION"));
     }
 
     #[test]

@@ -121,7 +121,8 @@ pub struct InitArgs {
     pub dir: Option<std::path::PathBuf>,
 
     /// The crates/sdk directory of an invoker checkout (default: the one this binary was built
-    /// from), until invoker-sdk is published.
+    /// from), until invoker-sdk is published: the crate's .cargo/config.toml patches
+    /// invoker-sdk to it for local builds (an image build uses the invoker image's SDK).
     #[arg(long, env = "INVOKER_SDK_PATH", value_name = "DIR")]
     pub sdk_path: Option<std::path::PathBuf>,
 

@@ -520,7 +520,7 @@ fn apply_validates_and_installs_an_invoker() {
         ),
         (
             text.replace("invoker-sdk = {{.SdkDependency}}", "invoker-sdk = {{.Sdk}}"),
-            "the template of Cargo.toml does not render",
+            "the template of .cargo/config.toml does not render",
         ),
         (
             text.replace(
@@ -571,8 +571,10 @@ fn init_scaffolds_a_crate_that_builds_and_runs() {
     let printed = stdout(&dry);
     for file in [
         "--- Cargo.toml",
+        "--- .cargo/config.toml",
         "--- src/lib.rs",
         "--- Dockerfile",
+        "--- .dockerignore",
         "--- function.yaml",
     ] {
         assert!(printed.contains(file), "{file} missing:\n{printed}");
@@ -603,9 +605,30 @@ fn init_scaffolds_a_crate_that_builds_and_runs() {
         .output()
         .unwrap();
     assert_eq!(created.status.code(), Some(0), "{}", stderr(&created));
-    for file in ["Cargo.toml", "src/lib.rs", "Dockerfile", "function.yaml"] {
+    for file in [
+        "Cargo.toml",
+        ".cargo/config.toml",
+        "src/lib.rs",
+        "Dockerfile",
+        ".dockerignore",
+        "function.yaml",
+    ] {
         assert!(project.join(file).is_file(), "{file} was not written");
     }
+    // invoker-sdk by version; a local build patches it to --sdk-path.
+    let cargo_toml = std::fs::read_to_string(project.join("Cargo.toml")).unwrap();
+    assert!(
+        cargo_toml.contains("\ninvoker-sdk = \"0.1.0\"\n"),
+        "{cargo_toml}"
+    );
+    let cargo_config = std::fs::read_to_string(project.join(".cargo/config.toml")).unwrap();
+    assert!(
+        cargo_config.contains(&format!(
+            "[patch.crates-io]\ninvoker-sdk = {{ path = {:?} }}\n",
+            sdk.display().to_string()
+        )),
+        "{cargo_config}"
+    );
     let source = std::fs::read_to_string(project.join("src/lib.rs")).unwrap();
     assert!(
         source.contains("pub fn greet(name: String) -> String"),
@@ -953,6 +976,17 @@ impl Stage {
     }
 }
 
+/// The image a stage is built on: its FROM, through the stages it names.
+fn base_image<'a>(stages: &'a [Stage], stage: &'a Stage) -> &'a str {
+    match stages
+        .iter()
+        .find(|s| s.name.as_deref() == Some(stage.from.as_str()))
+    {
+        Some(earlier) if !std::ptr::eq(earlier, stage) => base_image(stages, earlier),
+        _ => &stage.from,
+    }
+}
+
 fn parse_dockerfile(dockerfile: &str) -> Vec<Stage> {
     let mut stages: Vec<Stage> = Vec::new();
     let mut current = String::new();
@@ -1022,19 +1056,27 @@ async fn the_runtime_image_files_are_enough() {
         "RUNTIME_LIBRARIES lists what debian:bookworm-slim has: update it with the base image"
     );
 
-    // The invoker: the one COPY of the final stage, from the build stage's cargo output.
+    // The invoker: a COPY of the final stage, from the build stage's cargo output. (The other
+    // is the SDK, for function images: a_function_image_builds_from_its_own_directory.)
     let copies = image.copies();
-    assert_eq!(copies.len(), 1, "the final stage copies only the invoker");
-    let (from, sources, binary_dest) = &copies[0];
+    assert_eq!(
+        copies.len(),
+        2,
+        "the final stage copies the invoker and the SDK"
+    );
+    let (from, sources, binary_dest) = copies
+        .iter()
+        .find(|(_, sources, _)| sources.iter().any(|s| s.ends_with("/invoker")))
+        .expect("the final stage copies the invoker");
     let build = stages
         .iter()
         .find(|s| s.name.is_some() && s.name == *from)
         .expect("the final stage copies from a named build stage");
-    let build_run = build.one("RUN");
-    assert!(
-        build_run.contains("cargo build --release") && build_run.contains("-p invoker"),
-        "{build_run}"
-    );
+    let build_run = build
+        .all("RUN")
+        .find(|run| run.contains("-p invoker"))
+        .expect("the build stage builds the invoker");
+    assert!(build_run.contains("cargo build --release"), "{build_run}");
     let built = Path::new(build.one("WORKDIR")).join("target/release/invoker");
     assert_eq!(
         sources,
@@ -1112,18 +1154,24 @@ async fn the_runtime_image_files_are_enough() {
         .unwrap();
     let function_dockerfile =
         invoker::author::render(&template.template, &vars, invoker::author::Scope::Riff).unwrap();
+    // Its final stage: the base image plus the library its build stage compiles (that build:
+    // a_function_image_builds_from_its_own_directory).
     let function_stages = parse_dockerfile(&function_dockerfile);
-    assert_eq!(function_stages.len(), 1, "{function_dockerfile}");
-    let function_image = &function_stages[0];
+    let function_image = function_stages.last().expect("a FROM");
     assert!(
-        function_image
-            .from
+        base_image(&function_stages, function_image)
             .starts_with("projectriff/rust-function-invoker:"),
         "{function_dockerfile}"
     );
     let function_copies = function_image.copies();
-    let (_, function_sources, function_dest) = &function_copies[0];
-    assert_eq!(function_sources, &[vars.artifact.clone()]);
+    assert_eq!(function_copies.len(), 1, "{function_dockerfile}");
+    let (function_from, function_sources, function_dest) = &function_copies[0];
+    let function_build = function_stages
+        .iter()
+        .find(|s| s.name.is_some() && s.name == *function_from)
+        .expect("the function image copies the library from its build stage");
+    let built_library = Path::new(function_build.one("WORKDIR")).join(&vars.artifact);
+    assert_eq!(function_sources, &[built_library.display().to_string()]);
     env.extend(function_image.env());
 
     // Lay the files out in a directory: the invoker where the Dockerfile puts it, the
@@ -1255,6 +1303,308 @@ async fn the_runtime_image_files_are_enough() {
     assert_eq!(outcome.texts(), ["Uryyb Jbeyq"]);
     child.kill().unwrap();
     child.wait().unwrap();
+}
+
+/// The patterns of a build context's `.dockerignore`, each as path components. Only what this
+/// repository's files use is supported (names, one `*` within a name, `**`), and asserted.
+fn dockerignore(context: &Path) -> Vec<Vec<String>> {
+    let Ok(text) = std::fs::read_to_string(context.join(".dockerignore")) else {
+        return Vec::new();
+    };
+    text.lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .map(|pattern| {
+            let parts: Vec<String> = pattern
+                .trim_matches('/')
+                .split('/')
+                .map(str::to_owned)
+                .collect();
+            assert!(
+                !pattern.contains(['!', '?', '[', '\\'])
+                    && parts
+                        .iter()
+                        .all(|p| p == "**" || p.matches('*').count() <= 1),
+                "this test does not support the .dockerignore pattern {pattern}"
+            );
+            parts
+        })
+        .collect()
+}
+
+/// Whether `pattern` (path components) matches all of `path`.
+fn glob(pattern: &[String], path: &[String]) -> bool {
+    match pattern.split_first() {
+        None => path.is_empty(),
+        Some((first, rest)) if first == "**" => (0..=path.len()).any(|i| glob(rest, &path[i..])),
+        Some((first, rest)) => path.split_first().is_some_and(|(name, path_rest)| {
+            let matches = match first.split_once('*') {
+                None => first == name,
+                Some((prefix, suffix)) => {
+                    name.len() >= prefix.len() + suffix.len()
+                        && name.starts_with(prefix)
+                        && name.ends_with(suffix)
+                }
+            };
+            matches && glob(rest, path_rest)
+        }),
+    }
+}
+
+/// Copies `from` to `to` as a COPY does: a file to that path, a directory's contents into
+/// that directory; an entry (relative to `from`) that `ignore` matches is left out, with all a
+/// directory holds.
+fn copy_as_docker(from: &Path, to: &Path, ignore: &[Vec<String>]) {
+    fn walk(from: &Path, to: &Path, rel: &mut Vec<String>, ignore: &[Vec<String>]) {
+        if !from.is_dir() {
+            std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+            std::fs::copy(from, to).unwrap_or_else(|e| panic!("COPY {}: {e}", from.display()));
+            return;
+        }
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let name = entry.unwrap().file_name();
+            rel.push(name.to_string_lossy().into_owned());
+            if !ignore.iter().any(|pattern| glob(pattern, rel)) {
+                walk(&from.join(&name), &to.join(&name), rel, ignore);
+            }
+            rel.pop();
+        }
+    }
+    walk(from, to, &mut Vec::new(), ignore);
+}
+
+/// What `docker build` does with a Dockerfile's stages, without a Docker engine, as far as the
+/// image tests need it. Each stage's file system is a directory: in the stage whose directory
+/// is D, the container path `/a/b` is `D/a/b`. A stage FROM an earlier stage, or FROM an image
+/// in `images`, builds in that stage's (or image's) directory; a stage FROM any other image
+/// (rust:…, debian:…) starts from an empty one under `fs`, and runs this machine's programs
+/// (sh, cargo) in place of the image's. WORKDIR and COPY work in those directories (COPY
+/// from the build context `context` leaves out what its .dockerignore names); RUN runs with
+/// `sh -c` in the WORKDIR's directory, each of its words that begins with `/` (a container
+/// path) moved under the stage's directory, with only PATH, HOME and the Rust toolchain's
+/// and proxies' variables of this environment. Instructions `skip` accepts are not done.
+/// Returns each stage's directory by name, and the last stage's directory and ENV.
+fn docker_build(
+    dockerfile: &str,
+    context: &Path,
+    fs: &Path,
+    images: &std::collections::HashMap<String, PathBuf>,
+    skip: impl Fn(&str, &str) -> bool,
+) -> (
+    std::collections::HashMap<String, PathBuf>,
+    PathBuf,
+    Vec<(String, String)>,
+) {
+    let stages = parse_dockerfile(dockerfile);
+    let mut named: std::collections::HashMap<String, PathBuf> = Default::default();
+    let mut last = None;
+    for (i, stage) in stages.iter().enumerate() {
+        let root = named
+            .get(&stage.from)
+            .or_else(|| images.get(&stage.from))
+            .cloned()
+            .unwrap_or_else(|| fs.join(stage.name.clone().unwrap_or_else(|| format!("{i}"))));
+        std::fs::create_dir_all(&root).unwrap();
+        let inside = |path: &str| root.join(path.trim_start_matches('/'));
+        let mut workdir = "/".to_owned();
+        for (keyword, args) in &stage.instructions {
+            if skip(keyword, args) {
+                continue;
+            }
+            match keyword.as_str() {
+                "WORKDIR" => {
+                    workdir = Path::new(&workdir).join(args).display().to_string();
+                    std::fs::create_dir_all(inside(&workdir)).unwrap();
+                }
+                "COPY" => {
+                    let (from, sources, dest) = Stage {
+                        from: String::new(),
+                        name: None,
+                        instructions: vec![(keyword.clone(), args.clone())],
+                    }
+                    .copies()
+                    .remove(0);
+                    let dest = Path::new(&workdir).join(&dest);
+                    for source in sources {
+                        let (origin, ignore) = match &from {
+                            Some(stage) => {
+                                let dir = &named[stage];
+                                (dir.join(source.trim_start_matches('/')), Vec::new())
+                            }
+                            None => (context.join(&source), dockerignore(context)),
+                        };
+                        let to = if !origin.is_dir() && args.ends_with('/') {
+                            dest.join(origin.file_name().unwrap())
+                        } else {
+                            dest.clone()
+                        };
+                        copy_as_docker(&origin, &inside(to.to_str().unwrap()), &ignore);
+                    }
+                }
+                "RUN" => {
+                    let script: Vec<String> = args
+                        .split(' ')
+                        .map(|word| match word.starts_with('/') {
+                            true => inside(word).display().to_string(),
+                            false => word.to_owned(),
+                        })
+                        .collect();
+                    let mut command = Command::new("sh");
+                    command
+                        .arg("-c")
+                        .arg(script.join(" "))
+                        .current_dir(inside(&workdir))
+                        .env_clear();
+                    for (key, value) in std::env::vars_os() {
+                        let key_text = key.to_string_lossy().to_ascii_lowercase();
+                        if ["path", "home", "cargo_home"].contains(&key_text.as_str())
+                            || key_text.starts_with("rustup_")
+                            || key_text.ends_with("_proxy")
+                        {
+                            command.env(key, value);
+                        }
+                    }
+                    let out = command.output().unwrap();
+                    assert!(
+                        out.status.success(),
+                        "RUN {args}\nfailed ({}):\n{}{}",
+                        out.status,
+                        stdout(&out),
+                        stderr(&out)
+                    );
+                }
+                _ => {}
+            }
+        }
+        if let Some(name) = &stage.name {
+            named.insert(name.clone(), root.clone());
+        }
+        last = Some((root, stage.env()));
+    }
+    let (root, env) = last.expect("a FROM");
+    (named, root, env)
+}
+
+#[tokio::test]
+async fn a_function_image_builds_from_its_own_directory() {
+    // `docker build .` in a directory made by `invoker init`, on the invoker base image built
+    // from this checkout, the stages run as `docker_build` says: each stage's `/a/b` is
+    // <scratch>/fs/STAGE/a/b. It builds the SDK and the function in release mode, in a fresh
+    // target directory (the build stage's /function/target): a minute or two.
+    let dir = scratch("image");
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let fs = dir.join("fs");
+
+    // The base image, from this checkout (its build context): its build stage's `cargo package`
+    // RUN, which writes the SDK's crates to /sdk, and its final stage's COPY of them. Not the
+    // release build of the invoker and its COPY (this test serves with its own binary, and
+    // the_runtime_image_files_are_enough checks the runtime's files), nor the apt-get and
+    // useradd RUN of the runtime.
+    let base_dockerfile = std::fs::read_to_string(manifest.join("Dockerfile")).unwrap();
+    let base_stages = parse_dockerfile(&base_dockerfile);
+    let runtime_release = base_stages.last().unwrap().from.clone();
+    let (_, base, _) = docker_build(
+        &base_dockerfile,
+        manifest,
+        &fs.join("base"),
+        &Default::default(),
+        |keyword, args| match keyword {
+            "RUN" => !args.contains("cargo package"),
+            "COPY" => args.contains("target/release/invoker"),
+            _ => false,
+        },
+    );
+
+    // A new function, scaffolded with the default SDK path (this checkout's crates/sdk), which
+    // its .cargo/config.toml gives local builds, and the image build must not see.
+    let function = dir.join("hello-image");
+    let created = invoker()
+        .args(["init", "hello-image", "--dir"])
+        .arg(&function)
+        .env("INVOKER_HOME", dir.join("home"))
+        .output()
+        .unwrap();
+    assert_eq!(created.status.code(), Some(0), "{}", stderr(&created));
+    let local = std::fs::read_to_string(function.join(".cargo/config.toml"))
+        .unwrap_or_else(|e| panic!("init wrote no .cargo/config.toml for local builds: {e}"));
+    assert!(local.contains(&*manifest.to_string_lossy()), "{local}");
+
+    // Its image, FROM the base image: the tag the base image's Dockerfile says to build, and
+    // a build stage on the runtime's Debian release (debian:bookworm-slim, rust:1.95-bookworm).
+    let dockerfile = std::fs::read_to_string(function.join("Dockerfile")).unwrap();
+    lint_dockerfile(&function.join("Dockerfile"));
+    let stages = parse_dockerfile(&dockerfile);
+    let base_tag = base_image(&stages, stages.last().unwrap()).to_owned();
+    assert!(
+        base_dockerfile.contains(&format!("docker build -t {base_tag} .")),
+        "the function image is FROM {base_tag}, which the base image's Dockerfile does not build"
+    );
+    let build = stages
+        .iter()
+        .find(|s| s.from != base_tag && s.all("RUN").any(|run| run.contains("cargo build")))
+        .unwrap_or_else(|| panic!("no stage builds the function:\n{dockerfile}"));
+    let release = runtime_release
+        .strip_prefix("debian:")
+        .and_then(|tag| tag.split('-').next())
+        .unwrap();
+    assert!(
+        build.from.ends_with(&format!("-{release}")),
+        "the build stage is FROM {}, not Debian {release} like the runtime",
+        build.from
+    );
+    let images = std::collections::HashMap::from([(base_tag, base)]);
+    let (named, image, env) = docker_build(&dockerfile, &function, &fs, &images, |_, _| false);
+    let build_dir = &named[build.name.as_ref().expect("the build stage is named")];
+
+    // Built from the SDK in the base image, not from this checkout, which .dockerignore kept
+    // out: invoker-sdk's sources, as its dep-info lists them.
+    assert!(!build_dir.join("function/.cargo").exists());
+    let deps = std::fs::read_dir(build_dir.join("function/target/release/deps")).unwrap();
+    let sdk_info = deps
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            let name = p.file_name().unwrap().to_string_lossy();
+            name.starts_with("invoker_sdk-") && name.ends_with(".d")
+        })
+        .expect("invoker-sdk was built");
+    let sdk_info = std::fs::read_to_string(sdk_info).unwrap();
+    let sources: Vec<&str> = sdk_info
+        .split_whitespace()
+        .filter(|word| word.ends_with(".rs"))
+        .collect();
+    assert!(
+        sources
+            .iter()
+            .any(|s| s.ends_with("/invoker-sdk/src/lib.rs")),
+        "{sdk_info}"
+    );
+    for source in sources {
+        assert!(
+            Path::new(source).starts_with(build_dir),
+            "invoker-sdk was built from {source}, not the build stage's files"
+        );
+    }
+
+    // The library the image has, served by the invoker with the image's FUNCTION_URI.
+    let uri = env
+        .iter()
+        .find(|(key, _)| key == "FUNCTION_URI")
+        .map(|(_, value)| value.clone())
+        .expect("the image sets FUNCTION_URI");
+    let path = uri
+        .strip_prefix("file://")
+        .and_then(|rest| rest.split('?').next())
+        .unwrap();
+    assert!(
+        image.join(path.trim_start_matches('/')).is_file(),
+        "{path} is not in the image"
+    );
+    let uri = uri.replacen("file://", &format!("file://{}", image.display()), 1);
+    let daemon = Daemon::start(&uri);
+    let mut client = daemon.client().await;
+    let outcome = common::call(&mut client, vec![common::msg("Ada", &[])]).await;
+    assert_eq!(outcome.texts(), ["Hello Ada"]);
 }
 
 #[test]
