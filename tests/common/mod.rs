@@ -1,7 +1,9 @@
 //! Shared helpers for the integration tests.
 #![allow(dead_code)]
 
+use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::OnceLock;
 
 /// The directory cargo builds into (target/debug or target/release).
 pub fn target_dir() -> PathBuf {
@@ -11,15 +13,105 @@ pub fn target_dir() -> PathBuf {
         .to_path_buf()
 }
 
-/// Path of a workspace library, e.g. `lib("greeter")` → target/debug/libgreeter.so.
+/// Path of a workspace function library, e.g. `lib("greeter")` → libgreeter.so, built by the
+/// first call in each test binary (see [`libraries`]).
 pub fn lib(name: &str) -> PathBuf {
-    let path = target_dir().join(format!("lib{}.so", name.replace('-', "_")));
-    assert!(
-        path.is_file(),
-        "{} is missing: run `cargo build --workspace` (or scripts/test) before the tests",
-        path.display()
-    );
-    path
+    let name = name.replace('-', "_");
+    match libraries() {
+        Ok(libraries) => match libraries.get(&name) {
+            Some(path) => path.clone(),
+            None => panic!("the workspace has no function library named {name}"),
+        },
+        Err(failure) => panic!("{failure}"),
+    }
+}
+
+/// Every function library of the workspace (the examples and tests/fixtures: each package with
+/// a `cdylib`), by library name, built by the first test of each test binary that needs one,
+/// with the tests' own profile and `--target`: `cargo test` alone is enough (no `cargo build`
+/// first), and a library edited since the last run is rebuilt. The build lists the packages
+/// itself (the workspace's libraries), so a new example or fixture needs no line here.
+///
+/// They build into a target directory of their own, `target/test-libs`: built in the tests'
+/// one, a build of the libraries alone resolves the dependencies' features without the
+/// daemon's (resolver 2), so it would compile different libraries to the same file names,
+/// and each `cargo test` and each test run would rebuild the other's. `cargo test` no longer
+/// holds the target directory's lock when it runs the tests, and cargo takes the lock of
+/// `target/test-libs` itself, so test binaries that start at once build one after the other;
+/// a build that finds everything fresh leaves the files alone (no test sees one vanish). A
+/// failed build fails every test that loads a library, with cargo's errors, without retrying.
+fn libraries() -> &'static Result<HashMap<String, PathBuf>, String> {
+    static LIBRARIES: OnceLock<Result<HashMap<String, PathBuf>, String>> = OnceLock::new();
+    LIBRARIES.get_or_init(build_libraries)
+}
+
+fn build_libraries() -> Result<HashMap<String, PathBuf>, String> {
+    // CARGO_BIN_EXE_invoker is TARGET/PROFILE/invoker, or TARGET/TRIPLE/PROFILE/invoker when
+    // built with --target; cargo marks TARGET itself with a CACHEDIR.TAG.
+    let profile_dir = target_dir();
+    let above = profile_dir.parent().expect("the profile has a directory");
+    let (root, triple) = if above.join("CACHEDIR.TAG").is_file() {
+        (above, None)
+    } else {
+        (
+            above.parent().expect("the triple has a directory"),
+            above.file_name(),
+        )
+    };
+    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") => "dev",
+        Some(other) => other,
+        None => panic!("no profile in {}", profile_dir.display()),
+    };
+    let mut cargo = std::process::Command::new(env!("CARGO"));
+    cargo
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["build", "--workspace", "--exclude", "invoker", "--lib"])
+        .args(["--profile", profile])
+        .arg("--target-dir")
+        .arg(root.join("test-libs"))
+        .arg("--message-format=json-render-diagnostics");
+    if let Some(triple) = triple {
+        cargo.arg("--target").arg(triple);
+    }
+    let out = cargo
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", env!("CARGO")))?;
+    if !out.status.success() {
+        return Err(format!(
+            "cannot build the workspace's function libraries:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let mut libraries = HashMap::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let target = &message["target"];
+        let is_cdylib = target["kind"]
+            .as_array()
+            .is_some_and(|kinds| kinds.iter().any(|k| k == "cdylib"));
+        if message["reason"] != "compiler-artifact" || !is_cdylib {
+            continue;
+        }
+        let file = message["filenames"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|f| f.as_str())
+            .find(|f| f.ends_with(".so"))
+            .expect("a cdylib is a .so");
+        let name = target["name"].as_str().expect("a target has a name");
+        libraries.insert(name.replace('-', "_"), PathBuf::from(file));
+    }
+    if libraries.is_empty() {
+        return Err(format!(
+            "cargo built no function library:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(libraries)
 }
 
 use std::io::{BufRead, BufReader};
