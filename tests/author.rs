@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use common::{Daemon, lib, target_dir};
+use common::{Daemon, Scratch, lib, target_dir};
 
 fn invoker() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_invoker"));
@@ -73,35 +73,8 @@ fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// A fresh directory under `$TMPDIR` for one test, removed with what it holds when the test
-/// ends (passing or panicking): the runtime image's files alone are over 100 MB. Scaffolds are
-/// built into the shared target directory (`target_dir()`), not here, so their build is kept.
-struct Scratch(PathBuf);
-
-impl std::ops::Deref for Scratch {
-    type Target = Path;
-    fn deref(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl AsRef<std::ffi::OsStr> for Scratch {
-    fn as_ref(&self) -> &std::ffi::OsStr {
-        self.0.as_os_str()
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn scratch(name: &str) -> Scratch {
-    let dir = std::env::temp_dir().join(format!("invoker-author-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    Scratch(dir)
+    common::scratch("author", name)
 }
 
 #[test]

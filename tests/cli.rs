@@ -230,12 +230,8 @@ fn invoker_call_invoke_expects_one_output_of_any_type_by_default() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "2\n3\n5\n");
 }
 
-/// A fresh directory for one test's files.
-fn scratch(name: &str) -> std::path::PathBuf {
-    let dir = common::target_dir().join(format!("cli-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+fn scratch(name: &str) -> common::Scratch {
+    common::scratch("cli", name)
 }
 
 #[test]
@@ -282,7 +278,6 @@ fn a_library_whose_dependency_is_missing_says_so() {
             path.display()
         )
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -307,7 +302,6 @@ fn a_file_that_is_not_a_library_blames_the_crate_type() {
         !line.contains("dlopen failed)"),
         "the loader's reason: {line}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

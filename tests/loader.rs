@@ -747,8 +747,7 @@ fn a_missing_file_is_named() {
 
 #[test]
 fn a_file_that_is_not_a_library() {
-    let dir = std::env::temp_dir().join(format!("invoker-loader-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::scratch("loader", "not-a-library");
     let path = dir.join("libtext.so");
     std::fs::write(&path, "just some text\n").unwrap();
     let e = Library::load(&path).unwrap_err();

@@ -14,7 +14,7 @@ use common::{Daemon, call, lib, msg, status, uri, wait_for_calls_in_flight, wait
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-fn scratch(name: &str) -> PathBuf {
+fn scratch(name: &str) -> common::Scratch {
     common::scratch("ops", name)
 }
 

@@ -2,7 +2,7 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 /// The directory cargo builds into (target/debug or target/release).
@@ -401,10 +401,40 @@ pub async fn wait_for_calls_in_flight(socket: &std::path::Path, n: u64) {
     waited.await.expect("the calls never were in flight");
 }
 
-/// A fresh directory of `$TMPDIR` for one test's files: `invoker-PREFIX-NAME-PID`, emptied.
-pub fn scratch(prefix: &str, name: &str) -> PathBuf {
+/// A fresh directory of `$TMPDIR` for one test's files, `invoker-PREFIX-NAME-PID`, removed
+/// with what it holds when the test ends, passing or panicking (a test run leaves nothing
+/// behind: the runtime image's files alone are over 100 MB).
+pub fn scratch(prefix: &str, name: &str) -> Scratch {
     let dir = std::env::temp_dir().join(format!("invoker-{prefix}-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    dir
+    Scratch(dir)
+}
+
+/// A directory removed with what it holds when dropped; see [`scratch`].
+pub struct Scratch(PathBuf);
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for Scratch {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for Scratch {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.0.as_os_str()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }

@@ -34,23 +34,27 @@ HEALTH_STATUSES = {0: "UNKNOWN", 1: "SERVING", 2: "NOT_SERVING", 3: "SERVICE_UNK
 
 
 def load_protos(proto_dir):
-    """Compiles function.proto and riff.proto into a temporary package; returns the modules."""
-    out = tempfile.mkdtemp(prefix="invoker-interop-")
-    include = os.path.join(os.path.dirname(protoc.__file__), "_proto")
-    for name in ("function.proto", "riff.proto"):
-        code = protoc.main([
-            "grpc_tools.protoc",
-            f"-I{proto_dir}",
-            f"-I{include}",
-            f"--python_out={out}",
-            f"--grpc_python_out={out}",
-            os.path.join(proto_dir, name),
-        ])
-        if code != 0:
-            raise SystemExit(f"protoc failed on {name}")
-    sys.path.insert(0, out)
-    return {m: importlib.import_module(m) for m in
-            ("function_pb2", "function_pb2_grpc", "riff_pb2", "riff_pb2_grpc")}
+    """Compiles function.proto and riff.proto into a temporary package, imports the modules and
+    removes the package (what is imported stays loaded); returns the modules."""
+    with tempfile.TemporaryDirectory(prefix="invoker-interop-") as out:
+        include = os.path.join(os.path.dirname(protoc.__file__), "_proto")
+        for name in ("function.proto", "riff.proto"):
+            code = protoc.main([
+                "grpc_tools.protoc",
+                f"-I{proto_dir}",
+                f"-I{include}",
+                f"--python_out={out}",
+                f"--grpc_python_out={out}",
+                os.path.join(proto_dir, name),
+            ])
+            if code != 0:
+                raise SystemExit(f"protoc failed on {name}")
+        sys.path.insert(0, out)
+        try:
+            return {m: importlib.import_module(m) for m in
+                    ("function_pb2", "function_pb2_grpc", "riff_pb2", "riff_pb2_grpc")}
+        finally:
+            sys.path.remove(out)
 
 
 def payload_of(item):
