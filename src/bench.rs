@@ -477,7 +477,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
     for lib in ["librot13.so", "libstreams.so"] {
         if args.server.is_none() && !lib_dir.join(lib).is_file() {
             bail!(
-                "{} is missing: build the workspace (cargo build --release --workspace) or pass --lib-dir",
+                "{} is missing: build the examples (cargo build --release) or pass --lib-dir",
                 lib_dir.join(lib).display()
             );
         }
