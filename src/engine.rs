@@ -24,8 +24,8 @@ use futures_util::{Stream, StreamExt};
 use tonic::Status;
 
 use crate::function::{
-    CallContext, Function, FunctionError, Headers, InputMessage, OutputMessage, OutputStream,
-    Shape, Text,
+    BoxInput, CallContext, Function, FunctionError, Headers, InputMessage, OutputMessage,
+    OutputStream, Shape, Text,
 };
 use crate::negotiate::{self, Chosen};
 use crate::stats::Stats;
@@ -600,42 +600,65 @@ impl Engine {
 
     /// A streaming function over a Call: one input stream, one output stream.
     /// `ends_with_output`: a supplier's call ends with its output, not at half-close.
+    ///
+    /// A function that takes `&Context` and an input opens at the call's first message (or
+    /// its half-close), so that its context holds that message's headers; any other opens
+    /// when the call does. A supplier's context has no headers: it reads no message.
     fn streaming(&self, inbound: InboundStream, ends_with_output: bool) -> OutboundStream {
         let info = self.inner.function.info();
         let shared = Arc::new(Shared::new(self.inner.stats.clone()));
         let offered: Arc<[String]> = info.outputs[0].media_types.clone().into();
-        let mut inputs = Vec::new();
+        let mut input = None;
         let mut supplier_inbound = None;
         match info.inputs.first() {
-            Some(port) => inputs.push(Box::pin(CallInput {
-                inbound,
-                shared: shared.clone(),
-                input_types: port.media_types.clone().into(),
-                output_types: offered.clone(),
-                held: None,
-                last_type: None,
-                ended: false,
-            }) as _),
+            Some(port) => {
+                input = Some(CallInput {
+                    inbound,
+                    shared: shared.clone(),
+                    input_types: port.media_types.clone().into(),
+                    output_types: offered.clone(),
+                    held: None,
+                    last_type: None,
+                    ended: false,
+                })
+            }
             None => supplier_inbound = Some(inbound),
         }
-        let ctx = self.context(Vec::new());
-        let opened = self.inner.function.open(&ctx, inputs);
-        let output = match opened {
-            Ok(mut outputs) => outputs.remove(0),
-            Err(e) => {
-                let status = self.failed(e);
-                return stream::once(async move { Err(status) }).boxed();
-            }
-        };
-        Box::pin(CallOutput {
-            output: Some(output),
+        let mut call_output = CallOutput {
+            output: None,
+            opening: None,
             shared,
             offered,
             supplier_inbound,
             ends_with_output,
             content_type: None,
             rest: None,
-        })
+        };
+        match input {
+            Some(input) if info.uses_context => {
+                call_output.opening = Some(Box::new(Opening {
+                    engine: self.clone(),
+                    input,
+                }));
+            }
+            input => {
+                let inputs = input.map(|i| Box::pin(i) as BoxInput).into_iter().collect();
+                match self.open(Vec::new(), inputs) {
+                    Ok(output) => call_output.output = Some(output),
+                    Err(status) => return stream::once(async move { Err(status) }).boxed(),
+                }
+            }
+        }
+        Box::pin(call_output)
+    }
+
+    /// Opens a streaming function with one output, its context holding `headers`.
+    fn open(&self, headers: Headers, inputs: Vec<BoxInput>) -> Result<OutputStream, Status> {
+        let ctx = self.context(headers);
+        match self.inner.function.open(&ctx, inputs) {
+            Ok(mut outputs) => Ok(outputs.remove(0)),
+            Err(e) => Err(self.failed(e)),
+        }
     }
 }
 
@@ -748,6 +771,43 @@ struct CallInput {
     ended: bool,
 }
 
+impl CallInput {
+    /// Negotiates a message's Content-Type and, until the output type is decided, its Accept.
+    /// Returns the message for the function and whether its Accept decided the output type.
+    /// (Inlined: it runs for every message of a streaming call.)
+    #[inline]
+    fn negotiate(&mut self, message: Inbound) -> Result<(InputMessage, bool), Status> {
+        let given = message.header("Content-Type");
+        let media_type = match &self.last_type {
+            // A stream's messages usually share one Content-Type: negotiated once.
+            Some((last, index)) if given == Some(last.as_str()) => *index,
+            _ => {
+                let index =
+                    negotiate::content_type(given, CALL_DEFAULT_CONTENT_TYPE, &self.input_types)
+                        .map_err(errors::negotiation)?;
+                self.last_type = given.map(|g| (g.to_owned(), index));
+                index
+            }
+        };
+        let accept = match self.shared.decided() {
+            None => message.accept(),
+            Some(_) => None,
+        };
+        let decides = accept.is_some();
+        if let Some(accept) = accept {
+            let chosen = negotiate::accept(Some(&accept), &self.output_types)
+                .map_err(errors::negotiation)?;
+            let _ = self.shared.chosen.set(chosen);
+        }
+        let input = InputMessage {
+            payload: message.payload,
+            headers: message.headers,
+            media_type,
+        };
+        Ok((input, decides))
+    }
+}
+
 impl Drop for CallInput {
     /// Leaves the inbound side to the output side, which waits for half-close (or refuses
     /// more messages) once the function's output has ended.
@@ -793,42 +853,12 @@ impl Stream for CallInput {
             }
             Poll::Ready(Some(Ok(message))) => message,
         };
-        let given = message.header("Content-Type");
-        let media_type = match &this.last_type {
-            // A stream's messages usually share one Content-Type: negotiated once.
-            Some((last, index)) if given == Some(last.as_str()) => *index,
-            _ => match negotiate::content_type(given, CALL_DEFAULT_CONTENT_TYPE, &this.input_types)
-            {
-                Ok(index) => {
-                    this.last_type = given.map(|g| (g.to_owned(), index));
-                    index
-                }
-                Err(e) => {
-                    this.shared.fail(errors::negotiation(e));
-                    return Poll::Pending;
-                }
-            },
-        };
-        let accept = match this.shared.decided() {
-            None => message.accept(),
-            Some(_) => None,
-        };
-        let decides = accept.is_some();
-        if let Some(accept) = accept {
-            match negotiate::accept(Some(&accept), &this.output_types) {
-                Ok(chosen) => {
-                    let _ = this.shared.chosen.set(chosen);
-                }
-                Err(e) => {
-                    this.shared.fail(errors::negotiation(e));
-                    return Poll::Pending;
-                }
+        let (input, decides) = match this.negotiate(message) {
+            Ok(negotiated) => negotiated,
+            Err(status) => {
+                this.shared.fail(status);
+                return Poll::Pending;
             }
-        }
-        let input = InputMessage {
-            payload: message.payload,
-            headers: message.headers,
-            media_type,
         };
         if decides {
             // The function is being polled with the old output type: end this poll so the
@@ -841,9 +871,18 @@ impl Stream for CallInput {
     }
 }
 
+/// A streaming function taking `&Context` that waits for the call's first message (or
+/// half-close) to open, so that its context holds that message's headers.
+struct Opening {
+    engine: Engine,
+    input: CallInput,
+}
+
 /// The output side of a streaming Call.
 struct CallOutput {
     output: Option<OutputStream>,
+    /// Set until a function waiting for the first message opens.
+    opening: Option<Box<Opening>>,
     shared: Arc<Shared>,
     offered: Arc<[String]>,
     /// A supplier's call: watched for half-close, since the function does not read it.
@@ -857,12 +896,43 @@ struct CallOutput {
 }
 
 impl CallOutput {
+    /// Opens a function that waits for the call's first message, once it has come (or the
+    /// client half-closed): the context holds its headers, and it is the function's first
+    /// input. The first message's Accept decides the output type before anything is polled.
+    fn poll_open(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Status>> {
+        let Some(opening) = self.opening.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        let input = &mut opening.input;
+        let headers = match input.inbound.poll_next_unpin(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(None) => {
+                input.ended = true;
+                Vec::new()
+            }
+            Poll::Ready(Some(Err(status))) => {
+                input.ended = true;
+                return Poll::Ready(Err(status));
+            }
+            Poll::Ready(Some(Ok(message))) => {
+                let headers = message.headers.clone();
+                let (first, _) = input.negotiate(message)?;
+                input.held = Some(first);
+                headers
+            }
+        };
+        let Opening { engine, input } = *self.opening.take().expect("checked above");
+        self.output = Some(engine.open(headers, vec![Box::pin(input)])?);
+        Poll::Ready(Ok(()))
+    }
+
     fn finish(
         &mut self,
         item: Option<Result<Outbound, Status>>,
     ) -> Poll<Option<Result<Outbound, Status>>> {
         // Dropping the function's stream releases it (and its input) now.
         self.output = None;
+        self.opening = None;
         self.supplier_inbound = None;
         self.rest = None;
         Poll::Ready(item)
@@ -905,7 +975,14 @@ impl Stream for CallOutput {
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
         if this.output.is_none() {
-            return this.await_half_close(cx);
+            if this.opening.is_none() {
+                return this.await_half_close(cx);
+            }
+            match this.poll_open(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(status)) => return this.finish(Some(Err(status))),
+                Poll::Ready(Ok(())) => {}
+            }
         }
         if let Some(inbound) = this.supplier_inbound.as_mut() {
             match inbound.poll_next_unpin(cx) {

@@ -311,6 +311,70 @@ async fn function_headers_reach_the_caller() {
 }
 
 #[tokio::test]
+async fn a_streaming_function_with_context_sees_the_first_messages_headers() {
+    let daemon = Daemon::start(&uri("context", Some("tagged")));
+    let mut client = daemon.client().await;
+    // The context holds the first message's headers for the whole call; that message's
+    // Accept still chooses the output type.
+    let out = call(
+        &mut client,
+        vec![
+            msg(
+                "a",
+                &[("correlationId", "c-7"), ("Accept", "application/json")],
+            ),
+            msg("b", &[("correlationId", "c-8")]),
+        ],
+    )
+    .await;
+    assert_eq!(out.code(), Code::Ok, "{out:?}");
+    assert_eq!(out.texts(), [r#""c-7: a""#, r#""c-7: b""#]);
+    assert_eq!(
+        header(&out.messages[0], "Content-Type"),
+        Some("application/json")
+    );
+    // Interactively: the function opens when the first message comes, not before.
+    let (tx, rx) = mpsc::channel(1);
+    let mut replies = client
+        .call(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    tx.send(msg("late", &[("CorrelationID", "c-9")]))
+        .await
+        .unwrap();
+    let reply = tokio::time::timeout(common::HANG, replies.message())
+        .await
+        .expect("a reply")
+        .unwrap()
+        .unwrap();
+    assert_eq!(common::text(&reply), "c-9: late");
+    drop(tx);
+    assert!(replies.message().await.unwrap().is_none());
+    // A first message without the header: the function runs without it.
+    let out = call(&mut client, vec![msg("x", &[])]).await;
+    assert_eq!(out.texts(), ["no correlationId: x"]);
+    // A first message the function cannot take fails the call as before.
+    let out = call(
+        &mut client,
+        vec![msg("x", &[("Content-Type", "image/png")])],
+    )
+    .await;
+    assert_status(
+        &out,
+        Code::InvalidArgument,
+        "Invoker: Unsupported Media Type",
+    );
+    // No message at all: the function opens at half-close, with no headers.
+    let daemon = Daemon::start(&uri("probe", Some("ctx_echo")));
+    let mut client = daemon.client().await;
+    let out = call(&mut client, vec![]).await;
+    assert_eq!(out.code(), Code::Ok, "{out:?}");
+    assert_eq!(out.texts(), ["ctx_echo"]);
+}
+
+#[tokio::test]
 async fn order_is_kept_over_ten_thousand_streamed_messages() {
     let daemon = Daemon::start(&uri("streams", Some("running_average")));
     let mut client = daemon.client().await;

@@ -236,6 +236,37 @@ async fn a_streaming_function_over_invoke() {
 }
 
 #[tokio::test]
+async fn a_streaming_function_with_context_sees_the_first_frames_headers() {
+    let daemon = Daemon::start(&uri("context", Some("tagged")));
+    // What riff's HTTP adapter sends: the HTTP request's headers, named as Go writes them
+    // (`Correlationid`), with its own `X-Http-*` ones; one expected type; one frame.
+    let frame = |payload: &str, headers: &[(&str, &str)]| InputSignal {
+        frame: Some(input_signal::Frame::Data(InputFrame {
+            payload: Bytes::copy_from_slice(payload.as_bytes()),
+            content_type: "text/plain".to_owned(),
+            headers: headers
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect(),
+            arg_index: 0,
+        })),
+    };
+    let first = frame("a", &[("Correlationid", "r-1"), ("X-Http-Method", "POST")]);
+    let second = frame("b", &[("Correlationid", "r-2")]);
+    let out = invoke(&daemon, vec![start(&["*/*"]), first, second]).await;
+    assert_eq!(out.code(), Code::Ok, "{out:?}");
+    assert_eq!(out.results(), [(0, "r-1: a".into()), (0, "r-1: b".into())]);
+    // A first frame that breaks the protocol fails the call before the function opens.
+    let out = invoke(&daemon, vec![start(&["*/*"]), data("a", "text/plain", 1)]).await;
+    out.assert_error(Code::InvalidArgument, "Invoker: Protocol Violation");
+    // No data frame: the function opens at half-close, with no headers.
+    let daemon = Daemon::start(&uri("probe", Some("ctx_echo")));
+    let out = invoke(&daemon, vec![start(&["text/plain"])]).await;
+    assert_eq!(out.code(), Code::Ok, "{out:?}");
+    assert_eq!(out.results(), [(0, "ctx_echo".into())]);
+}
+
+#[tokio::test]
 async fn a_request_reply_function_is_mapped_over_every_frame() {
     let daemon = Daemon::start(&uri("greeter", Some("hello")));
     let out = invoke(

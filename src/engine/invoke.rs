@@ -98,7 +98,15 @@ impl Engine {
             }
             match info.shape {
                 Shape::RequestReply => engine.map_frames(inbound, chosen.pop(), None),
-                Shape::Streaming => engine.invoke_streaming(inbound, chosen),
+                // A function taking `&Context` and inputs opens at the first data frame (or
+                // half-close), so that its context holds that frame's headers.
+                Shape::Streaming if info.uses_context && !info.inputs.is_empty() => {
+                    match inbound.next().await.transpose() {
+                        Err(status) => fail(status),
+                        Ok(first) => engine.invoke_streaming(inbound, chosen, Some(first)),
+                    }
+                }
+                Shape::Streaming => engine.invoke_streaming(inbound, chosen, None),
             }
         };
         stream::once(opened).flatten().boxed()
@@ -170,7 +178,16 @@ impl Engine {
     }
 
     /// A streaming function: inputs demultiplexed from the frames, outputs merged.
-    fn invoke_streaming(&self, inbound: SignalStream, chosen: Vec<Chosen>) -> FrameStream {
+    ///
+    /// `first` is set when the call's first signal after the StartFrame was read before the
+    /// function opens (None inside: the client half-closed): a data frame's headers are then
+    /// the context's, and the frame goes to its input's queue.
+    fn invoke_streaming(
+        &self,
+        inbound: SignalStream,
+        chosen: Vec<Chosen>,
+        first: Option<Option<Signal>>,
+    ) -> FrameStream {
         let info = self.inner.function.info();
         let shared = Arc::new(Shared::new(self.inner.stats.clone()));
         let inputs = info.inputs.len();
@@ -187,13 +204,30 @@ impl Engine {
             }));
             (Some(demux), None)
         };
+        let mut headers = Vec::new();
+        if let (Some(first), Some(demux)) = (first, &demux) {
+            let Ok(mut demux) = demux.lock() else {
+                return fail(Status::internal("Invoker: the call failed"));
+            };
+            match first {
+                None => demux.ended = true,
+                Some(signal) => {
+                    if let Signal::Data { message, .. } = &signal {
+                        headers = message.headers.clone();
+                    }
+                    if let Err(status) = demux.route(signal) {
+                        return fail(status);
+                    }
+                }
+            }
+        }
         let input_streams = (0..inputs)
             .filter_map(|index| {
                 let demux = demux.clone()?;
                 Some(Box::pin(DemuxInput { demux, index }) as crate::function::BoxInput)
             })
             .collect();
-        let ctx = self.context(Vec::new());
+        let ctx = self.context(headers);
         let opened = self.inner.function.open(&ctx, input_streams);
         let outputs = match opened {
             Ok(outputs) => outputs,
@@ -309,38 +343,40 @@ impl Demux {
                 }
                 Poll::Ready(Some(Ok(signal))) => signal,
             };
-            let inputs = self.queues.len();
-            let (target, message) = match signal {
-                Signal::Data { arg_index, message }
-                    if usize::try_from(arg_index).is_ok_and(|i| i < inputs) =>
-                {
-                    (arg_index as usize, message)
-                }
-                other => {
-                    self.fail(violation(&other, inputs));
+            match self.route(signal) {
+                Ok(target) if target != index => self.wake(target),
+                Ok(_) => {}
+                Err(status) => {
+                    self.fail(status);
                     return Poll::Pending;
                 }
-            };
-            let media_type = match negotiate::content_type(
-                message.header("Content-Type"),
-                INVOKE_DEFAULT_CONTENT_TYPE,
-                &self.input_types[target],
-            ) {
-                Ok(media_type) => media_type,
-                Err(e) => {
-                    self.fail(errors::negotiation(e));
-                    return Poll::Pending;
-                }
-            };
-            self.queues[target].push_back(InputMessage {
-                payload: message.payload,
-                headers: message.headers,
-                media_type,
-            });
-            if target != index {
-                self.wake(target);
             }
         }
+    }
+
+    /// Negotiates a data frame's contentType and queues it for its input; returns the input.
+    fn route(&mut self, signal: Signal) -> Result<usize, Status> {
+        let inputs = self.queues.len();
+        let (target, message) = match signal {
+            Signal::Data { arg_index, message }
+                if usize::try_from(arg_index).is_ok_and(|i| i < inputs) =>
+            {
+                (arg_index as usize, message)
+            }
+            other => return Err(violation(&other, inputs)),
+        };
+        let media_type = negotiate::content_type(
+            message.header("Content-Type"),
+            INVOKE_DEFAULT_CONTENT_TYPE,
+            &self.input_types[target],
+        )
+        .map_err(errors::negotiation)?;
+        self.queues[target].push_back(InputMessage {
+            payload: message.payload,
+            headers: message.headers,
+            media_type,
+        });
+        Ok(target)
     }
 
     fn fail(&mut self, status: Status) {

@@ -9,6 +9,16 @@ use crate::{Headers, abi_str};
 
 /// What the invoker tells a function about the call it is running, and lets it report back.
 ///
+/// Its headers are those of one message of the call. A request/reply function's context
+/// holds the message it is called with. A streaming function's holds the call's first
+/// message: on `function.MessageFunction/Call`, the first message; on `streaming.Riff/Invoke`,
+/// the first data frame (its `contentType` as `Content-Type`; the StartFrame has no headers).
+/// The context is lent only while the function runs, before its stream is polled, so the
+/// invoker starts a streaming function that takes `&Context` and an input when that first
+/// message arrives (or, with no headers, when the caller half-closes without sending one).
+/// A supplier (no input) starts when the call opens, and its context has no headers. To read
+/// the headers of every message, take [`Input<Message<T>>`](crate::Message).
+///
 /// Take `&Context` as a function's first parameter to receive it:
 ///
 /// ```
@@ -54,14 +64,16 @@ impl Context {
         unsafe { abi_str(self.raw().instance_id) }
     }
 
-    /// The first value of a header of the call's message, matched case-insensitively.
+    /// The first value of a header of the call's message (a streaming call's first message),
+    /// matched case-insensitively.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.header_entries()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v)
     }
 
-    /// All headers of the call's message.
+    /// All headers of the call's message (a streaming call's first message; none for a
+    /// supplier).
     pub fn headers(&self) -> Headers {
         let mut headers = Headers::new();
         for (name, value) in self.header_entries() {
@@ -84,7 +96,7 @@ impl Context {
         })
     }
 
-    /// The `correlationId` header, if the message has one.
+    /// The `correlationId` header (any case), if the message has one.
     pub fn correlation_id(&self) -> Option<&str> {
         self.header("correlationId")
     }

@@ -91,15 +91,18 @@
 //! A streaming function may take `&Context` first, like a request/reply one. The context is
 //! lent only while the function runs, not while its stream is polled: copy what the stream
 //! needs out of it before returning (the attribute makes the returned `impl Stream` capture
-//! nothing, as if written `+ use<>`).
+//! nothing, as if written `+ use<>`). Its headers are the call's first message's (on Invoke,
+//! the first data frame's), so the invoker starts such a function when that message arrives,
+//! not when the call opens (or at half-close, with no headers, if none comes); a supplier's
+//! context has no headers. Take `Input<Message<T>>` to see every message's headers.
 //!
 //! ```
-//! use invoker_sdk::{Context, Input, stream::{self, Stream, StreamExt}};
+//! use invoker_sdk::{Context, Input, stream::{Stream, StreamExt}};
 //!
 //! #[invoker_sdk::function]
 //! fn tagged(ctx: &Context, words: Input<String>) -> impl Stream<Item = String> {
-//!     let name = ctx.function_name().to_owned();
-//!     stream::once(std::future::ready(name)).chain(words)
+//!     let tag = ctx.correlation_id().unwrap_or("no correlationId").to_owned();
+//!     words.map(move |word| format!("{tag}: {word}"))
 //! }
 //! ```
 //!

@@ -2,6 +2,8 @@
 //!
 //! - `describe`: returns everything its `Context` knows about the call, logs through the
 //!   invoker and records a custom metric.
+//! - `tagged`: a streaming function whose `Context` holds the headers of the call's first
+//!   message: it tags every item with that message's `correlationId`.
 //! - `slow`: a stream that answers once and then waits forever, to show deadlines; it says on
 //!   stderr when the invoker releases it.
 //! - `until_cancelled`: a request/reply function that waits (up to the number of milliseconds
@@ -64,6 +66,18 @@ pub fn describe(ctx: &Context, input: String) -> Json<Description> {
         cancelled: ctx.is_cancelled(),
         input,
     })
+}
+
+/// Tags every item with the call's `correlationId`: a streaming function's context holds the
+/// headers of the call's first message (on Invoke, its first data frame), read here before the
+/// stream is returned.
+#[invoker_sdk::function]
+pub fn tagged(ctx: &Context, lines: Input<String>) -> impl Stream<Item = String> {
+    let tag = ctx
+        .correlation_id()
+        .unwrap_or("no correlationId")
+        .to_owned();
+    lines.map(move |line| format!("{tag}: {line}"))
 }
 
 /// Echoes its first input, then waits forever: only a deadline or the caller ends it.
