@@ -30,18 +30,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .btree_map(".")
         .compile_fds(fds.clone())?;
     // The function servers again: MessageFunction over the hand-written
-    // `protocol::wire::Message`, which decodes straight into the engine's header pairs (see
-    // src/protocol/wire.rs), and Riff over the messages generated above; both with the codec
-    // that answers a malformed message INVALID_ARGUMENT (src/protocol/codec.rs).
+    // `server::wire::Message`, which decodes straight into the engine's header pairs (see
+    // src/server/wire.rs), and Riff over the messages generated above; both with the codec
+    // that answers a malformed message INVALID_ARGUMENT (src/server/codec.rs).
     let server_dir = out_dir.join("server");
     std::fs::create_dir_all(&server_dir)?;
     tonic_prost_build::configure()
         .build_client(false)
         .out_dir(&server_dir)
-        .codec_path("crate::protocol::codec::ServerCodec")
-        .extern_path(".function.Message", "crate::protocol::wire::Message")
-        .extern_path(".streaming", "crate::protocol::proto::streaming")
-        .extern_path(".invoker.admin.v1", "crate::protocol::proto::admin")
+        .codec_path("crate::server::codec::ServerCodec")
+        .extern_path(".function.Message", "crate::server::wire::Message")
+        .extern_path(".streaming", "crate::proto::streaming")
+        .extern_path(".invoker.admin.v1", "crate::proto::admin")
         .compile_fds(fds)?;
     Ok(())
 }

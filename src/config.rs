@@ -54,7 +54,7 @@ mod tests {
 
     #[test]
     fn the_string_overrides_the_file() {
-        let dir = std::env::temp_dir().join(format!("invoker-config-{}", std::process::id()));
+        let dir = crate::env::temp_dir().join(format!("invoker-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("config.json");
         std::fs::write(&file, r#"{"a": "file", "b": "file", "n": 3}"#).unwrap();

@@ -1,29 +1,25 @@
 //! `invoker`: runs one Rust function, compiled as a `cdylib`, behind riff's gRPC protocols.
 //!
-//! The data path, in file order: [`protocol`] (wire messages) → [`engine`] (function shapes,
-//! errors) → [`function`] (the library boundary) → back. [`negotiate`] is pure content
-//! negotiation; [`server`] hosts the services and the drain; [`run`] starts it all.
-//! See ARCHITECTURE.md.
+//! The layers, top first (ARCHITECTURE.md; `tests/layers.rs` keeps them): [`cmd`] (one file
+//! per subcommand) → [`server`] (tonic: the services, the drain, the listeners) → `live`
+//! (the library being served) → `engine` (function shapes, errors) → [`stats`] →
+//! [`function`] (the library boundary) and `negotiate` → leaves ([`proto`], `config`,
+//! [`logging`], `env`, [`cli`]).
 //!
 //! `unsafe` is denied everywhere but at the library boundary: `function::ffi` and
 //! `function::crash` (the fatal-signal handler) allow it, and every block says why it is sound.
 
 #![deny(unsafe_code)]
 
-pub mod admin;
-pub mod author;
-pub mod bench;
 pub mod cli;
-pub mod client;
-pub mod config;
-pub mod engine;
+pub mod cmd;
+pub(crate) mod config;
+pub(crate) mod engine;
+pub(crate) mod env;
 pub mod function;
-pub mod listener;
-pub mod live;
-pub mod local;
+pub(crate) mod live;
 pub mod logging;
-pub mod negotiate;
-pub mod protocol;
-pub mod run;
+pub(crate) mod negotiate;
+pub mod proto;
 pub mod server;
 pub mod stats;

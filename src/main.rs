@@ -21,9 +21,9 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let result = match cli.command {
-        Command::Serve(args) => invoker::run::serve(args).map(|()| ExitCode::SUCCESS),
-        Command::Run(args) => invoker::local::run(args).map(ExitCode::from),
-        Command::Init(args) => invoker::author::init(invoker::author::InitOptions {
+        Command::Serve(args) => invoker::cmd::serve::serve(args).map(|()| ExitCode::SUCCESS),
+        Command::Run(args) => invoker::cmd::run::run(args).map(ExitCode::from),
+        Command::Init(args) => invoker::cmd::scaffold::init(invoker::cmd::scaffold::InitOptions {
             name: args.name,
             invoker: args.invoker,
             handler: args.handler,
@@ -34,21 +34,23 @@ fn main() -> ExitCode {
         })
         .map(|()| ExitCode::SUCCESS),
         Command::Apply(args) => {
-            invoker::author::apply(&args.file, args.dry_run).map(|()| ExitCode::SUCCESS)
+            invoker::cmd::scaffold::apply(&args.file, args.dry_run).map(|()| ExitCode::SUCCESS)
         }
-        Command::Call(args) => invoker::client::call(args).map(|code| ExitCode::from(code as u8)),
+        Command::Call(args) => {
+            invoker::cmd::call::call(args).map(|code| ExitCode::from(code as u8))
+        }
         Command::Status(args) => {
-            invoker::admin::status(&args.admin_socket).map(|code| ExitCode::from(code as u8))
+            invoker::cmd::admin::status(&args.admin_socket).map(|code| ExitCode::from(code as u8))
         }
-        Command::Reload(args) => invoker::admin::reload(
+        Command::Reload(args) => invoker::cmd::admin::reload(
             &args.admin_socket,
             args.library.as_deref(),
             args.handler.as_deref(),
         )
         .map(|code| ExitCode::from(code as u8)),
-        Command::Bench(args) => invoker::bench::bench(args).map(|()| ExitCode::SUCCESS),
+        Command::Bench(args) => invoker::cmd::bench::bench(args).map(|()| ExitCode::SUCCESS),
         Command::ReferenceEcho(args) => {
-            invoker::bench::reference_echo(&args.host, args.port).map(|()| ExitCode::SUCCESS)
+            invoker::cmd::bench::reference_echo(&args.host, args.port).map(|()| ExitCode::SUCCESS)
         }
     };
     match result {

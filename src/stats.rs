@@ -18,7 +18,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::function::FunctionError;
+use crate::function::{FunctionError, MetricSink};
 
 /// How many errors the status keeps.
 pub const RECENT_ERRORS: usize = 10;
@@ -380,6 +380,12 @@ impl Stats {
         // Writing into a String cannot fail.
         let _ = encode(&mut text, &self.registry);
         text
+    }
+}
+
+impl MetricSink for Stats {
+    fn custom_metric(&self, name: &str, value: f64) {
+        Stats::custom_metric(self, name, value);
     }
 }
 

@@ -1116,11 +1116,11 @@ async fn the_runtime_image_files_are_enough() {
     assert_eq!(entrypoint[1..], ["serve"]);
 
     // The function image: invoker.yaml's Dockerfile for rot13, as riff would render it.
-    let resource = invoker::author::Invoker::parse(
+    let resource = invoker::cmd::scaffold::Invoker::parse(
         &std::fs::read_to_string(manifest.join("invoker.yaml")).unwrap(),
     )
     .unwrap();
-    let mut vars = invoker::author::Vars::new("rot13", &resource.spec.version, "");
+    let mut vars = invoker::cmd::scaffold::Vars::new("rot13", &resource.spec.version, "");
     vars.handler = "encode".into();
     let template = resource
         .spec
@@ -1128,8 +1128,12 @@ async fn the_runtime_image_files_are_enough() {
         .iter()
         .find(|f| f.path == "Dockerfile")
         .unwrap();
-    let function_dockerfile =
-        invoker::author::render(&template.template, &vars, invoker::author::Scope::Riff).unwrap();
+    let function_dockerfile = invoker::cmd::scaffold::render(
+        &template.template,
+        &vars,
+        invoker::cmd::scaffold::Scope::Riff,
+    )
+    .unwrap();
     // Its final stage: the base image plus the library its build stage compiles (that build:
     // a_function_image_builds_from_its_own_directory).
     let function_stages = parse_dockerfile(&function_dockerfile);
@@ -1270,11 +1274,12 @@ async fn the_runtime_image_files_are_enough() {
             }
         }
     };
-    let mut client = invoker::protocol::proto::function::message_function_client::MessageFunctionClient::connect(
-        format!("http://127.0.0.1:{port}"),
-    )
-    .await
-    .unwrap();
+    let mut client =
+        invoker::proto::function::message_function_client::MessageFunctionClient::connect(format!(
+            "http://127.0.0.1:{port}"
+        ))
+        .await
+        .unwrap();
     let outcome = common::call(&mut client, vec![common::msg("Hello World", &[])]).await;
     assert_eq!(outcome.texts(), ["Uryyb Jbeyq"]);
     child.kill().unwrap();

@@ -485,7 +485,7 @@ async fn sixty_four_concurrent_calls_are_isolated() {
     let channel = daemon.channel().await;
     let calls = (0..64).map(|i| {
         let mut client =
-            invoker::protocol::proto::function::message_function_client::MessageFunctionClient::new(
+            invoker::proto::function::message_function_client::MessageFunctionClient::new(
                 channel.clone(),
             );
         async move {
@@ -522,7 +522,10 @@ async fn a_blocking_function_does_not_stall_other_calls() {
     let channel = daemon.channel().await;
     let slow: Vec<_> = (0..3)
         .map(|_| {
-            let mut client = invoker::protocol::proto::function::message_function_client::MessageFunctionClient::new(channel.clone());
+            let mut client =
+                invoker::proto::function::message_function_client::MessageFunctionClient::new(
+                    channel.clone(),
+                );
             tokio::spawn(async move { call(&mut client, vec![msg("3000", &[])]).await })
         })
         .collect();
@@ -551,7 +554,10 @@ async fn a_function_that_turns_blocking_does_not_stall_other_calls() {
     }
     let slow: Vec<_> = (0..3)
         .map(|_| {
-            let mut client = invoker::protocol::proto::function::message_function_client::MessageFunctionClient::new(channel.clone());
+            let mut client =
+                invoker::proto::function::message_function_client::MessageFunctionClient::new(
+                    channel.clone(),
+                );
             tokio::spawn(async move { call(&mut client, vec![msg("3000", &[])]).await })
         })
         .collect();
@@ -647,9 +653,7 @@ async fn sigterm_drains_a_call_in_flight() {
         .unwrap();
     assert_eq!(reply.into_inner().status(), ServingStatus::NotServing);
     let mut late =
-        invoker::protocol::proto::function::message_function_client::MessageFunctionClient::new(
-            channel,
-        );
+        invoker::proto::function::message_function_client::MessageFunctionClient::new(channel);
     let refused = call(&mut late, vec![msg("0", &[])]).await;
     assert_status(&refused, Code::Unavailable, "Invoker:");
     // The call in flight completes normally.
@@ -774,7 +778,7 @@ async fn a_caller_that_does_not_read_holds_the_function_back() {
     // that stops reading stops the function, and nothing buffers what it would have produced.
     let daemon = Daemon::start(&uri("probe", Some("firehose")));
     let mut client = daemon.client().await;
-    let (tx, rx) = mpsc::channel::<invoker::protocol::proto::function::Message>(1);
+    let (tx, rx) = mpsc::channel::<invoker::proto::function::Message>(1);
     let mut replies = client
         .call(ReceiverStream::new(rx))
         .await

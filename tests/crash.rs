@@ -23,7 +23,7 @@ fn json_lines(log: &str) -> Vec<Value> {
 /// code and its log.
 async fn crash(
     daemon: &mut Daemon,
-    messages: Vec<invoker::protocol::proto::function::Message>,
+    messages: Vec<invoker::proto::function::Message>,
 ) -> (Option<i32>, String) {
     let mut client = daemon.client().await;
     let out = call(&mut client, messages).await;

@@ -191,7 +191,7 @@ async fn sigterm_ends_the_process_even_when_a_streaming_function_spins() {
     let _spinning = tokio::spawn(async move {
         client
             .call(futures_util::stream::pending::<
-                invoker::protocol::proto::function::Message,
+                invoker::proto::function::Message,
             >())
             .await
     });
@@ -351,8 +351,8 @@ async fn idle_call(
     daemon: &Daemon,
 ) -> Result<
     (
-        tokio::sync::mpsc::Sender<invoker::protocol::proto::function::Message>,
-        tonic::Response<tonic::Streaming<invoker::protocol::proto::function::Message>>,
+        tokio::sync::mpsc::Sender<invoker::proto::function::Message>,
+        tonic::Response<tonic::Streaming<invoker::proto::function::Message>>,
     ),
     tonic::Status,
 > {

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use common::{Daemon, uri};
-use invoker::protocol::proto::streaming::riff_client::RiffClient;
-use invoker::protocol::proto::streaming::{
+use invoker::proto::streaming::riff_client::RiffClient;
+use invoker::proto::streaming::{
     InputFrame, InputSignal, OutputFrame, StartFrame, input_signal, output_signal,
 };
 use tokio::sync::mpsc;
@@ -78,7 +78,7 @@ async fn client(daemon: &Daemon) -> RiffClient<Channel> {
 }
 
 async fn collect(
-    mut replies: tonic::Streaming<invoker::protocol::proto::streaming::OutputSignal>,
+    mut replies: tonic::Streaming<invoker::proto::streaming::OutputSignal>,
 ) -> Outcome {
     let mut frames = Vec::new();
     loop {

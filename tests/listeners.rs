@@ -337,7 +337,7 @@ async fn metrics_connections_are_bounded() {
     );
     let addr = daemon.metrics.clone().expect("the metrics address");
     // Connections that send nothing hold every slot.
-    let idle: Vec<_> = (0..invoker::admin::METRICS_MAX_CONNECTIONS)
+    let idle: Vec<_> = (0..invoker::server::metrics::METRICS_MAX_CONNECTIONS)
         .map(|_| std::net::TcpStream::connect(&addr).unwrap())
         .collect();
     wait_for_log(&daemon, "/metrics connection limit reached").await;

@@ -398,7 +398,7 @@ fn ctx_with(
                 .map(|&(n, v)| (n.to_owned(), v.to_owned()))
                 .collect::<HashMap<_, _>>(),
         ),
-        stats: Some(stats.clone()),
+        metrics: Some(stats.clone()),
         ..ctx(f)
     }
 }

@@ -322,7 +322,7 @@ async fn reload_under_load_fails_no_call() {
     let mut clients = Vec::new();
     for _ in 0..16 {
         let mut client =
-            invoker::protocol::proto::function::message_function_client::MessageFunctionClient::new(
+            invoker::proto::function::message_function_client::MessageFunctionClient::new(
                 channel.clone(),
             );
         let (stop, old, new) = (stop.clone(), old.clone(), new.clone());

@@ -49,11 +49,6 @@ impl LoadedLibrary {
         &self.path
     }
 
-    /// Whether the library has an init or a shutdown hook.
-    pub(crate) fn hooks(&self) -> (bool, bool) {
-        (self.init.is_some(), self.shutdown.is_some())
-    }
-
     /// Runs the library's init hook, if it has one, with the user configuration.
     pub(crate) fn init(&self, config: &[(String, String)]) -> Result<(), FunctionError> {
         let Some(init) = self.init else {
@@ -126,7 +121,7 @@ pub(crate) fn load(
     // SAFETY: loading a library runs its initialisers. That is the point of the daemon: the
     // operator named this file as the function to run, and trusts it like any executable.
     let library = unsafe { libloading::Library::new(path) }
-        .map_err(|e| super::library::load_failure(path, &display, &e))?;
+        .map_err(|e| super::load_error::load_failure(path, &display, &e))?;
     let image = ManuallyDrop::new(image);
     let root_name = format!("{ROOT_SYMBOL}\0");
     // SAFETY: `invoker_library` is declared by the ABI as `RootFn`; if a library exports the
@@ -697,7 +692,7 @@ pub(crate) fn open(
     Ok(raw_outputs
         .into_iter()
         .map(|raw| OutputStream {
-            library: library.clone(),
+            _library: library.clone(),
             function: ctx.function_name.clone(),
             call: ctx.call.clone(),
             raw,
@@ -709,7 +704,8 @@ pub(crate) fn open(
 
 /// One output stream of a streaming function. Dropping it releases the function's stream.
 pub struct OutputStream {
-    library: Arc<LoadedLibrary>,
+    /// The library the stream's code lives in, held while the stream exists.
+    _library: Arc<LoadedLibrary>,
     /// The function and the call, for the crash line and the panic log.
     function: Arc<str>,
     call: CallMeta,
@@ -760,11 +756,6 @@ impl OutputStream {
                 Poll::Ready(Some(Err(unsafe { error_of(code, out, source) })))
             }
         }
-    }
-
-    /// The library this stream's function lives in.
-    pub fn library_path(&self) -> &Path {
-        self.library.path()
     }
 }
 

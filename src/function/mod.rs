@@ -11,6 +11,7 @@ mod crash;
 #[allow(unsafe_code)]
 mod ffi;
 mod library;
+mod load_error;
 mod panics;
 pub mod uri;
 
@@ -21,12 +22,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::stats::Stats;
-
 pub use crash::install as install_crash_handler;
 pub use ffi::BoxInput;
 pub use ffi::OutputStream;
-pub use library::{Function, Library, LoadError};
+pub use library::{Function, Library};
+pub use load_error::LoadError;
 pub use panics::flush as flush_panic_log;
 
 /// Whether a function is called once per message or once per stream.
@@ -162,6 +162,13 @@ impl CallMeta {
     }
 }
 
+/// Where a function's custom metrics (`Context::record_metric`) go: the daemon's statistics,
+/// kept above this module so that the boundary knows nothing of how they are exported.
+pub trait MetricSink: Send + Sync + std::fmt::Debug {
+    /// Adds `value` to the metric `name`.
+    fn custom_metric(&self, name: &str, value: f64);
+}
+
 /// What a function can learn about the call it runs in (its `&Context`).
 #[derive(Debug, Default)]
 pub struct CallContext {
@@ -176,7 +183,7 @@ pub struct CallContext {
     /// User configuration.
     pub config: Arc<HashMap<String, String>>,
     /// Where custom metrics go.
-    pub stats: Option<Arc<Stats>>,
+    pub metrics: Option<Arc<dyn MetricSink>>,
 }
 
 impl CallContext {
@@ -226,8 +233,8 @@ impl CallContext {
             let _in_call = self.call.span().enter();
             tracing::debug!(function = %self.function_name, call = self.call.id(), metric = name, value, "custom metric");
         }
-        if let Some(stats) = &self.stats {
-            stats.custom_metric(name, value);
+        if let Some(metrics) = &self.metrics {
+            metrics.custom_metric(name, value);
         }
     }
 }

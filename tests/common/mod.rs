@@ -118,9 +118,9 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use invoker::protocol::proto::function::Message;
-use invoker::protocol::proto::function::message::HeaderValue;
-use invoker::protocol::proto::function::message_function_client::MessageFunctionClient;
+use invoker::proto::function::Message;
+use invoker::proto::function::message::HeaderValue;
+use invoker::proto::function::message_function_client::MessageFunctionClient;
 use tonic::transport::Channel;
 
 /// A running `invoker serve`, killed when dropped.

@@ -6,11 +6,20 @@ use std::sync::Arc;
 use futures_util::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::proto::function_server::message_function_server::MessageFunction;
+use super::drain::Calls;
 use super::wire::Message;
 use crate::engine::{Inbound, Outbound};
 use crate::live::Live;
-use crate::server::Calls;
+
+/// The `function.MessageFunction` server, generated over the engine-shaped [`Message`]
+/// instead of the generated message type, with the codec that answers a malformed message
+/// `INVALID_ARGUMENT` (`server::codec`).
+mod generated {
+    include!(concat!(env!("OUT_DIR"), "/server/function.rs"));
+}
+
+use generated::message_function_server::MessageFunction;
+pub use generated::message_function_server::MessageFunctionServer;
 
 /// The `MessageFunction` service.
 #[derive(Debug, Clone)]

@@ -1,5 +1,5 @@
-//! Operating a running invoker: the admin gRPC service on a Unix socket (status, reload), the
-//! `invoker status` / `invoker reload` clients for it, and Prometheus `/metrics` over HTTP.
+//! The admin gRPC service on a Unix socket (status, reload); its clients are
+//! `invoker status` / `invoker reload` (`cmd::admin`).
 //!
 //! The admin service listens only on a Unix socket, so only processes that can reach the
 //! socket file (the pod's own containers, or an operator with `kubectl exec`) can replace the
@@ -16,16 +16,13 @@ use std::time::Instant;
 use anyhow::Context as _;
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
-use tonic::transport::{Endpoint, Server};
+use tonic::transport::Server;
 use tonic::{Request, Response, Status};
 
+use super::drain::Calls;
 use crate::live::Live;
-use crate::protocol::proto::admin::admin_client::AdminClient;
-use crate::protocol::proto::admin::admin_server::{Admin, AdminServer};
-use crate::protocol::proto::admin::{
-    LoadReply, LoadRequest, RecentError, StatusReply, StatusRequest,
-};
-use crate::server::Calls;
+use crate::proto::admin::admin_server::{Admin, AdminServer};
+use crate::proto::admin::{LoadReply, LoadRequest, RecentError, StatusReply, StatusRequest};
 
 /// The admin service.
 #[derive(Debug)]
@@ -362,209 +359,4 @@ pub async fn serve_admin(
         .await?;
     drop(file);
     Ok(())
-}
-
-/// How many `/metrics` connections may be open at once; more wait in the listen backlog.
-pub const METRICS_MAX_CONNECTIONS: usize = 16;
-
-/// How long open `/metrics` connections may take to finish after the daemon stops serving.
-const METRICS_LINGER: std::time::Duration = std::time::Duration::from_millis(200);
-
-/// Serves Prometheus text on `http://host:port/metrics` until `shutdown` completes.
-///
-/// HTTP/1.1 only, at most [`METRICS_MAX_CONNECTIONS`] connections at once. A connection must
-/// send a complete request head (request line and headers) within `header_timeout` of
-/// connecting, or of the previous response on a kept-alive connection, or it is closed: a
-/// client that sends part of a request and stops holds its connection only that long.
-pub async fn serve_metrics(
-    listener: tokio::net::TcpListener,
-    live: Arc<Live>,
-    header_timeout: std::time::Duration,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    use tower::ServiceExt as _;
-
-    let app = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || {
-            let live = live.clone();
-            async move {
-                (
-                    [(
-                        axum::http::header::CONTENT_TYPE,
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    )],
-                    live.stats().prometheus_text(),
-                )
-            }
-        }),
-    );
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(header_timeout);
-    let slots = Arc::new(tokio::sync::Semaphore::new(METRICS_MAX_CONNECTIONS));
-    let closing = tokio_util::sync::CancellationToken::new();
-    let mut connections = tokio::task::JoinSet::new();
-    let mut at_limit = false;
-    tokio::pin!(shutdown);
-    loop {
-        let accept = async {
-            let permit = match slots.clone().try_acquire_owned() {
-                Ok(permit) => permit,
-                Err(_) => {
-                    if !at_limit {
-                        at_limit = true;
-                        tracing::warn!(
-                            max_connections = METRICS_MAX_CONNECTIONS,
-                            "/metrics connection limit reached: new connections wait until one closes"
-                        );
-                    }
-                    slots.clone().acquire_owned().await?
-                }
-            };
-            let (io, _) = listener.accept().await?;
-            at_limit = false;
-            Ok::<_, anyhow::Error>((io, permit))
-        };
-        let (io, permit) = tokio::select! {
-            () = &mut shutdown => break,
-            Some(_) = connections.join_next() => continue,
-            accepted = accept => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    tracing::debug!("/metrics: accept failed: {e}");
-                    // Out of descriptors, say: do not spin.
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let app = app.clone();
-        let service = hyper::service::service_fn(move |request: axum::http::Request<_>| {
-            app.clone().oneshot(request.map(axum::body::Body::new))
-        });
-        let connection = http.serve_connection(hyper_util::rt::TokioIo::new(io), service);
-        let closing = closing.clone();
-        connections.spawn(async move {
-            let _permit = permit;
-            tokio::pin!(connection);
-            let served = tokio::select! {
-                served = connection.as_mut() => served,
-                () = closing.cancelled() => {
-                    connection.as_mut().graceful_shutdown();
-                    connection.await
-                }
-            };
-            if let Err(e) = served {
-                tracing::debug!("/metrics connection closed: {e}");
-            }
-        });
-    }
-    closing.cancel();
-    let _ = tokio::time::timeout(METRICS_LINGER, async {
-        while connections.join_next().await.is_some() {}
-    })
-    .await;
-    Ok(())
-}
-
-// ---------------------------------------------------------------------------------------------
-// Clients
-
-async fn connect(socket: &Path) -> anyhow::Result<AdminClient<tonic::transport::Channel>> {
-    let socket = socket.to_path_buf();
-    let shown = socket.display().to_string();
-    // The URI is required by the API but unused: every connection goes to the socket.
-    let channel = Endpoint::try_from("http://invoker.admin")?
-        .connect_with_connector(tower::service_fn(move |_| {
-            let socket = socket.clone();
-            async move {
-                let stream = tokio::net::UnixStream::connect(socket).await?;
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
-            }
-        }))
-        .await
-        .with_context(|| format!("cannot reach the invoker's admin socket {shown}"))?;
-    Ok(AdminClient::new(channel))
-}
-
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?)
-}
-
-/// `invoker status`: prints the status as JSON. Exits with the gRPC code on failure.
-pub fn status(socket: &Path) -> anyhow::Result<i32> {
-    runtime()?.block_on(async {
-        let mut client = connect(socket).await?;
-        let reply = match client.status(StatusRequest {}).await {
-            Ok(reply) => reply.into_inner(),
-            Err(status) => {
-                eprintln!("invoker: {}", status.message());
-                return Ok(status.code() as i32);
-            }
-        };
-        let errors: Vec<_> = reply
-            .recent_errors
-            .iter()
-            .map(|e| serde_json::json!({"unix_millis": e.unix_millis, "message": e.message}))
-            .collect();
-        let json = serde_json::json!({
-            "state": reply.state,
-            "function": reply.function,
-            "library": reply.library,
-            "sdk_version": reply.sdk_version,
-            "library_version": reply.library_version,
-            "generation": reply.generation,
-            "instance_id": reply.instance_id,
-            "messages_received": reply.messages_received,
-            "messages_sent": reply.messages_sent,
-            "user_errors": reply.user_errors,
-            "panics": reply.panics,
-            "calls": reply.calls,
-            "calls_in_flight": reply.calls_in_flight,
-            "calls_running": reply.calls_running,
-            "calls_queued": reply.calls_queued,
-            "calls_rejected": reply.calls_rejected,
-            "max_concurrency": reply.max_concurrency,
-            "max_queued": reply.max_queued,
-            "average_call_millis": reply.average_call_millis,
-            "recent_errors": errors,
-            "custom_metrics": reply.custom_metrics,
-            "uptime_seconds": reply.uptime_seconds,
-        });
-        println!("{}", serde_json::to_string_pretty(&json)?);
-        Ok(0)
-    })
-}
-
-/// `invoker reload`: replaces the function; prints what serves now. Exits with the gRPC code.
-pub fn reload(socket: &Path, library: Option<&Path>, handler: Option<&str>) -> anyhow::Result<i32> {
-    runtime()?.block_on(async {
-        let mut client = connect(socket).await?;
-        let library = match library {
-            // The daemon may run elsewhere in the file system: send an absolute path.
-            Some(path) => std::path::absolute(path)?.display().to_string(),
-            None => String::new(),
-        };
-        let request = LoadRequest {
-            library,
-            handler: handler.unwrap_or_default().to_owned(),
-        };
-        match client.load(request).await {
-            Ok(reply) => {
-                let reply = reply.into_inner();
-                println!(
-                    "serving '{}' from {} (generation {})",
-                    reply.function, reply.library, reply.generation
-                );
-                Ok(0)
-            }
-            Err(status) => {
-                eprintln!("invoker: {}", status.message());
-                Ok(status.code() as i32)
-            }
-        }
-    })
 }

@@ -20,12 +20,10 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::cli::BenchArgs;
-use crate::protocol::proto::function::Message;
-use crate::protocol::proto::function::message::HeaderValue;
-use crate::protocol::proto::function::message_function_client::MessageFunctionClient;
-use crate::protocol::proto::function::message_function_server::{
-    MessageFunction, MessageFunctionServer,
-};
+use crate::proto::function::Message;
+use crate::proto::function::message::HeaderValue;
+use crate::proto::function::message_function_client::MessageFunctionClient;
+use crate::proto::function::message_function_server::{MessageFunction, MessageFunctionServer};
 
 // ---------------------------------------------------------------------------------------------
 // The reference server

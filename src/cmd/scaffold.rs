@@ -18,7 +18,7 @@ use anyhow::{Context as _, bail};
 use serde::{Deserialize, Serialize};
 
 /// The invoker resource this binary ships with (the repository's `invoker.yaml`).
-pub const EMBEDDED: &str = include_str!("../invoker.yaml");
+pub const EMBEDDED: &str = include_str!("../../invoker.yaml");
 
 /// A riff `Invoker` resource.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -428,26 +428,6 @@ impl Invoker {
     }
 }
 
-/// Where installed invokers live: `$INVOKER_HOME/invokers`, else
-/// `$XDG_CONFIG_HOME/invoker/invokers`, else `~/.config/invoker/invokers`.
-pub fn registry_dir() -> anyhow::Result<PathBuf> {
-    let var = |name: &str| {
-        std::env::var_os(name)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    };
-    let home = if let Some(home) = var("INVOKER_HOME") {
-        home
-    } else if let Some(config) = var("XDG_CONFIG_HOME") {
-        config.join("invoker")
-    } else if let Some(home) = var("HOME") {
-        home.join(".config").join("invoker")
-    } else {
-        bail!("set INVOKER_HOME (or HOME) to say where installed invokers live");
-    };
-    Ok(home.join("invokers"))
-}
-
 /// `invoker apply -f FILE [--dry-run]`.
 pub fn apply(file: &Path, dry_run: bool) -> anyhow::Result<()> {
     let text =
@@ -460,7 +440,7 @@ pub fn apply(file: &Path, dry_run: bool) -> anyhow::Result<()> {
         eprintln!("invoker '{name}' is valid (dry run: nothing installed)");
         return Ok(());
     }
-    let dir = registry_dir()?;
+    let dir = crate::env::registry_dir()?;
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let path = dir.join(format!("{name}.yaml"));
     std::fs::write(&path, &text).with_context(|| format!("cannot write {}", path.display()))?;
@@ -480,7 +460,7 @@ pub fn installed(name: &str) -> anyhow::Result<Invoker> {
             "'{name}' is not an invoker name: a name is a DNS label (lowercase letters, digits, '-'), with no path separator"
         );
     }
-    let path = registry_dir()?.join(format!("{name}.yaml"));
+    let path = crate::env::registry_dir()?.join(format!("{name}.yaml"));
     if path.is_file() {
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("cannot read {}", path.display()))?;

@@ -7,14 +7,22 @@ use std::sync::Arc;
 use futures_util::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::proto::streaming::{
-    InputSignal, OutputFrame, OutputSignal, input_signal, output_signal,
-};
-use super::proto::streaming_server::riff_server::Riff;
+use super::drain::Calls;
 use crate::engine::{INVOKE_DEFAULT_CONTENT_TYPE, Inbound, Outbound, Signal};
 use crate::function::{Headers, Text};
 use crate::live::Live;
-use crate::server::Calls;
+use crate::proto::streaming::{
+    InputSignal, OutputFrame, OutputSignal, input_signal, output_signal,
+};
+
+/// The `streaming.Riff` server, with the codec that answers a malformed message
+/// `INVALID_ARGUMENT` (`server::codec`).
+mod generated {
+    include!(concat!(env!("OUT_DIR"), "/server/streaming.rs"));
+}
+
+use generated::riff_server::Riff;
+pub use generated::riff_server::RiffServer;
 
 /// The `Riff` service.
 #[derive(Debug, Clone)]

@@ -35,7 +35,7 @@ mod invoke;
 pub mod pool;
 
 pub use crate::function::CallMeta;
-pub use invoke::{FrameStream, INVOKE_DEFAULT_CONTENT_TYPE, Signal, SignalStream};
+pub use invoke::{INVOKE_DEFAULT_CONTENT_TYPE, Signal};
 
 /// The media type of a Call message without Content-Type (SPEC §5).
 pub const CALL_DEFAULT_CONTENT_TYPE: &str = "text/plain";
@@ -380,7 +380,7 @@ impl Engine {
             call: self.meta.clone(),
             headers,
             config: self.inner.config.clone(),
-            stats: Some(self.inner.stats.clone()),
+            metrics: Some(self.inner.stats.clone()),
         }
     }
 

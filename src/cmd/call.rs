@@ -10,11 +10,11 @@ use tokio::io::AsyncBufReadExt as _;
 use tonic::Code;
 
 use crate::cli::CallArgs;
-use crate::protocol::proto::function::Message;
-use crate::protocol::proto::function::message::HeaderValue;
-use crate::protocol::proto::function::message_function_client::MessageFunctionClient;
-use crate::protocol::proto::streaming::riff_client::RiffClient;
-use crate::protocol::proto::streaming::{
+use crate::proto::function::Message;
+use crate::proto::function::message::HeaderValue;
+use crate::proto::function::message_function_client::MessageFunctionClient;
+use crate::proto::streaming::riff_client::RiffClient;
+use crate::proto::streaming::{
     InputFrame, InputSignal, OutputSignal, StartFrame, input_signal, output_signal,
 };
 use tonic::transport::Channel;

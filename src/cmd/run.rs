@@ -28,7 +28,7 @@ use crate::stats::Stats;
 /// `invoker run`: the exit code is 0, or the gRPC code of the first call that failed (3 for a
 /// `--ndjson` line that is not a message, which is skipped).
 pub fn run(args: RunArgs) -> anyhow::Result<u8> {
-    crate::logging::install_crash_handler();
+    super::install_crash_handler();
     let uri = FunctionUri::parse(&args.function_uri)?;
     let config = crate::config::load(args.config.as_deref(), args.function_config.as_deref())?;
     let stats = Arc::new(Stats::new());

@@ -407,8 +407,8 @@ mod tests {
     use prost::Message as _;
 
     use super::*;
-    use crate::protocol::proto::function::Message as Generated;
-    use crate::protocol::proto::function::message::HeaderValue;
+    use crate::proto::function::Message as Generated;
+    use crate::proto::function::message::HeaderValue;
 
     fn generated(payload: &[u8], headers: &[(&str, &[&str])]) -> Generated {
         Generated {

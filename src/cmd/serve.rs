@@ -8,19 +8,21 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
-use crate::admin::{AdminService, bind_admin_socket, reload_uri, serve_admin, serve_metrics};
 use crate::cli::ServeArgs;
 use crate::engine::pool::{Limits as PoolLimits, Pool};
 use crate::function::uri::FunctionUri;
-use crate::listener::ConnectionLimits;
 use crate::live::Live;
-use crate::server::{Calls, ServeOptions, serve as serve_grpc};
+use crate::server::admin::{AdminService, bind_admin_socket, reload_uri, serve_admin};
+use crate::server::drain::Calls;
+use crate::server::listener::ConnectionLimits;
+use crate::server::metrics::serve_metrics;
+use crate::server::{ServeOptions, serve as serve_grpc};
 use crate::stats::Stats;
 
 /// `invoker serve`.
 pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // Before the library is loaded: a crash in its initialisers or init hook is named too.
-    crate::logging::install_crash_handler();
+    super::install_crash_handler();
     let uri = FunctionUri::parse(&args.function_uri)?;
     let config = crate::config::load(args.config.as_deref(), args.function_config.as_deref())?;
     let stats = Arc::new(Stats::new());
@@ -198,11 +200,8 @@ async fn reload_on_sighup(
 
 /// This instance's id: the pod name when there is one, else host name and process id.
 fn instance_id() -> String {
-    std::env::var("HOSTNAME")
-        .ok()
-        .filter(|h| !h.is_empty())
-        .map_or_else(
-            || format!("invoker-{}", std::process::id()),
-            |h| format!("{h}-{}", std::process::id()),
-        )
+    crate::env::hostname().map_or_else(
+        || format!("invoker-{}", std::process::id()),
+        |h| format!("{h}-{}", std::process::id()),
+    )
 }

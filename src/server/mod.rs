@@ -1,0 +1,161 @@
+//! The gRPC server: the function's services, health, reflection, and shutdown with a drain.
+//!
+//! Shutdown (SPEC §3): on SIGTERM or SIGINT health turns NOT_SERVING and new calls are refused
+//! with UNAVAILABLE while calls in flight run on; when they are done, or the grace period is
+//! over (then the rest end with UNAVAILABLE), the server stops and `serve` returns.
+
+pub mod admin;
+pub mod call;
+pub mod codec;
+pub mod drain;
+pub mod listener;
+pub mod metrics;
+pub mod riff;
+pub mod wire;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tonic::transport::Server;
+
+use self::call::{CallService, MessageFunctionServer};
+use self::drain::Calls;
+use self::listener::{ConnectionLimits, incoming};
+use self::riff::{RiffServer, RiffService};
+use crate::live::Live;
+use crate::proto::FILE_DESCRIPTOR_SET;
+
+/// Server settings.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Host to bind.
+    pub host: String,
+    /// Port to bind (0 for any).
+    pub port: u16,
+    /// How long calls in flight may run on after a shutdown signal.
+    pub grace: Duration,
+    /// Bounds on connections.
+    pub connections: ConnectionLimits,
+    /// HTTP/2 streams (calls) open at once on one connection (SETTINGS_MAX_CONCURRENT_STREAMS).
+    pub max_streams_per_connection: u32,
+    /// How often an HTTP/2 ping checks a connection, and how long its answer may take.
+    pub keepalive_interval: Duration,
+    /// How long a keepalive ping's answer may take before the connection is closed.
+    pub keepalive_timeout: Duration,
+}
+
+/// Binds the port and serves `engine` until `signal` (SIGTERM/SIGINT) and the drain are done.
+pub async fn serve(
+    options: ServeOptions,
+    live: Arc<Live>,
+    calls: Arc<Calls>,
+    signal: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let listener = TcpListener::bind((options.host.as_str(), options.port))
+        .await
+        .map_err(|e| {
+            let hint = match e.kind() {
+                std::io::ErrorKind::AddrInUse => {
+                    "; choose another port with --port or GRPC_PORT (0 picks a free one)"
+                }
+                _ => "",
+            };
+            anyhow::anyhow!(
+                "cannot listen on {}:{}: {e}{hint}",
+                options.host,
+                options.port
+            )
+        })?;
+    serve_on(listener, &options, live, calls, signal).await
+}
+
+/// Serves on a bound listener until `signal` completes and the drain is done.
+pub async fn serve_on(
+    listener: TcpListener,
+    options: &ServeOptions,
+    live: Arc<Live>,
+    calls: Arc<Calls>,
+    signal: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let addr = listener.local_addr()?;
+    let grace = options.grace;
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<MessageFunctionServer<CallService>>()
+        .await;
+    health.set_serving::<RiffServer<RiffService>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    let function = live.current().function;
+    let call_service = MessageFunctionServer::new(CallService::new(live.clone(), calls.clone()));
+    let riff_service = RiffServer::new(RiffService::new(live, calls.clone()));
+
+    let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
+    let drain = {
+        let calls = calls.clone();
+        async move {
+            signal.await;
+            tracing::info!(
+                in_flight = calls.in_flight(),
+                "shutting down: draining calls in flight"
+            );
+            calls.start_draining();
+            health
+                .set_not_serving::<MessageFunctionServer<CallService>>()
+                .await;
+            health.set_not_serving::<RiffServer<RiffService>>().await;
+            health
+                .set_service_status("", tonic_health::ServingStatus::NotServing)
+                .await;
+            if tokio::time::timeout(grace, calls.idle()).await.is_err() {
+                tracing::warn!(
+                    in_flight = calls.in_flight(),
+                    grace_seconds = grace.as_secs_f64(),
+                    "drain grace period over: cancelling the calls still in flight"
+                );
+                calls.cancel_all();
+                calls.idle().await;
+            }
+            tracing::info!("drained");
+            let _ = drained_tx.send(());
+        }
+    };
+
+    tracing::info!(%addr, function, "serving");
+    println!("listening on {addr}");
+    let server = Server::builder()
+        .max_concurrent_streams(options.max_streams_per_connection)
+        .http2_keepalive_interval(Some(options.keepalive_interval))
+        .http2_keepalive_timeout(Some(options.keepalive_timeout))
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(reflection_alpha)
+        .add_service(call_service)
+        .add_service(riff_service)
+        .serve_with_incoming_shutdown(incoming(listener, options.connections), drain);
+    // After the drain, clients get a moment to close their connections; one that does not
+    // answer cannot keep the process alive.
+    let linger = async {
+        if drained_rx.await.is_ok() {
+            tokio::time::sleep(CONNECTION_LINGER).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        served = server => served?,
+        () = linger => tracing::warn!("closing connections that did not close after the drain"),
+    }
+    Ok(())
+}
+
+/// How long connections may stay open after the drain (kept short: the process ends within
+/// the grace period and a second of the signal, see `run`).
+const CONNECTION_LINGER: Duration = Duration::from_millis(500);
