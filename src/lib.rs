@@ -23,3 +23,4 @@ pub(crate) mod negotiate;
 pub mod proto;
 pub mod server;
 pub mod stats;
+pub(crate) mod sync;

@@ -38,7 +38,10 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("engine", &["engine"]),
     ("statistics", &["stats"]),
     ("function boundary", &["function", "negotiate"]),
-    ("leaves", &["proto", "config", "logging", "env", "cli"]),
+    (
+        "leaves",
+        &["proto", "config", "logging", "env", "cli", "sync"],
+    ),
 ];
 
 /// The layer of `module`: the index of its most specific entry in [`LAYERS`].

@@ -1,5 +1,7 @@
-//! `streaming.Riff/Invoke` calls: a StartFrame, then data frames for numbered inputs; results
-//! for numbered outputs (SPEC §2.2).
+//! Calls with numbered inputs and outputs: a start [`Frame`] naming what each output accepts,
+//! then data frames for numbered inputs; results for numbered outputs. riff's
+//! `streaming.Riff/Invoke` (SPEC §2.2) is this model on the wire; `server::riff` converts its
+//! signals to [`Frame`]s, and nothing here knows the protocol's messages.
 //!
 //! - request/reply functions are mapped over every data frame;
 //! - streaming functions get one input stream per input, demultiplexed from the frames by
@@ -16,20 +18,22 @@ use futures_util::stream::{self, BoxStream};
 use futures_util::{Stream, StreamExt};
 use tonic::Status;
 
-use super::{Engine, Inbound, Outbound, Shared, errors, outbound};
+use super::message::outbound;
+use super::streaming::Shared;
+use super::{Call, Engine, Inbound, Outbound, status};
 use crate::function::{InputMessage, OutputStream, Shape};
 use crate::negotiate::{self, Chosen};
 
 /// The media type of an InputFrame without contentType (SPEC §2.2).
-pub const INVOKE_DEFAULT_CONTENT_TYPE: &str = "application/octet-stream";
+pub const FRAME_DEFAULT_CONTENT_TYPE: &str = "application/octet-stream";
 
 /// How many frames may wait for an input the function is not reading yet; past that, reading
 /// from the transport pauses until it catches up (backpressure instead of unbounded buffers).
 const QUEUE_LIMIT: usize = 64;
 
-/// An InputSignal as the engine sees it.
+/// A frame of a call with numbered inputs and outputs (riff's InputSignal, as the engine sees it).
 #[derive(Debug)]
-pub enum Signal {
+pub enum Frame {
     /// A StartFrame: the Accept-style list of each output.
     Start {
         /// One entry per output.
@@ -47,7 +51,7 @@ pub enum Signal {
 }
 
 /// What the inbound side of an Invoke call yields.
-pub type SignalStream = BoxStream<'static, Result<Signal, Status>>;
+pub type FrameInput = BoxStream<'static, Result<Frame, Status>>;
 
 /// What the outbound side of an Invoke call yields: (resultIndex, message).
 pub type FrameStream = BoxStream<'static, Result<(usize, Outbound), Status>>;
@@ -58,18 +62,18 @@ fn fail(status: Status) -> FrameStream {
 
 impl Engine {
     /// Runs one `streaming.Riff/Invoke` call.
-    pub fn invoke(&self, inbound: SignalStream, meta: super::CallMeta) -> FrameStream {
+    pub fn invoke(&self, inbound: FrameInput, meta: super::CallMeta) -> FrameStream {
         let engine = self.for_call(meta);
         let opened = async move {
             let mut inbound = inbound;
             let expected = match inbound.next().await {
                 None => return stream::empty().boxed(),
                 Some(Err(status)) => return fail(status),
-                Some(Ok(Signal::Start {
+                Some(Ok(Frame::Start {
                     expected_content_types,
                 })) => expected_content_types,
                 Some(Ok(_)) => {
-                    return fail(errors::protocol_violation(
+                    return fail(status::protocol_violation(
                         "the first frame must be a StartFrame",
                     ));
                 }
@@ -82,7 +86,7 @@ impl Engine {
                 return engine.map_frames(inbound, None, Some(content_type));
             }
             if expected.len() != info.outputs.len() {
-                return fail(errors::protocol_violation(format!(
+                return fail(status::protocol_violation(format!(
                     "the StartFrame expects {} outputs, but '{}' has {}",
                     expected.len(),
                     info.name,
@@ -93,7 +97,7 @@ impl Engine {
             for (accept, port) in expected.iter().zip(&info.outputs) {
                 match negotiate::accept(Some(accept), &port.media_types) {
                     Ok(c) => chosen.push(c),
-                    Err(e) => return fail(errors::negotiation(e)),
+                    Err(e) => return fail(status::negotiation(e)),
                 }
             }
             match info.shape {
@@ -111,7 +115,9 @@ impl Engine {
         };
         stream::once(opened).flatten().boxed()
     }
+}
 
+impl Call {
     /// A request/reply function applied to every data frame, in order.
     ///
     /// A function without input is called once per data frame on input 0 (its payload is not
@@ -120,7 +126,7 @@ impl Engine {
     /// an empty frame of that contentType.
     fn map_frames(
         &self,
-        inbound: SignalStream,
+        inbound: FrameInput,
         chosen: Option<Chosen>,
         empty_reply: Option<Arc<str>>,
     ) -> FrameStream {
@@ -136,7 +142,7 @@ impl Engine {
                 called.store(true, Ordering::Relaxed);
                 async move {
                     let out = engine
-                        .invoke_once(message, INVOKE_DEFAULT_CONTENT_TYPE, chosen)
+                        .invoke_once(message, FRAME_DEFAULT_CONTENT_TYPE, chosen)
                         .await?;
                     Ok(match (out, empty_reply) {
                         (None, Some(content_type)) => Some(Outbound {
@@ -155,7 +161,7 @@ impl Engine {
                 let call = call.clone();
                 async move {
                     match signal? {
-                        Signal::Data {
+                        Frame::Data {
                             arg_index: 0,
                             message,
                         } => call(takes_input.then_some(message)).await,
@@ -184,9 +190,9 @@ impl Engine {
     /// the context's, and the frame goes to its input's queue.
     fn invoke_streaming(
         &self,
-        inbound: SignalStream,
+        inbound: FrameInput,
         chosen: Vec<Chosen>,
-        first: Option<Option<Signal>>,
+        first: Option<Option<Frame>>,
     ) -> FrameStream {
         let info = self.inner.function.info();
         let shared = Arc::new(Shared::new(self.inner.stats.clone()));
@@ -206,13 +212,11 @@ impl Engine {
         };
         let mut headers = Vec::new();
         if let (Some(first), Some(demux)) = (first, &demux) {
-            let Ok(mut demux) = demux.lock() else {
-                return fail(Status::internal("Invoker: the call failed"));
-            };
+            let mut demux = crate::sync::lock(demux);
             match first {
                 None => demux.ended = true,
                 Some(signal) => {
-                    if let Signal::Data { message, .. } = &signal {
+                    if let Frame::Data { message, .. } = &signal {
                         headers = message.headers.clone();
                     }
                     if let Err(status) = demux.route(signal) {
@@ -253,7 +257,7 @@ impl Engine {
 /// The contentType of the empty frames that answer a function without output: `text/plain` or
 /// `application/octet-stream` as the StartFrame's Accept list prefers, else none.
 fn empty_frame_type(accept: &str) -> Arc<str> {
-    const EMPTY_TYPES: [&str; 2] = ["text/plain", INVOKE_DEFAULT_CONTENT_TYPE];
+    const EMPTY_TYPES: [&str; 2] = ["text/plain", FRAME_DEFAULT_CONTENT_TYPE];
     negotiate::accept(Some(accept), &EMPTY_TYPES).map_or_else(
         |_| Arc::from(""),
         |c| Arc::from(c.content_type(&EMPTY_TYPES)),
@@ -261,11 +265,11 @@ fn empty_frame_type(accept: &str) -> Arc<str> {
 }
 
 /// The error for a signal that is not a data frame for a valid input.
-fn violation(signal: &Signal, inputs: usize) -> Status {
+fn violation(signal: &Frame, inputs: usize) -> Status {
     match signal {
-        Signal::Start { .. } => errors::protocol_violation("a second StartFrame"),
-        Signal::Empty => errors::protocol_violation("an InputSignal with no frame"),
-        Signal::Data { arg_index, .. } => errors::protocol_violation(format!(
+        Frame::Start { .. } => status::protocol_violation("a second StartFrame"),
+        Frame::Empty => status::protocol_violation("an InputSignal with no frame"),
+        Frame::Data { arg_index, .. } => status::protocol_violation(format!(
             "argIndex {arg_index} is out of range: the function has {inputs} input(s)"
         )),
     }
@@ -289,7 +293,7 @@ where
 
 /// Frames demultiplexed by argIndex into one queue per input.
 struct Demux {
-    inbound: SignalStream,
+    inbound: FrameInput,
     queues: Vec<VecDeque<InputMessage>>,
     wakers: Vec<Option<Waker>>,
     input_types: Vec<Vec<String>>,
@@ -355,10 +359,10 @@ impl Demux {
     }
 
     /// Negotiates a data frame's contentType and queues it for its input; returns the input.
-    fn route(&mut self, signal: Signal) -> Result<usize, Status> {
+    fn route(&mut self, signal: Frame) -> Result<usize, Status> {
         let inputs = self.queues.len();
         let (target, message) = match signal {
-            Signal::Data { arg_index, message }
+            Frame::Data { arg_index, message }
                 if usize::try_from(arg_index).is_ok_and(|i| i < inputs) =>
             {
                 (arg_index as usize, message)
@@ -367,10 +371,10 @@ impl Demux {
         };
         let media_type = negotiate::content_type(
             message.header("Content-Type"),
-            INVOKE_DEFAULT_CONTENT_TYPE,
+            FRAME_DEFAULT_CONTENT_TYPE,
             &self.input_types[target],
         )
-        .map_err(errors::negotiation)?;
+        .map_err(status::negotiation)?;
         self.queues[target].push_back(InputMessage {
             payload: message.payload,
             headers: message.headers,
@@ -395,11 +399,7 @@ impl Stream for DemuxInput {
     type Item = InputMessage;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<InputMessage>> {
-        match self.demux.lock() {
-            Ok(mut demux) => demux.poll_input(self.index, cx),
-            // Only a panic while holding the lock poisons it; the call is over then.
-            Err(_) => Poll::Ready(None),
-        }
+        crate::sync::lock(&self.demux).poll_input(self.index, cx)
     }
 }
 
@@ -411,7 +411,7 @@ struct Merged {
     next: usize,
     shared: Arc<Shared>,
     /// A supplier's call, watched for half-close since the function does not read it.
-    supplier_inbound: Option<SignalStream>,
+    supplier_inbound: Option<FrameInput>,
     done: bool,
 }
 

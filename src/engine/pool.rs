@@ -213,7 +213,7 @@ impl Shared {
 
     fn lock(&self) -> MutexGuard<'_, State> {
         // A job never runs under the lock, so no panic can poison it; recover all the same.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.state)
     }
 
     fn report(&self, state: &State) {

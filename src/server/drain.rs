@@ -14,7 +14,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::Status;
 
 use super::listener::{ActiveCall, ConnInfo};
-use crate::engine::{CallMeta, errors};
+use crate::engine::{CallMeta, status};
 use crate::stats::Stats;
 
 /// The calls in flight, and whether new ones are still welcome.
@@ -52,7 +52,7 @@ impl Calls {
     /// Admits a new call, unless the server is draining or has `max` calls in flight.
     pub fn enter(self: &Arc<Self>) -> Result<CallGuard, Status> {
         if self.draining.load(Ordering::Acquire) {
-            return Err(errors::draining());
+            return Err(status::draining());
         }
         if self.in_flight.fetch_add(1, Ordering::AcqRel) >= self.max {
             self.release();
@@ -187,7 +187,7 @@ pub fn call_meta<T>(request: &tonic::Request<T>) -> Result<CallMeta, Status> {
             ))
         })?;
     if timeout.is_zero() {
-        return Err(errors::deadline_exceeded_before_start());
+        return Err(status::deadline_exceeded_before_start());
     }
     Ok(CallMeta::new(Some(timeout)))
 }
@@ -233,12 +233,12 @@ where
             return Poll::Ready(None);
         };
         if guard.calls.cancelled.load(Ordering::Acquire) {
-            return this.end(Some(errors::grace_over()));
+            return this.end(Some(status::grace_over()));
         }
         if let Some(deadline) = this.deadline.as_mut()
             && deadline.as_mut().poll(cx).is_ready()
         {
-            return this.end(Some(errors::deadline_exceeded()));
+            return this.end(Some(status::deadline_exceeded()));
         }
         let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(None);
@@ -248,7 +248,7 @@ where
             Poll::Ready(None) => return this.end(None),
             // Only a call that waits needs waking for cancellation: a busy one sees the flag.
             Poll::Pending if this.cancelled.as_mut().poll(cx).is_ready() => {
-                return this.end(Some(errors::grace_over()));
+                return this.end(Some(status::grace_over()));
             }
             _ => {}
         }

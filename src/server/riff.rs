@@ -8,7 +8,7 @@ use futures_util::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::drain::Calls;
-use crate::engine::{INVOKE_DEFAULT_CONTENT_TYPE, Inbound, Outbound, Signal};
+use crate::engine::{FRAME_DEFAULT_CONTENT_TYPE, Frame, Inbound, Outbound};
 use crate::function::{Headers, Text};
 use crate::live::Live;
 use crate::proto::streaming::{
@@ -41,15 +41,15 @@ impl RiffService {
 /// An InputSignal as the engine's signal. The frame's contentType (empty means
 /// `application/octet-stream`, SPEC §2.2) becomes the message's one Content-Type header; a
 /// `content-type` in the frame's headers map does not override it.
-pub fn signal(input: InputSignal) -> Signal {
+pub fn signal(input: InputSignal) -> Frame {
     match input.frame {
-        Some(input_signal::Frame::Start(start)) => Signal::Start {
+        Some(input_signal::Frame::Start(start)) => Frame::Start {
             expected_content_types: start.expected_content_types,
         },
         Some(input_signal::Frame::Data(frame)) => {
             let mut headers: Headers = Vec::with_capacity(frame.headers.len() + 1);
             let content_type = if frame.content_type.is_empty() {
-                Text::const_new(INVOKE_DEFAULT_CONTENT_TYPE)
+                Text::const_new(FRAME_DEFAULT_CONTENT_TYPE)
             } else {
                 frame.content_type.into()
             };
@@ -61,7 +61,7 @@ pub fn signal(input: InputSignal) -> Signal {
                     .filter(|(name, _)| !name.eq_ignore_ascii_case("Content-Type"))
                     .map(|(name, value)| (name.into(), value.into())),
             );
-            Signal::Data {
+            Frame::Data {
                 arg_index: frame.arg_index,
                 message: Inbound {
                     payload: frame.payload,
@@ -69,7 +69,7 @@ pub fn signal(input: InputSignal) -> Signal {
                 },
             }
         }
-        None => Signal::Empty,
+        None => Frame::Empty,
     }
 }
 
@@ -114,7 +114,7 @@ impl Riff for RiffService {
             .into_inner()
             .map(move |s| {
                 let signal = s.map(signal);
-                if let Ok(Signal::Data { .. }) = &signal {
+                if let Ok(Frame::Data { .. }) = &signal {
                     received.inc();
                 }
                 signal
