@@ -10,8 +10,8 @@ use async_ffi::ContextExt;
 use futures_util::Stream;
 use invoker_abi::{InMessage, InputStream, Slice, status};
 
-use crate::payload::{FromPayload, Payload};
-use crate::private::Failure;
+use crate::lent::Failure;
+use crate::payload::FromPayload;
 
 /// The stream of inputs of a streaming function, each decoded into `X`.
 ///
@@ -77,7 +77,7 @@ impl<X: FromPayload> Stream for Input<X> {
         match code {
             status::READY => {
                 // SAFETY: the host lends the message until the next poll or drop of this stream.
-                let decoded = unsafe { crate::private::decode_in_message::<X>(&msg) };
+                let decoded = unsafe { crate::lent::decode_in_message::<X>(&msg) };
                 match decoded {
                     Ok(x) => Poll::Ready(Some(x)),
                     Err(message) => {
@@ -112,15 +112,4 @@ impl<X> Drop for Input<X> {
         // SAFETY: each input stream is dropped exactly once, here; `state` is not used after.
         unsafe { (self.raw.drop)(self.raw.state) }
     }
-}
-
-/// Decodes a payload lent by the host: used by `Input` and request/reply shims.
-pub(crate) fn decode<X: FromPayload>(payload: &Payload<'_>) -> Result<X, String> {
-    X::from_payload(payload).map_err(|e| {
-        format!(
-            "Invoker: Bad Input Signal: cannot decode {} as {}: {e}",
-            payload.media_type(),
-            std::any::type_name::<X>()
-        )
-    })
 }

@@ -227,6 +227,7 @@ mod config;
 mod context;
 pub mod fan_out;
 mod input;
+mod lent;
 mod message;
 mod payload;
 pub mod time;
@@ -245,7 +246,7 @@ pub use payload::{
     Outgoing, Payload, PayloadError, TEXT_PLAIN,
 };
 
-pub(crate) use private::abi_str;
+pub(crate) use lent::abi_str;
 
 /// Streams: the `Stream` trait and its combinators, re-exported from `futures-util`.
 pub mod stream {

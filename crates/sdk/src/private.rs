@@ -11,8 +11,7 @@ use std::ffi::c_void;
 use std::fmt::Display;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, Once, OnceLock};
+use std::sync::{Arc, Once, OnceLock};
 use std::task::Poll;
 
 use async_ffi::FfiContext;
@@ -25,6 +24,8 @@ use invoker_abi::{
 
 pub use linkme;
 
+pub use crate::lent::Failure;
+use crate::lent::{abi_str, payload_of};
 use crate::payload::{FromPayload, IntoPayload, Outgoing, Payload};
 use crate::{Context, Input};
 
@@ -175,7 +176,7 @@ pub fn decode<X: FromPayload>(input: Option<&Payload<'_>>) -> Result<X, CallErro
     let payload = input.ok_or_else(|| {
         CallError::BadInput("Invoker: Bad Input Signal: the function needs an input".into())
     })?;
-    crate::input::decode(payload).map_err(CallError::BadInput)
+    crate::lent::decode(payload).map_err(CallError::BadInput)
 }
 
 /// Encodes a function's output.
@@ -245,35 +246,6 @@ impl Drop for Inputs {
             // SAFETY: an input stream not taken by the function is dropped once, here.
             unsafe { (raw.drop)(raw.state) }
         }
-    }
-}
-
-/// A decode failure shared by a call's inputs and outputs: an input that cannot be decoded
-/// ends the call through whichever output notices first.
-#[derive(Debug, Default)]
-pub struct Failure {
-    set: AtomicBool,
-    message: Mutex<Option<String>>,
-}
-
-impl Failure {
-    pub(crate) fn is_set(&self) -> bool {
-        self.set.load(Ordering::Acquire)
-    }
-
-    pub(crate) fn set(&self, message: String) {
-        if let Ok(mut slot) = self.message.lock() {
-            slot.get_or_insert(message);
-        }
-        self.set.store(true, Ordering::Release);
-    }
-
-    fn message(&self) -> String {
-        self.message
-            .lock()
-            .ok()
-            .and_then(|slot| slot.clone())
-            .unwrap_or_else(|| "Invoker: Bad Input Signal".to_owned())
     }
 }
 
@@ -529,60 +501,6 @@ fn panic_message(panic: &(dyn Any + Send)) -> String {
     } else {
         "a panic with a non-string payload".to_owned()
     }
-}
-
-/// Reads a UTF-8 string lent by the host.
-///
-/// # Safety
-/// `s` must point to `s.len` bytes of valid UTF-8 that outlive `'a`.
-pub(crate) unsafe fn abi_str<'a>(s: Slice) -> &'a str {
-    // SAFETY: forwarded from the caller; the host hands out only UTF-8 here.
-    unsafe { std::str::from_utf8_unchecked(abi_bytes(s)) }
-}
-
-/// Reads bytes lent by the host.
-///
-/// # Safety
-/// `s` must point to `s.len` readable bytes that outlive `'a`.
-pub(crate) unsafe fn abi_bytes<'a>(s: Slice) -> &'a [u8] {
-    if s.len == 0 {
-        return &[];
-    }
-    // SAFETY: forwarded from the caller.
-    unsafe { std::slice::from_raw_parts(s.ptr, s.len) }
-}
-
-/// Decodes a message lent by the host as `X`.
-///
-/// # Safety
-/// `msg` must be a message the host lent (valid pointers, valid for the duration of the call).
-pub(crate) unsafe fn decode_in_message<X: FromPayload>(msg: &InMessage) -> Result<X, String> {
-    // SAFETY: forwarded from the caller.
-    let payload = unsafe { payload_of(msg, X::MEDIA_TYPES) }?;
-    crate::input::decode(&payload)
-}
-
-/// # Safety
-/// As [`decode_in_message`].
-unsafe fn payload_of<'a>(
-    msg: &'a InMessage,
-    media_types: &'static [&'static str],
-) -> Result<Payload<'a>, String> {
-    let media_type = media_types
-        .get(msg.media_type as usize)
-        .ok_or_else(|| format!("Invoker: media type #{} out of range", msg.media_type))?;
-    let headers = if msg.headers_len == 0 {
-        &[][..]
-    } else {
-        // SAFETY: the host lends `headers_len` headers at `headers`.
-        unsafe { std::slice::from_raw_parts(msg.headers, msg.headers_len) }
-    };
-    Ok(Payload {
-        // SAFETY: the host lends the payload for the call.
-        bytes: unsafe { abi_bytes(msg.payload) },
-        media_type,
-        headers,
-    })
 }
 
 /// The `extern "C"` entry point of a request/reply function `H`.
