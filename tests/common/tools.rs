@@ -1,0 +1,25 @@
+//! The tools some tests need beyond cargo (scripts/test installs them in `.venv`). A test that
+//! needs one and does not find it fails and names it: a check that did not run does not pass.
+
+use std::path::Path;
+use std::process::Command;
+
+/// Lints a Dockerfile with hadolint, which scripts/test installs in .venv; without it the test
+/// fails and says so (a Dockerfile that was not linted does not pass).
+pub fn lint_dockerfile(dockerfile: &Path) {
+    let hadolint = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/hadolint");
+    assert!(
+        hadolint.is_file(),
+        "{} is missing, so the generated Dockerfile cannot be linted: run scripts/test, which \
+         installs it",
+        hadolint.display()
+    );
+    let out = Command::new(&hadolint).arg(dockerfile).output().unwrap();
+    assert!(
+        out.status.success(),
+        "hadolint {}:\n{}{}",
+        dockerfile.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
