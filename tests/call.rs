@@ -126,54 +126,6 @@ async fn a_string_function_speaks_json_strings_and_utf8_octet_streams() {
 }
 
 #[tokio::test]
-async fn every_error_status() {
-    let hello = Daemon::start(&uri("greeter", Some("hello")));
-    // Unsupported Media Type.
-    let out = one(
-        &hello,
-        "name=Ada",
-        &[("Content-Type", "application/x-www-form-urlencoded")],
-    )
-    .await;
-    assert_status(
-        &out,
-        Code::InvalidArgument,
-        "Invoker: Unsupported Media Type",
-    );
-    assert!(
-        out.status.message().contains("text/plain"),
-        "lists what it accepts: {out:?}"
-    );
-    // Not Acceptable.
-    let out = one(&hello, "Ada", &[("Accept", "image/png")]).await;
-    assert_status(&out, Code::InvalidArgument, "Invoker: Not Acceptable");
-    // The function's error.
-    let out = one(&hello, "Riff", &[]).await;
-    assert_status(&out, Code::Unknown, "error condition");
-    assert!(out.messages.is_empty());
-
-    // Bad input.
-    let double = Daemon::start(&uri("greeter", Some("double")));
-    let out = one(&double, "foo", &[]).await;
-    assert_status(&out, Code::InvalidArgument, "Invoker: Bad Input Signal");
-    let greet = Daemon::start(&uri("greeter", Some("greet_json")));
-    let out = one(&greet, "{oops", &[("Content-Type", "application/json")]).await;
-    assert_status(&out, Code::InvalidArgument, "Invoker: Bad Input Signal");
-
-    // A second message to a request/reply function.
-    let mut client = double.client().await;
-    let out = call(&mut client, vec![msg("1", &[]), msg("2", &[])]).await;
-    assert_eq!(out.texts(), ["2"], "the first message is answered");
-    assert_status(&out, Code::FailedPrecondition, "Invoker:");
-
-    // A panic.
-    let panics = Daemon::start(&uri("shapes", Some("panics")));
-    let out = one(&panics, "boom", &[]).await;
-    assert_status(&out, Code::Internal, "Invoker: Function Panicked");
-    assert!(out.status.message().contains("boom"), "{out:?}");
-}
-
-#[tokio::test]
 async fn a_panic_leaves_the_server_serving() {
     let daemon = Daemon::start(&uri("shapes", Some("panics")));
     for word in ["first", "second", "third"] {
@@ -189,78 +141,6 @@ async fn a_panic_leaves_the_server_serving() {
         .await
         .unwrap();
     assert_eq!(reply.into_inner().status(), ServingStatus::Serving);
-}
-
-#[tokio::test]
-async fn negotiation_over_accept() {
-    let double = Daemon::start(&uri("greeter", Some("double")));
-    let case = |accept: &'static str| {
-        let double = &double;
-        async move {
-            let out = one(double, "21", &[("Accept", accept)]).await;
-            assert_eq!(out.code(), Code::Ok, "{accept}: {out:?}");
-            (
-                header(&out.messages[0], "Content-Type").unwrap().to_owned(),
-                common::text(&out.messages[0]),
-            )
-        }
-    };
-    // No Accept: the function's preferred type.
-    let out = one(&double, "21", &[]).await;
-    assert_eq!(header(&out.messages[0], "Content-Type"), Some("text/plain"));
-    // q-values.
-    assert_eq!(
-        case("text/plain;q=0.5, application/json").await.0,
-        "application/json"
-    );
-    assert_eq!(
-        case("text/plain;q=0.9, application/json;q=0.8").await.0,
-        "text/plain"
-    );
-    // Wildcards and specificity: an exact type beats */*.
-    assert_eq!(case("*/*").await.0, "text/plain");
-    assert_eq!(case("application/*").await.0, "application/json");
-    assert_eq!(case("*/*, application/json").await.0, "application/json");
-    // q=0 excludes.
-    assert_eq!(case("*/*, text/plain;q=0").await.0, "application/json");
-    // Parameters other than q are kept.
-    assert_eq!(
-        case("application/json; charset=utf-8").await,
-        (
-            "application/json; charset=utf-8".to_owned(),
-            "42".to_owned()
-        )
-    );
-    // Several Accept values.
-    let out = one(
-        &double,
-        "21",
-        &[("Accept", "image/png"), ("Accept", "application/json")],
-    )
-    .await;
-    assert_eq!(out.code(), Code::Ok, "{out:?}");
-
-    // JSON struct output with no Accept.
-    let greet = Daemon::start(&uri("greeter", Some("greet_json")));
-    let out = one(
-        &greet,
-        r#"{"name":"Ada"}"#,
-        &[("Content-Type", "application/json")],
-    )
-    .await;
-    assert_eq!(out.texts(), [r#"{"greeting":"Hello Ada"}"#]);
-    assert_eq!(
-        header(&out.messages[0], "Content-Type"),
-        Some("application/json")
-    );
-    // A form posted to a JSON function.
-    let out = one(
-        &greet,
-        "name=Grace",
-        &[("Content-Type", "application/x-www-form-urlencoded")],
-    )
-    .await;
-    assert_eq!(out.texts(), [r#"{"greeting":"Hello Grace"}"#]);
 }
 
 #[tokio::test]

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 /// share.
 const LAYERS: &[(&str, &[&str])] = &[
     ("commands", &["cmd"]),
-    ("server", &["server"]),
+    ("server", &["server", "server::in_process"]),
     (
         "protocol handlers",
         &[

@@ -8,6 +8,7 @@ pub mod admin;
 pub mod call;
 pub mod codec;
 pub mod drain;
+pub mod in_process;
 pub mod listener;
 pub mod metrics;
 pub mod riff;

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod cli;
+pub mod tier;
 pub mod tools;
 
 use std::collections::HashMap;
