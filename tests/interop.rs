@@ -11,15 +11,7 @@ use common::{Daemon, uri};
 use serde_json::{Value, json};
 
 fn python() -> PathBuf {
-    let python = std::env::var_os("INVOKER_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"));
-    assert!(
-        python.is_file(),
-        "no Python with grpcio at {}: run scripts/test, which sets up .venv",
-        python.display()
-    );
-    python
+    common::tools::python(&["grpc"])
 }
 
 /// Runs one request through the Python client against the daemon.

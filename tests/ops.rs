@@ -4,7 +4,6 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -236,9 +235,7 @@ async fn metrics_are_prometheus_text() {
 /// Parses OpenMetrics text with prometheus_client's parser (in the virtualenv scripts/test
 /// sets up); returns each sample's value by name (labelled samples keep their first value).
 fn parse_openmetrics_in_python(body: &str) -> serde_json::Value {
-    let python = std::env::var_os("INVOKER_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"));
+    let python = common::tools::python(&["prometheus_client"]);
     let script = r#"
 import json, sys
 from prometheus_client.openmetrics.parser import text_string_to_metric_families

@@ -23,3 +23,31 @@ pub fn lint_dockerfile(dockerfile: &Path) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The Python the tests run: `INVOKER_PYTHON`, else `.venv/bin/python` (scripts/test sets it
+/// up). Fails the test, naming what is missing, unless it runs and imports every module of
+/// `modules` (`grpc`, `prometheus_client`).
+pub fn python(modules: &[&str]) -> std::path::PathBuf {
+    let python = std::env::var_os("INVOKER_PYTHON")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"));
+    let imports = format!("import {}", modules.join(", "));
+    let out = Command::new(&python)
+        .args(["-c", &imports])
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "no Python at {} ({e}), so this test cannot run: run scripts/test, which sets up \
+                 .venv, or set INVOKER_PYTHON",
+                python.display()
+            )
+        });
+    assert!(
+        out.status.success(),
+        "the Python at {} cannot `{imports}`, so this test cannot run: run scripts/test, which \
+         installs them in .venv:\n{}",
+        python.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    python
+}
