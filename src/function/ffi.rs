@@ -33,7 +33,9 @@ use super::{
 /// A loaded library. Never unloaded: a library may have left threads (timers), thread-locals
 /// or wakers behind that still point into its code, so `dlclose` is never safe to call.
 pub(crate) struct LoadedLibrary {
-    _library: ManuallyDrop<libloading::Library>,
+    /// The dynamic loader's handle; `None` for a library linked into this program (the
+    /// round-trip test's, see [`linked`]).
+    _library: ManuallyDrop<Option<libloading::Library>>,
     /// The memory file the library was loaded from, if it was, kept open (see [`load`]).
     _image: ManuallyDrop<Option<std::os::fd::OwnedFd>>,
     path: PathBuf,
@@ -130,6 +132,29 @@ pub(crate) fn load(
         Ok(symbol) => *symbol,
         Err(_) => return Err(LoadError::NoRootSymbol { path: display }),
     };
+    describe(root, Some(library), image, shown)
+}
+
+/// Builds the record of a library linked into this program from its root function, with the
+/// validation [`load`] does: the SDK's descriptor and shims called through this module
+/// without `dlopen` (the round-trip test, `function::round_trip`).
+#[cfg(test)]
+pub(crate) fn linked(root: RootFn, shown: &Path) -> Result<Loaded, LoadError> {
+    let display = shown.display().to_string();
+    let _running = Running::loading(&display);
+    describe(root, None, ManuallyDrop::new(None), shown)
+}
+
+/// Calls a library's root function and validates the descriptor it returns; `library` and
+/// `image` are kept in the record, never dropped (see [`LoadedLibrary`]).
+fn describe(
+    root: RootFn,
+    library: Option<libloading::Library>,
+    image: ManuallyDrop<Option<std::os::fd::OwnedFd>>,
+    shown: &Path,
+) -> Result<Loaded, LoadError> {
+    let display = shown.display().to_string();
+    let display_path = display.clone();
     // SAFETY: the root function takes no arguments and returns a pointer per the ABI.
     let descriptor = unsafe { root() };
     if descriptor.is_null() {

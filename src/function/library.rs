@@ -69,16 +69,14 @@ impl Library {
                 ffi::load(&copy.file, None, path)?
             }
         };
-        Ok(Library {
-            inner: loaded.library,
-            sdk_version: loaded.sdk_version,
-            package: loaded.package,
-            functions: loaded
-                .functions
-                .into_iter()
-                .map(|(info, entry)| (Arc::new(info), entry))
-                .collect(),
-        })
+        Ok(Library::from(loaded))
+    }
+
+    /// The library linked into this program whose root function is `root`, validated as
+    /// [`Library::load`] validates a loaded one, and named `shown`: the round-trip test's.
+    #[cfg(test)]
+    pub(crate) fn linked(root: invoker_abi::RootFn, shown: &Path) -> Result<Library, LoadError> {
+        ffi::linked(root, shown).map(Library::from)
     }
 
     /// The path it was loaded from.
@@ -148,6 +146,21 @@ impl Library {
             info: found.0.clone(),
             entry: found.1,
         })
+    }
+}
+
+impl From<ffi::Loaded> for Library {
+    fn from(loaded: ffi::Loaded) -> Library {
+        Library {
+            inner: loaded.library,
+            sdk_version: loaded.sdk_version,
+            package: loaded.package,
+            functions: loaded
+                .functions
+                .into_iter()
+                .map(|(info, entry)| (Arc::new(info), entry))
+                .collect(),
+        }
     }
 }
 

@@ -13,6 +13,10 @@ mod ffi;
 mod library;
 mod load_error;
 mod panics;
+// The round-trip test of the boundary; its counting allocator is its only `unsafe`.
+#[cfg(test)]
+#[allow(unsafe_code)]
+mod round_trip;
 pub mod uri;
 
 use std::collections::HashMap;
