@@ -5,6 +5,8 @@
 //! library's function table. All `unsafe` lives in `invoker_sdk::private`; nothing generated
 //! here contains any.
 
+#![forbid(unsafe_code)]
+
 use proc_macro::TokenStream;
 use proc_macro2::{Span, TokenStream as TokenStream2};
 use quote::{format_ident, quote, quote_spanned};

@@ -223,16 +223,26 @@
 //! `panic = "unwind"`): the call ends with `INTERNAL` and the panic message, and the invoker
 //! goes on serving.
 
+#![deny(unsafe_code)]
+
 mod config;
+// The modules that cross the library boundary are the only ones with `unsafe`: the call's
+// context (the host's callbacks), the input streams and messages the host lends (`input`,
+// `lent`), the headers of a lent message, and the shims with the root symbol. Every block says why it is sound.
+#[allow(unsafe_code)]
 mod context;
 pub mod fan_out;
+#[allow(unsafe_code)]
 mod input;
+#[allow(unsafe_code)]
 mod lent;
+#[allow(unsafe_code)]
 mod message;
 mod payload;
 pub mod time;
 
 #[doc(hidden)]
+#[allow(unsafe_code)]
 pub mod private;
 
 pub use bytes::Bytes;

@@ -127,8 +127,8 @@ unsafe extern "C" fn init_shim(
     for hook in INIT_HOOKS.iter() {
         match catch(|| (hook.run)(&config)) {
             Ok(Ok(())) => {}
-            // SAFETY: the caller guarantees `error` is writable.
             Ok(Err(message)) => {
+                // SAFETY: the caller guarantees `error` is writable.
                 return unsafe { write_error(error, status::FUNCTION_ERROR, message) };
             }
             Err(mut panic) => {

@@ -11,6 +11,8 @@
 //! - an init hook that reads the configuration (`fail_init` makes it fail; `shutdown_file`
 //!   names a file the shutdown hook writes to), and that shutdown hook.
 
+#![forbid(unsafe_code)]
+
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
 

@@ -1,5 +1,7 @@
 //! Greetings, numbers and JSON: the functions of the README's Quick start.
 
+#![forbid(unsafe_code)]
+
 use invoker_sdk::Json;
 use serde::{Deserialize, Serialize};
 

@@ -1,5 +1,7 @@
 //! A library with exactly one function, so `FUNCTION_URI` needs no `?handler=`.
 
+#![forbid(unsafe_code)]
+
 /// ROT13 of the text: "Hello World" becomes "Uryyb Jbeyq".
 #[invoker_sdk::function]
 pub fn encode(text: String) -> String {

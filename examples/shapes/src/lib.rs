@@ -1,5 +1,7 @@
 //! One function per request/reply shape.
 
+#![forbid(unsafe_code)]
+
 /// `f(X) -> Result<()>`: fails when the input mentions Riff.
 #[invoker_sdk::function]
 pub fn validate(s: String) -> Result<(), String> {

@@ -1,5 +1,7 @@
 //! Streaming functions and a supplier.
 
+#![forbid(unsafe_code)]
+
 use std::time::Duration;
 
 use invoker_sdk::stream::{self, Stream, StreamExt};
