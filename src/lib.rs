@@ -4,7 +4,7 @@
 //! per subcommand) → [`server`] (tonic: the services, the drain, the listeners) → `live`
 //! (the library being served) → `engine` (function shapes, errors) → [`stats`] →
 //! [`function`] (the library boundary) and `negotiate` → leaves ([`proto`], `config`,
-//! [`logging`], `env`, [`cli`]).
+//! [`logging`], `env`, `sync`, [`cli`]).
 //!
 //! `unsafe` is denied everywhere but at the library boundary: `function::ffi` and
 //! `function::crash` (the fatal-signal handler) allow it, and every block says why it is sound.

@@ -18,6 +18,7 @@ use crate::engine::Engine;
 use crate::engine::pool::Pool;
 use crate::function::{Function, Library};
 use crate::stats::Stats;
+use crate::sync::{lock, read, write};
 
 /// What serves new calls.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,18 +93,12 @@ impl Live {
 
     /// The engine for a new call.
     pub fn engine(&self) -> Engine {
-        match self.engine.read() {
-            Ok(guard) => guard.0.clone(),
-            Err(poisoned) => poisoned.into_inner().0.clone(),
-        }
+        read(&self.engine).0.clone()
     }
 
     /// What serves new calls.
     pub fn current(&self) -> Current {
-        match self.engine.read() {
-            Ok(guard) => guard.1.clone(),
-            Err(poisoned) => poisoned.into_inner().1.clone(),
-        }
+        read(&self.engine).1.clone()
     }
 
     /// The counters.
@@ -120,7 +115,7 @@ impl Live {
     /// handler: the current function's name if the library exports it, else its only function.
     /// On error the current function keeps serving.
     pub fn reload(&self, path: &Path, handler: Option<&str>) -> anyhow::Result<Current> {
-        let _one_at_a_time = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
+        let _one_at_a_time = lock(&self.reloading);
         let generation = self.generations.load(Ordering::Acquire) + 1;
         let selection = match handler {
             Some(handler) => Select::Named(handler.to_owned()),
@@ -141,11 +136,8 @@ impl Live {
             self.stats.clone(),
             self.pool.clone(),
         );
-        self.libraries
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(library);
-        *self.engine.write().unwrap_or_else(|p| p.into_inner()) = (engine, current.clone());
+        lock(&self.libraries).push(library);
+        *write(&self.engine) = (engine, current.clone());
         self.generations.store(generation, Ordering::Release);
         self.stats.reloaded(generation);
         tracing::info!(
@@ -159,7 +151,7 @@ impl Live {
 
     /// Runs the shutdown hook of every library loaded, once each, newest first.
     pub fn shutdown(&self) {
-        let libraries = self.libraries.lock().unwrap_or_else(|p| p.into_inner());
+        let libraries = lock(&self.libraries);
         for library in libraries.iter().rev() {
             library.shutdown();
         }

@@ -19,6 +19,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::function::{FunctionError, MetricSink};
+use crate::sync::lock;
 
 /// How many errors the status keeps.
 pub const RECENT_ERRORS: usize = 10;
@@ -260,7 +261,7 @@ impl Stats {
 
     /// How many calls may run in the function at once, and wait for it.
     pub fn set_call_limits(&self, max_running: usize, max_queued: usize) {
-        *self.limits.lock().unwrap_or_else(|p| p.into_inner()) = (max_running, max_queued);
+        *lock(&self.limits) = (max_running, max_queued);
     }
 
     /// Request/reply calls running in the function now.
@@ -289,15 +290,14 @@ impl Stats {
         let unix_millis = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
-        if let Ok(mut recent) = self.recent.lock() {
-            if recent.len() == RECENT_ERRORS {
-                recent.pop_front();
-            }
-            recent.push_back(RecordedError {
-                unix_millis,
-                message: error.to_string(),
-            });
+        let mut recent = lock(&self.recent);
+        if recent.len() == RECENT_ERRORS {
+            recent.pop_front();
         }
+        recent.push_back(RecordedError {
+            unix_millis,
+            message: error.to_string(),
+        });
     }
 
     /// The function was replaced; `generation` now serves new calls.
@@ -324,10 +324,7 @@ impl Stats {
             return;
         }
         // The names kept are those in `custom_values`; the lock keeps `custom` to the same.
-        let mut values = self
-            .custom_values
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut values = lock(&self.custom_values);
         if let Some(total) = values.get_mut(name) {
             *total += value;
         } else if values.len() < MAX_CUSTOM_METRICS {
@@ -359,18 +356,10 @@ impl Stats {
             running: self.running.get().max(0) as u64,
             queued: self.queued.get().max(0) as u64,
             rejected: self.rejected.get(),
-            limits: *self.limits.lock().unwrap_or_else(|p| p.into_inner()),
+            limits: *lock(&self.limits),
             average_call: Duration::from_nanos(nanos.checked_div(finished).unwrap_or(0)),
-            recent_errors: self
-                .recent
-                .lock()
-                .map(|r| r.iter().cloned().collect())
-                .unwrap_or_default(),
-            custom: self
-                .custom_values
-                .lock()
-                .map(|v| v.clone())
-                .unwrap_or_default(),
+            recent_errors: lock(&self.recent).iter().cloned().collect(),
+            custom: lock(&self.custom_values).clone(),
         }
     }
 

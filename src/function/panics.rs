@@ -10,6 +10,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::CallMeta;
+use crate::sync::lock;
 
 /// At most this many panics are logged per [`WINDOW`].
 pub const BURST: u32 = 10;
@@ -36,7 +37,7 @@ static LIMITER: Mutex<Limiter> = Mutex::new(Limiter {
 /// Whether a panic at `now` may be logged, and how many were not logged before it (to log
 /// first).
 fn admit(now: Instant) -> (bool, u64) {
-    let mut limiter = LIMITER.lock().unwrap_or_else(|e| e.into_inner());
+    let mut limiter = lock(&LIMITER);
     if limiter
         .since
         .is_none_or(|since| now.duration_since(since) >= WINDOW)
@@ -106,8 +107,7 @@ pub(crate) fn report(source: Source<'_>, message: &str, location: Option<&str>) 
 /// Logs how many panics were not logged since the last time, if any: at shutdown, so that the
 /// tail of a storm is counted too.
 pub fn flush() {
-    let suppressed =
-        std::mem::take(&mut LIMITER.lock().unwrap_or_else(|e| e.into_inner()).suppressed);
+    let suppressed = std::mem::take(&mut lock(&LIMITER).suppressed);
     if suppressed > 0 {
         log_suppressed(suppressed);
     }
