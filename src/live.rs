@@ -16,9 +16,97 @@ use std::sync::{Arc, Mutex, RwLock};
 use crate::config;
 use crate::engine::Engine;
 use crate::engine::pool::Pool;
-use crate::function::{Function, Library};
+use crate::function::{Function, FunctionError, Library, LoadError};
 use crate::stats::Stats;
 use crate::sync::{lock, read, write};
+
+/// Why a function could not be loaded (at start) or replaced (a reload); the current function
+/// keeps serving after a failed reload. [`LiveError::kind`] says whose fault it is, which the
+/// admin service turns into a gRPC status.
+#[derive(Debug, thiserror::Error)]
+pub enum LiveError {
+    /// The library could not be loaded or does not offer the handler.
+    #[error("{}", load_message(.error, *.named))]
+    Load {
+        /// What went wrong, typed.
+        error: LoadError,
+        /// Where the library and handler were named, for the advice in the message.
+        named: Named,
+    },
+    /// The library loaded, but its init hook failed.
+    #[error("the init hook of {} failed: {error}", .path.display())]
+    Init {
+        /// The library file.
+        path: PathBuf,
+        /// What the hook reported (or its panic).
+        error: FunctionError,
+    },
+}
+
+/// Where the library (and handler) being loaded were named. The advice in an error points
+/// there: `FUNCTION_URI` for the start and SIGHUP (and a reload that names no library), the
+/// request (`invoker reload LIBRARY --handler NAME`) for a reload that names one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Named {
+    /// `FUNCTION_URI`.
+    Uri,
+    /// A reload request.
+    Request,
+}
+
+/// Whose fault a failed load is (see [`LiveError::kind`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The library is not one this invoker can serve: not a shared library, another ABI, an
+    /// invalid descriptor, no functions, a file that is not a regular file or that the daemon
+    /// may not open, or an init hook that failed. Fixing the file (and reloading) is what
+    /// helps; asking again does not.
+    BadLibrary,
+    /// The library file does not exist.
+    NotFound,
+    /// The handler asked for is not in the library, or none was asked for and it has several.
+    BadRequest,
+    /// The invoker could not copy the library to where it loads it from (a memory file, or a
+    /// private directory of `$TMPDIR`): a failure of this host, not of the library.
+    Internal,
+}
+
+impl LiveError {
+    /// Whose fault it is.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            LiveError::Init { .. } => ErrorKind::BadLibrary,
+            LiveError::Load { error, .. } => match error {
+                LoadError::Missing { .. } => ErrorKind::NotFound,
+                LoadError::HandlerNeeded { .. } | LoadError::UnknownHandler { .. } => {
+                    ErrorKind::BadRequest
+                }
+                LoadError::CopyFailed { .. } => ErrorKind::Internal,
+                LoadError::Unreadable { .. }
+                | LoadError::NotALibrary { .. }
+                | LoadError::LoadFailed { .. }
+                | LoadError::NoRootSymbol { .. }
+                | LoadError::AbiMismatch { .. }
+                | LoadError::Invalid { .. }
+                | LoadError::NoFunctions { .. } => ErrorKind::BadLibrary,
+            },
+        }
+    }
+}
+
+/// The message of a load error: [`LoadError`]'s own, whose advice names `FUNCTION_URI`,
+/// unless the library was named by a reload request, where the advice names the request.
+fn load_message(error: &LoadError, named: Named) -> String {
+    match (named, error) {
+        (Named::Request, LoadError::Missing { path }) => {
+            format!("function library {path} does not exist")
+        }
+        (Named::Request, LoadError::HandlerNeeded { path, handlers }) => {
+            format!("{path} exports several functions ({handlers}): choose one with --handler NAME")
+        }
+        _ => error.to_string(),
+    }
+}
 
 /// What serves new calls.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,7 +141,8 @@ pub struct Live {
 
 impl Live {
     /// Loads the function for the first time: `path`'s library, `handler` (optional when the
-    /// library exports one function). Fails, with a one-line reason, on any load or init error.
+    /// library exports one function), both named by `FUNCTION_URI`. Fails, with a one-line
+    /// reason, on any load or init error.
     pub fn start(
         path: &Path,
         handler: Option<&str>,
@@ -61,9 +150,9 @@ impl Live {
         config: HashMap<String, String>,
         stats: Arc<Stats>,
         pool: Arc<Pool>,
-    ) -> anyhow::Result<Live> {
+    ) -> Result<Live, LiveError> {
         let config = Arc::new(config);
-        let (library, function) = load(path, &Select::from(handler), &config)?;
+        let (library, function) = load(path, &Select::from(handler), &config, Named::Uri)?;
         let current = Current {
             function: function.info().name.clone(),
             library: path.to_path_buf(),
@@ -113,15 +202,21 @@ impl Live {
 
     /// Replaces the function for new calls with `handler` of the library at `path`. Without a
     /// handler: the current function's name if the library exports it, else its only function.
-    /// On error the current function keeps serving.
-    pub fn reload(&self, path: &Path, handler: Option<&str>) -> anyhow::Result<Current> {
+    /// `named` says where the library was named, for the advice in an error. On error the
+    /// current function keeps serving.
+    pub fn reload(
+        &self,
+        path: &Path,
+        handler: Option<&str>,
+        named: Named,
+    ) -> Result<Current, LiveError> {
         let _one_at_a_time = lock(&self.reloading);
         let generation = self.generations.load(Ordering::Acquire) + 1;
         let selection = match handler {
             Some(handler) => Select::Named(handler.to_owned()),
             None => Select::PreferNamed(self.current().function),
         };
-        let (library, function) = load(path, &selection, &self.config)?;
+        let (library, function) = load(path, &selection, &self.config, named)?;
         let current = Current {
             function: function.info().name.clone(),
             library: path.to_path_buf(),
@@ -164,8 +259,10 @@ fn load(
     path: &Path,
     selection: &Select,
     config: &HashMap<String, String>,
-) -> anyhow::Result<(Arc<Library>, Function)> {
-    let library = Library::load(path)?;
+    named: Named,
+) -> Result<(Arc<Library>, Function), LiveError> {
+    let failed = |error| LiveError::Load { error, named };
+    let library = Library::load(path).map_err(failed)?;
     let function = match selection {
         Select::Named(name) => library.function(Some(name)),
         Select::Only => library.function(None),
@@ -173,10 +270,14 @@ fn load(
             library.function(Some(name))
         }
         Select::PreferNamed(_) => library.function(None),
-    }?;
+    }
+    .map_err(failed)?;
     library
         .init(&config::pairs(config))
-        .map_err(|e| anyhow::anyhow!("the init hook of {} failed: {e}", path.display()))?;
+        .map_err(|error| LiveError::Init {
+            path: path.to_path_buf(),
+            error,
+        })?;
     Ok((Arc::new(library), function))
 }
 

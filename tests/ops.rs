@@ -408,7 +408,10 @@ async fn a_failed_reload_keeps_the_old_function_serving() {
         "{bad_library:?}"
     );
     assert!(bad_library.2.contains("libnot.so"), "{bad_library:?}");
-    assert_eq!(unknown_handler.0, 9, "{unknown_handler:?}");
+    assert_eq!(
+        unknown_handler.0, 3,
+        "INVALID_ARGUMENT: {unknown_handler:?}"
+    );
     assert!(
         unknown_handler.2.contains("double, greet_json, hello"),
         "the error lists the handlers: {unknown_handler:?}"
@@ -417,6 +420,84 @@ async fn a_failed_reload_keeps_the_old_function_serving() {
     let mut client = daemon.client().await;
     let outcome = call(&mut client, vec![msg("Hello World", &[])]).await;
     assert_eq!(outcome.texts(), ["Uryyb Jbeyq"]);
+    let status = tokio::task::spawn_blocking(move || status(&socket))
+        .await
+        .unwrap();
+    assert_eq!(status["generation"], 1);
+}
+
+#[tokio::test]
+async fn a_failed_reload_exits_with_the_code_of_whose_fault_it_is() {
+    let dir = scratch("reload-codes");
+    let socket = dir.join("admin.sock");
+    let _daemon = Daemon::start_with(
+        &uri("rot13", None),
+        &[("ADMIN_SOCKET", socket.to_str().unwrap())],
+    );
+    let socket_arg = socket.to_str().unwrap().to_owned();
+    let missing = dir.join("libmissing.so").to_str().unwrap().to_owned();
+    let greeter = lib("greeter").to_str().unwrap().to_owned();
+    let (missing, no_handler) = tokio::task::spawn_blocking(move || {
+        (
+            invoker(&["reload", "--admin-socket", &socket_arg, &missing]),
+            invoker(&["reload", "--admin-socket", &socket_arg, &greeter]),
+        )
+    })
+    .await
+    .unwrap();
+    // NOT_FOUND, and the advice is not about FUNCTION_URI, which the reload did not use.
+    assert_eq!(missing.0, 5, "NOT_FOUND: {missing:?}");
+    assert!(
+        missing.2.contains("libmissing.so does not exist"),
+        "{missing:?}"
+    );
+    assert!(!missing.2.contains("FUNCTION_URI"), "{missing:?}");
+    // INVALID_ARGUMENT: the request must name one of the functions.
+    assert_eq!(no_handler.0, 3, "INVALID_ARGUMENT: {no_handler:?}");
+    assert!(
+        no_handler.2.contains(
+            "exports several functions (double, greet_json, hello): choose one with --handler NAME"
+        ),
+        "{no_handler:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_reload_that_cannot_copy_the_library_is_internal() {
+    let dir = scratch("reload-copy");
+    let socket = dir.join("admin.sock");
+    // Files may grow to about twice the served library (SIGXFSZ ignored, so a write past that
+    // fails with EFBIG instead of killing the daemon): a larger library cannot be copied into
+    // a memory file, and the fallback, a private directory of TMPDIR, cannot be made either.
+    let size = std::fs::metadata(lib("rot13")).unwrap().len();
+    let blocks = 2 * size / 512 + 1;
+    let no_tmp = dir.join("no-such-dir");
+    let _daemon = Daemon::start_in_shell(
+        &uri("rot13", None),
+        &[
+            ("ADMIN_SOCKET", socket.to_str().unwrap()),
+            ("TMPDIR", no_tmp.to_str().unwrap()),
+        ],
+        &format!("ulimit -f {blocks}\ntrap '' XFSZ"),
+    );
+    let big = dir.join("libbig.so");
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len(16 * size)
+        .unwrap();
+    let socket_arg = socket.to_str().unwrap().to_owned();
+    let big_arg = big.to_str().unwrap().to_owned();
+    let (code, _, err) = tokio::task::spawn_blocking(move || {
+        invoker(&["reload", "--admin-socket", &socket_arg, &big_arg])
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 13, "INTERNAL: {err}");
+    assert!(err.contains("the old function keeps serving"), "{err}");
+    assert!(
+        err.contains("cannot read function library") && err.contains("libbig.so"),
+        "{err}"
+    );
     let status = tokio::task::spawn_blocking(move || status(&socket))
         .await
         .unwrap();

@@ -49,8 +49,11 @@ impl Library {
             path: shown.clone(),
             reason,
         };
-        let source = open_regular(path).map_err(unreadable)?;
-        let mut source = source;
+        let mut source = open_regular(path).map_err(unreadable)?;
+        let copy_failed = |reason| LoadError::CopyFailed {
+            path: shown.clone(),
+            reason,
+        };
         let image = match Path::new("/proc/self/fd").is_dir() {
             true => memory_copy(&mut source, path).ok(),
             false => None,
@@ -64,8 +67,8 @@ impl Library {
                 // No /proc (a chroot), or no memory file to be had (a kernel or policy that
                 // refuses them): a file in a directory only this process can write to.
                 use std::io::Seek;
-                source.rewind().map_err(|e| unreadable(e.to_string()))?;
-                let copy = PrivateCopy::new(source, path).map_err(unreadable)?;
+                source.rewind().map_err(|e| copy_failed(e.to_string()))?;
+                let copy = PrivateCopy::new(source, path).map_err(copy_failed)?;
                 ffi::load(&copy.file, None, path)?
             }
         };

@@ -14,9 +14,18 @@ pub enum LoadError {
         /// The path.
         path: String,
     },
-    /// The file could not be read (permissions, not a regular file) or copied into memory.
+    /// The file could not be opened for reading (permissions), or is not a regular file.
     #[error("cannot read function library {path}: {reason}")]
     Unreadable {
+        /// The path.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// The file could not be copied to where it is loaded from: a memory file, or (without
+    /// `/proc`) a private directory of `$TMPDIR`. A failure of this host, not of the library.
+    #[error("cannot read function library {path}: {reason}")]
+    CopyFailed {
         /// The path.
         path: String,
         /// Why.

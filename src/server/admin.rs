@@ -20,7 +20,7 @@ use tonic::transport::Server;
 use tonic::{Request, Response, Status};
 
 use super::drain::Calls;
-use crate::live::Live;
+use crate::live::{ErrorKind, Live, LiveError, Named};
 use crate::proto::admin::admin_server::{Admin, AdminServer};
 use crate::proto::admin::{LoadReply, LoadRequest, RecentError, StatusReply, StatusRequest};
 
@@ -56,11 +56,33 @@ impl AdminService {
 /// Reloads the library `FUNCTION_URI` names (SIGHUP), logging the outcome.
 pub async fn reload_uri(live: Arc<Live>, library: PathBuf, handler: Option<String>) {
     let reloaded =
-        tokio::task::spawn_blocking(move || live.reload(&library, handler.as_deref())).await;
+        tokio::task::spawn_blocking(move || live.reload(&library, handler.as_deref(), Named::Uri))
+            .await;
     match reloaded {
         Ok(Ok(_)) => {}
-        Ok(Err(e)) => tracing::error!("reload failed; the old function keeps serving: {e:#}"),
+        Ok(Err(e)) => log_failure(&e),
         Err(e) => tracing::error!("reload failed; the old function keeps serving: {e}"),
+    }
+}
+
+/// Logs a failed reload, with whose fault it was.
+fn log_failure(e: &LiveError) {
+    tracing::error!(
+        kind = ?e.kind(),
+        "reload failed; the old function keeps serving: {e}"
+    );
+}
+
+/// The status of a failed reload: the library's fault is `FAILED_PRECONDITION`, a missing
+/// file `NOT_FOUND`, a handler the library does not have (or none, when it has several)
+/// `INVALID_ARGUMENT`, and a failure to copy the library into memory or `$TMPDIR` `INTERNAL`.
+fn reload_status(e: &LiveError) -> Status {
+    let message = format!("reload failed; the old function keeps serving: {e}");
+    match e.kind() {
+        ErrorKind::BadLibrary => Status::failed_precondition(message),
+        ErrorKind::NotFound => Status::not_found(message),
+        ErrorKind::BadRequest => Status::invalid_argument(message),
+        ErrorKind::Internal => Status::internal(message),
     }
 }
 
@@ -112,22 +134,24 @@ impl Admin for AdminService {
 
     async fn load(&self, request: Request<LoadRequest>) -> Result<Response<LoadReply>, Status> {
         let request = request.into_inner();
-        let (library, handler) = if request.library.is_empty() {
-            (self.uri_library.clone(), self.uri_handler.clone())
+        let (library, handler, named) = if request.library.is_empty() {
+            (
+                self.uri_library.clone(),
+                self.uri_handler.clone(),
+                Named::Uri,
+            )
         } else {
-            (PathBuf::from(request.library), None)
+            (PathBuf::from(request.library), None, Named::Request)
         };
         let handler = Some(request.handler).filter(|h| !h.is_empty()).or(handler);
         let live = self.live.clone();
         let current =
-            tokio::task::spawn_blocking(move || live.reload(&library, handler.as_deref()))
+            tokio::task::spawn_blocking(move || live.reload(&library, handler.as_deref(), named))
                 .await
                 .map_err(|e| Status::internal(format!("the reload did not finish: {e}")))?
                 .map_err(|e| {
-                    tracing::error!("reload failed; the old function keeps serving: {e:#}");
-                    Status::failed_precondition(format!(
-                        "reload failed; the old function keeps serving: {e:#}"
-                    ))
+                    log_failure(&e);
+                    reload_status(&e)
                 })?;
         Ok(Response::new(LoadReply {
             function: current.function,
