@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 use invoker::cli::{Cli, Command};
+use invoker::cmd::{self, Exit};
 
 /// jemalloc, with a background thread that returns freed pages to the system within seconds:
 /// glibc's malloc kept the memory of a burst of 50 000 streams resident after they closed
@@ -18,46 +19,24 @@ fn main() -> ExitCode {
     let cli = Cli::try_parse().unwrap_or_else(|e| usage_error(e).exit());
     if let Err(e) = invoker::logging::init() {
         eprintln!("invoker: {e:#}");
-        return ExitCode::FAILURE;
+        return Exit::FAILURE.into();
     }
-    let result = match cli.command {
-        Command::Serve(args) => invoker::cmd::serve::serve(args).map(|()| ExitCode::SUCCESS),
-        Command::Run(args) => invoker::cmd::run::run(args).map(ExitCode::from),
-        Command::Init(args) => invoker::cmd::scaffold::init(invoker::cmd::scaffold::InitOptions {
-            name: args.name,
-            invoker: args.invoker,
-            handler: args.handler,
-            dir: args.dir,
-            sdk_path: args.sdk_path,
-            image: args.image,
-            dry_run: args.dry_run,
-        })
-        .map(|()| ExitCode::SUCCESS),
-        Command::Apply(args) => {
-            invoker::cmd::scaffold::apply(&args.file, args.dry_run).map(|()| ExitCode::SUCCESS)
-        }
-        Command::Call(args) => {
-            invoker::cmd::call::call(args).map(|code| ExitCode::from(code as u8))
-        }
-        Command::Status(args) => {
-            invoker::cmd::admin::status(&args.admin_socket).map(|code| ExitCode::from(code as u8))
-        }
-        Command::Reload(args) => invoker::cmd::admin::reload(
-            &args.admin_socket,
-            args.library.as_deref(),
-            args.handler.as_deref(),
-        )
-        .map(|code| ExitCode::from(code as u8)),
-        Command::Bench(args) => invoker::cmd::bench::bench(args).map(|()| ExitCode::SUCCESS),
-        Command::ReferenceEcho(args) => {
-            invoker::cmd::bench::reference_echo(&args.host, args.port).map(|()| ExitCode::SUCCESS)
-        }
+    let exit = match cli.command {
+        Command::Serve(args) => cmd::serve::serve(args),
+        Command::Run(args) => cmd::run::run(args),
+        Command::Init(args) => cmd::scaffold::init(args),
+        Command::Apply(args) => cmd::scaffold::apply(args),
+        Command::Call(args) => cmd::call::call(args),
+        Command::Status(args) => cmd::admin::status(args),
+        Command::Reload(args) => cmd::admin::reload(args),
+        Command::Bench(args) => cmd::bench::bench(args),
+        Command::ReferenceEcho(args) => cmd::bench::reference_echo(args),
     };
-    match result {
-        Ok(code) => code,
+    match exit {
+        Ok(exit) => exit.into(),
         Err(e) => {
             eprintln!("invoker: {e:#}");
-            ExitCode::FAILURE
+            Exit::FAILURE.into()
         }
     }
 }

@@ -6,6 +6,8 @@ use std::path::Path;
 use anyhow::Context as _;
 use tonic::transport::Endpoint;
 
+use super::Exit;
+use crate::cli::{ReloadArgs, StatusArgs};
 use crate::proto::admin::admin_client::AdminClient;
 use crate::proto::admin::{LoadRequest, StatusRequest};
 
@@ -33,14 +35,14 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 /// `invoker status`: prints the status as JSON. Exits with the gRPC code on failure.
-pub fn status(socket: &Path) -> anyhow::Result<i32> {
+pub fn status(args: StatusArgs) -> anyhow::Result<Exit> {
     runtime()?.block_on(async {
-        let mut client = connect(socket).await?;
+        let mut client = connect(&args.admin_socket).await?;
         let reply = match client.status(StatusRequest {}).await {
             Ok(reply) => reply.into_inner(),
             Err(status) => {
                 eprintln!("invoker: {}", status.message());
-                return Ok(status.code() as i32);
+                return Ok(Exit::from(status.code()));
             }
         };
         let errors: Vec<_> = reply
@@ -73,22 +75,22 @@ pub fn status(socket: &Path) -> anyhow::Result<i32> {
             "uptime_seconds": reply.uptime_seconds,
         });
         println!("{}", serde_json::to_string_pretty(&json)?);
-        Ok(0)
+        Ok(Exit::SUCCESS)
     })
 }
 
 /// `invoker reload`: replaces the function; prints what serves now. Exits with the gRPC code.
-pub fn reload(socket: &Path, library: Option<&Path>, handler: Option<&str>) -> anyhow::Result<i32> {
+pub fn reload(args: ReloadArgs) -> anyhow::Result<Exit> {
     runtime()?.block_on(async {
-        let mut client = connect(socket).await?;
-        let library = match library {
+        let mut client = connect(&args.admin_socket).await?;
+        let library = match &args.library {
             // The daemon may run elsewhere in the file system: send an absolute path.
             Some(path) => std::path::absolute(path)?.display().to_string(),
             None => String::new(),
         };
         let request = LoadRequest {
             library,
-            handler: handler.unwrap_or_default().to_owned(),
+            handler: args.handler.unwrap_or_default(),
         };
         match client.load(request).await {
             Ok(reply) => {
@@ -97,11 +99,11 @@ pub fn reload(socket: &Path, library: Option<&Path>, handler: Option<&str>) -> a
                     "serving '{}' from {} (generation {})",
                     reply.function, reply.library, reply.generation
                 );
-                Ok(0)
+                Ok(Exit::SUCCESS)
             }
             Err(status) => {
                 eprintln!("invoker: {}", status.message());
-                Ok(status.code() as i32)
+                Ok(Exit::from(status.code()))
             }
         }
     })

@@ -19,7 +19,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::cli::BenchArgs;
+use super::Exit;
+use crate::cli::{BenchArgs, ReferenceArgs};
 use crate::proto::function::Message;
 use crate::proto::function::message::HeaderValue;
 use crate::proto::function::message_function_client::MessageFunctionClient;
@@ -47,12 +48,12 @@ impl MessageFunction for Echo {
 }
 
 /// `invoker reference-echo`: the bare tonic echo server the benchmark compares against.
-pub fn reference_echo(host: &str, port: u16) -> anyhow::Result<()> {
+pub fn reference_echo(args: ReferenceArgs) -> anyhow::Result<Exit> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind((host, port)).await?;
+        let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port)).await?;
         println!("listening on {}", listener.local_addr()?);
         tonic::transport::Server::builder()
             .add_service(MessageFunctionServer::new(Echo))
@@ -60,7 +61,7 @@ pub fn reference_echo(host: &str, port: u16) -> anyhow::Result<()> {
                 tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             )
             .await?;
-        Ok(())
+        Ok(Exit::SUCCESS)
     })
 }
 
@@ -463,7 +464,7 @@ fn figure(name: &'static str, unit: &'static str, higher_is_better: bool) -> Fig
 }
 
 /// `invoker bench`.
-pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
+pub fn bench(args: BenchArgs) -> anyhow::Result<Exit> {
     let exe = std::env::current_exe().context("cannot find the invoker binary")?;
     let lib_dir = match args.lib_dir {
         Some(dir) => std::path::absolute(dir)?,
@@ -660,5 +661,5 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
             f.name, f.invoker, f.reference, ratio, f.unit
         );
     }
-    Ok(())
+    Ok(Exit::SUCCESS)
 }

@@ -9,6 +9,7 @@ use futures_util::stream::BoxStream;
 use tokio::io::AsyncBufReadExt as _;
 use tonic::Code;
 
+use super::Exit;
 use crate::cli::CallArgs;
 use crate::proto::function::Message;
 use crate::proto::function::message::HeaderValue;
@@ -25,7 +26,7 @@ use tonic::transport::Channel;
 /// With no payloads (or `-`), the messages are the lines of stdin, each sent as it is read,
 /// and replies are printed as they arrive: the call is open from the start, so a supplier's
 /// output shows while stdin is open, and a streaming function answers each line as it is typed.
-pub fn call(args: CallArgs) -> anyhow::Result<Code> {
+pub fn call(args: CallArgs) -> anyhow::Result<Exit> {
     use std::io::IsTerminal;
     let from_stdin = match args.payloads.as_slice() {
         [] => true,
@@ -42,7 +43,7 @@ pub fn call(args: CallArgs) -> anyhow::Result<Code> {
     let code = runtime.block_on(run(args, from_stdin));
     // A read of stdin cannot be cancelled: do not wait for it when the call ended first.
     runtime.shutdown_background();
-    code
+    code.map(Exit::from)
 }
 
 /// The payloads: those of the command line, or each line of stdin as it is read.

@@ -7,6 +7,36 @@ pub mod run;
 pub mod scaffold;
 pub mod serve;
 
+/// A subcommand's exit code, the one type every `cmd` entry point returns: 0, 1, or the gRPC
+/// code a call or reload ended with (`invoker call`, `status`, `reload`, `run`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Exit(u8);
+
+impl Exit {
+    /// 0.
+    pub const SUCCESS: Exit = Exit(0);
+    /// 1: a failure with no gRPC code of its own (also what `main` exits with on an error).
+    pub const FAILURE: Exit = Exit(1);
+
+    /// The number the process exits with.
+    pub const fn code(self) -> u8 {
+        self.0
+    }
+}
+
+impl From<tonic::Code> for Exit {
+    /// The gRPC code's number (0 to 16): `OK` is 0.
+    fn from(code: tonic::Code) -> Exit {
+        Exit(code as u8)
+    }
+}
+
+impl From<Exit> for std::process::ExitCode {
+    fn from(exit: Exit) -> std::process::ExitCode {
+        std::process::ExitCode::from(exit.0)
+    }
+}
+
 /// Installs the fatal-signal handler (see `function::install_crash_handler`), its line in the
 /// log's format. A failure is logged: the invoker serves without it.
 fn install_crash_handler() {
@@ -14,5 +44,18 @@ fn install_crash_handler() {
         tracing::warn!(
             "cannot install the fatal-signal handler ({e}): a crash will leave no line in the log"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Exit;
+
+    #[test]
+    fn a_grpc_code_exits_with_its_number() {
+        assert_eq!(Exit::from(tonic::Code::Ok), Exit::SUCCESS);
+        assert_eq!(Exit::from(tonic::Code::InvalidArgument).code(), 3);
+        assert_eq!(Exit::from(tonic::Code::FailedPrecondition).code(), 9);
+        assert_eq!(Exit::from(tonic::Code::Unauthenticated).code(), 16);
     }
 }

@@ -17,6 +17,7 @@ use futures_util::{Stream, StreamExt};
 use tokio::io::AsyncBufReadExt;
 use tonic::Status;
 
+use super::Exit;
 use crate::cli::RunArgs;
 use crate::engine::pool::{Limits as PoolLimits, Pool};
 use crate::engine::{CallMeta, Engine, Inbound, Outbound};
@@ -27,7 +28,7 @@ use crate::stats::Stats;
 
 /// `invoker run`: the exit code is 0, or the gRPC code of the first call that failed (3 for a
 /// `--ndjson` line that is not a message, which is skipped).
-pub fn run(args: RunArgs) -> anyhow::Result<u8> {
+pub fn run(args: RunArgs) -> anyhow::Result<Exit> {
     super::install_crash_handler();
     let uri = FunctionUri::parse(&args.function_uri)?;
     let config = crate::config::load(args.config.as_deref(), args.function_config.as_deref())?;
@@ -45,7 +46,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
     let code = runtime.block_on(async {
         tokio::select! {
             code = drive(engine, &args) => code,
-            _ = tokio::signal::ctrl_c() => Ok(0),
+            _ = tokio::signal::ctrl_c() => Ok(Exit::SUCCESS),
         }
     });
     live.shutdown();
@@ -54,23 +55,23 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
 }
 
 /// The exit code of a run with a bad `--ndjson` line: `INVALID_ARGUMENT`, as for bad input.
-const BAD_LINE: u8 = tonic::Code::InvalidArgument as u8;
+const BAD_LINE: tonic::Code = tonic::Code::InvalidArgument;
 
 /// The exit code of the run: the first failure's (a failed call, a bad line), else 0.
 #[derive(Debug, Default)]
 struct FirstFailure(AtomicU8);
 
 impl FirstFailure {
-    fn record(&self, code: u8) {
-        if code != 0 {
+    fn record(&self, exit: Exit) {
+        if exit != Exit::SUCCESS {
             let _ = self
                 .0
-                .compare_exchange(0, code, Ordering::Relaxed, Ordering::Relaxed);
+                .compare_exchange(0, exit.code(), Ordering::Relaxed, Ordering::Relaxed);
         }
     }
 
-    fn code(&self) -> u8 {
-        self.0.load(Ordering::Relaxed)
+    fn code(&self) -> Exit {
+        Exit(self.0.load(Ordering::Relaxed))
     }
 }
 
@@ -96,7 +97,7 @@ fn stdin_messages(
                 Ok(message) => Some(Ok(message)),
                 Err(why) => {
                     eprintln!("invoker: line {number} skipped: {why}");
-                    failure.record(BAD_LINE);
+                    failure.record(Exit::from(BAD_LINE));
                     None
                 }
             },
@@ -205,27 +206,30 @@ fn print(out: &Outbound, ndjson: bool) -> bool {
 }
 
 /// Reports a failed call on stderr; returns its exit code (the gRPC code, at least 1).
-fn report(status: &Status) -> u8 {
+fn report(status: &Status) -> Exit {
     eprintln!("invoker: {:?}: {}", status.code(), status.message());
-    (status.code() as u8).max(1)
+    match Exit::from(status.code()) {
+        Exit::SUCCESS => Exit::FAILURE,
+        exit => exit,
+    }
 }
 
 /// Prints a call's outputs as they come; returns the exit code of the call.
-async fn print_call(mut outputs: crate::engine::OutboundStream, ndjson: bool) -> u8 {
+async fn print_call(mut outputs: crate::engine::OutboundStream, ndjson: bool) -> Exit {
     while let Some(item) = outputs.next().await {
         match item {
             Ok(out) => {
                 if !print(&out, ndjson) {
-                    return 0;
+                    return Exit::SUCCESS;
                 }
             }
             Err(status) => return report(&status),
         }
     }
-    0
+    Exit::SUCCESS
 }
 
-async fn drive(engine: Engine, args: &RunArgs) -> anyhow::Result<u8> {
+async fn drive(engine: Engine, args: &RunArgs) -> anyhow::Result<Exit> {
     let info = engine.function().info();
     let failure = Arc::new(FirstFailure::default());
     // Without --content-type, lines are in the function's preferred input type: a function

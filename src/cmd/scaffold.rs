@@ -17,6 +17,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, bail};
 use serde::{Deserialize, Serialize};
 
+use super::Exit;
+use crate::cli::{ApplyArgs, InitArgs};
+
 /// The invoker resource this binary ships with (the repository's `invoker.yaml`).
 pub const EMBEDDED: &str = include_str!("../../invoker.yaml");
 
@@ -429,7 +432,13 @@ impl Invoker {
 }
 
 /// `invoker apply -f FILE [--dry-run]`.
-pub fn apply(file: &Path, dry_run: bool) -> anyhow::Result<()> {
+pub fn apply(args: ApplyArgs) -> anyhow::Result<Exit> {
+    install(&args.file, args.dry_run).map(|()| Exit::SUCCESS)
+}
+
+/// Validates the Invoker resource in `file` and installs it in the registry, or (`dry_run`)
+/// prints it.
+fn install(file: &Path, dry_run: bool) -> anyhow::Result<()> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
     let invoker =
@@ -493,6 +502,20 @@ pub struct InitOptions {
     pub image: Option<String>,
     /// Print the files instead of writing them.
     pub dry_run: bool,
+}
+
+impl From<InitArgs> for InitOptions {
+    fn from(args: InitArgs) -> InitOptions {
+        InitOptions {
+            name: args.name,
+            invoker: args.invoker,
+            handler: args.handler,
+            dir: args.dir,
+            sdk_path: args.sdk_path,
+            image: args.image,
+            dry_run: args.dry_run,
+        }
+    }
 }
 
 /// The SDK this binary was built beside, when it is still there.
@@ -580,7 +603,12 @@ fn toml_string(s: &str) -> String {
 }
 
 /// `invoker init NAME`.
-pub fn init(options: InitOptions) -> anyhow::Result<()> {
+pub fn init(args: InitArgs) -> anyhow::Result<Exit> {
+    create(InitOptions::from(args)).map(|()| Exit::SUCCESS)
+}
+
+/// Creates the function crate `options` describe, or (`dry_run`) prints its files.
+fn create(options: InitOptions) -> anyhow::Result<()> {
     let files = scaffold(&options)?;
     if options.dry_run {
         for (path, content) in &files {

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
+use super::Exit;
 use crate::cli::ServeArgs;
 use crate::engine::pool::{Limits as PoolLimits, Pool};
 use crate::function::uri::FunctionUri;
@@ -20,7 +21,7 @@ use crate::server::{ServeOptions, serve as serve_grpc};
 use crate::stats::Stats;
 
 /// `invoker serve`.
-pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
+pub fn serve(args: ServeArgs) -> anyhow::Result<Exit> {
     // Before the library is loaded: a crash in its initialisers or init hook is named too.
     super::install_crash_handler();
     let uri = FunctionUri::parse(&args.function_uri)?;
@@ -130,7 +131,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // After the drain (or a failed start), every loaded library's shutdown hook runs once.
     live.shutdown();
     crate::function::flush_panic_log();
-    served
+    served.map(|()| Exit::SUCCESS)
 }
 
 /// How long shutdown waits for tasks still running after the drain.
