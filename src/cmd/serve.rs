@@ -15,7 +15,6 @@ use crate::function::uri::FunctionUri;
 use crate::live::Live;
 use crate::server::admin::{AdminService, bind_admin_socket, reload_uri, serve_admin};
 use crate::server::drain::Calls;
-use crate::server::listener::ConnectionLimits;
 use crate::server::metrics::serve_metrics;
 use crate::server::{ServeOptions, serve as serve_grpc};
 use crate::stats::Stats;
@@ -27,15 +26,10 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<Exit> {
     let uri = FunctionUri::parse(&args.function_uri)?;
     let config = crate::config::load(args.config.as_deref(), args.function_config.as_deref())?;
     let stats = Arc::new(Stats::new());
-    let limits = &args.limits;
-    let mut pool_limits = match limits.max_concurrency {
-        Some(n) => PoolLimits::with_max_running(n as usize),
-        None => PoolLimits::default_for_this_machine(),
-    };
-    if let Some(queued) = limits.max_queued {
-        pool_limits.max_queued = queued as usize;
-    }
-    let pool = Arc::new(Pool::new(pool_limits, stats.clone()));
+    let pool = Arc::new(Pool::new(
+        PoolLimits::from_args(&args.limits),
+        stats.clone(),
+    ));
     let live = Arc::new(Live::start(
         &uri.path,
         uri.handler.as_deref(),
@@ -101,19 +95,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<Exit> {
             hangups,
             stop.clone(),
         ));
-        let options = ServeOptions {
-            host: args.host,
-            port: args.port,
-            grace: args.grace_period,
-            connections: ConnectionLimits {
-                max_connections: args.limits.max_connections as usize,
-                handshake_timeout: args.limits.handshake_timeout,
-                idle_timeout: args.limits.idle_timeout,
-            },
-            max_streams_per_connection: args.limits.max_streams_per_connection,
-            keepalive_interval: args.limits.keepalive_interval,
-            keepalive_timeout: args.limits.keepalive_timeout,
-        };
+        let options = ServeOptions::from_args(&args);
         let terminated = terminate.clone().cancelled_owned();
         let served = tokio::select! {
             served = serve_grpc(options, live.clone(), calls, terminated) => served,

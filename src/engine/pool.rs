@@ -47,6 +47,18 @@ impl Limits {
         Limits::with_max_running(16 * cpus)
     }
 
+    /// The bounds `--max-concurrency` and `--max-queued` set (the defaults where unset).
+    pub fn from_args(args: &crate::cli::LimitArgs) -> Limits {
+        let mut limits = match args.max_concurrency {
+            Some(n) => Limits::with_max_running(n as usize),
+            None => Limits::default_for_this_machine(),
+        };
+        if let Some(queued) = args.max_queued {
+            limits.max_queued = queued as usize;
+        }
+        limits
+    }
+
     /// `max_running` running, and 4 waiting per running one.
     pub fn with_max_running(max_running: usize) -> Limits {
         let max_running = max_running.max(1);

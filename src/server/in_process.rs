@@ -18,7 +18,6 @@ use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
 use super::drain::Calls;
-use super::listener::ConnectionLimits;
 use super::{ServeOptions, serve_on};
 use crate::cli::ServeArgs;
 use crate::engine::pool::{Limits as PoolLimits, Pool};
@@ -48,7 +47,10 @@ impl InProcess {
         let uri = FunctionUri::parse(&args.function_uri)?;
         let config = crate::config::load(args.config.as_deref(), args.function_config.as_deref())?;
         let stats = Arc::new(Stats::new());
-        let pool = Arc::new(Pool::new(pool_limits(&args), stats.clone()));
+        let pool = Arc::new(Pool::new(
+            PoolLimits::from_args(&args.limits),
+            stats.clone(),
+        ));
         let live = Arc::new(Live::start(
             &uri.path,
             uri.handler.as_deref(),
@@ -63,7 +65,7 @@ impl InProcess {
         let addr = listener.local_addr()?;
         let runtime = crate::engine::runtime().context("cannot start the async runtime")?;
         let calls = Arc::new(Calls::with_max(args.limits.max_calls as usize));
-        let options = serve_options(&args);
+        let options = ServeOptions::from_args(&args);
         let stop = CancellationToken::new();
         let (done_tx, done) = tokio::sync::oneshot::channel();
         let serving = {
@@ -130,36 +132,6 @@ impl InProcess {
 impl Drop for InProcess {
     fn drop(&mut self) {
         self.stop.cancel();
-    }
-}
-
-/// The function threads' bounds from `--max-concurrency` and `--max-queued`, as `invoker
-/// serve` sets them.
-fn pool_limits(args: &ServeArgs) -> PoolLimits {
-    let mut limits = match args.limits.max_concurrency {
-        Some(n) => PoolLimits::with_max_running(n as usize),
-        None => PoolLimits::default_for_this_machine(),
-    };
-    if let Some(queued) = args.limits.max_queued {
-        limits.max_queued = queued as usize;
-    }
-    limits
-}
-
-/// The server's settings from the arguments, as `invoker serve` sets them.
-fn serve_options(args: &ServeArgs) -> ServeOptions {
-    ServeOptions {
-        host: args.host.clone(),
-        port: args.port,
-        grace: args.grace_period,
-        connections: ConnectionLimits {
-            max_connections: args.limits.max_connections as usize,
-            handshake_timeout: args.limits.handshake_timeout,
-            idle_timeout: args.limits.idle_timeout,
-        },
-        max_streams_per_connection: args.limits.max_streams_per_connection,
-        keepalive_interval: args.limits.keepalive_interval,
-        keepalive_timeout: args.limits.keepalive_timeout,
     }
 }
 

@@ -46,6 +46,26 @@ pub struct ServeOptions {
     pub keepalive_timeout: Duration,
 }
 
+impl ServeOptions {
+    /// The server's settings from `invoker serve`'s arguments.
+    pub(crate) fn from_args(args: &crate::cli::ServeArgs) -> ServeOptions {
+        let limits = &args.limits;
+        ServeOptions {
+            host: args.host.clone(),
+            port: args.port,
+            grace: args.grace_period,
+            connections: ConnectionLimits {
+                max_connections: limits.max_connections as usize,
+                handshake_timeout: limits.handshake_timeout,
+                idle_timeout: limits.idle_timeout,
+            },
+            max_streams_per_connection: limits.max_streams_per_connection,
+            keepalive_interval: limits.keepalive_interval,
+            keepalive_timeout: limits.keepalive_timeout,
+        }
+    }
+}
+
 /// Binds the port and serves `engine` until `signal` (SIGTERM/SIGINT) and the drain are done.
 pub async fn serve(
     options: ServeOptions,
