@@ -50,14 +50,35 @@ impl Library {
             reason,
         };
         let mut source = open_regular(path).map_err(unreadable)?;
-        let copy_failed = |reason| LoadError::CopyFailed {
-            path: shown.clone(),
-            reason,
-        };
         let image = match Path::new("/proc/self/fd").is_dir() {
             true => memory_copy(&mut source, path).ok(),
             false => None,
         };
+        Library::load_image(image, path, || {
+            use std::io::Seek;
+            source.rewind().map_err(|e| e.to_string())?;
+            PrivateCopy::new(&mut source, path)
+        })
+    }
+
+    /// Loads a library from its bytes (code received over the network, such as OpenWhisk's
+    /// `/init`), named `name` in messages, as [`Library::load`] loads a file: the bytes go
+    /// straight into an anonymous memory file, or where there is none, into the same private
+    /// temporary copy, never to a path of the caller's choosing.
+    pub fn load_bytes(name: &Path, bytes: &[u8]) -> Result<Library, LoadError> {
+        let image = match Path::new("/proc/self/fd").is_dir() {
+            true => memory_copy(&mut &bytes[..], name).ok(),
+            false => None,
+        };
+        Library::load_image(image, name, || PrivateCopy::new(&mut &bytes[..], name))
+    }
+
+    /// Loads the memory file `image`, or when there is none, the private copy `fallback` makes.
+    fn load_image(
+        image: Option<File>,
+        path: &Path,
+        fallback: impl FnOnce() -> Result<PrivateCopy, String>,
+    ) -> Result<Library, LoadError> {
         let loaded = match image {
             Some(image) => {
                 let in_memory = PathBuf::from(format!("/proc/self/fd/{}", image.as_raw_fd()));
@@ -66,9 +87,10 @@ impl Library {
             None => {
                 // No /proc (a chroot), or no memory file to be had (a kernel or policy that
                 // refuses them): a file in a directory only this process can write to.
-                use std::io::Seek;
-                source.rewind().map_err(|e| copy_failed(e.to_string()))?;
-                let copy = PrivateCopy::new(source, path).map_err(copy_failed)?;
+                let copy = fallback().map_err(|reason| LoadError::CopyFailed {
+                    path: path.display().to_string(),
+                    reason,
+                })?;
                 ffi::load(&copy.file, None, path)?
             }
         };
@@ -189,8 +211,8 @@ fn file_name(path: &Path) -> String {
     )
 }
 
-/// Copies `source` into a new anonymous memory file.
-fn memory_copy(source: &mut File, path: &Path) -> Result<File, String> {
+/// Copies `source` (a file, or bytes) into a new anonymous memory file.
+fn memory_copy(source: &mut dyn std::io::Read, path: &Path) -> Result<File, String> {
     // The kernel takes names of up to 249 bytes; the name only shows in /proc/PID/maps.
     let mut name = file_name(path);
     while name.len() > 200 {
@@ -217,7 +239,7 @@ struct PrivateCopy {
 }
 
 impl PrivateCopy {
-    fn new(mut source: File, path: &Path) -> Result<PrivateCopy, String> {
+    fn new(source: &mut dyn std::io::Read, path: &Path) -> Result<PrivateCopy, String> {
         use std::hash::{BuildHasher, Hasher};
         use std::os::unix::fs::{DirBuilderExt, MetadataExt};
         let base = crate::env::temp_dir();
@@ -262,7 +284,7 @@ impl PrivateCopy {
             .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
             .open(&copy.file)
             .map_err(|e| format!("cannot create {}: {e}", copy.file.display()))?;
-        std::io::copy(&mut source, &mut out)
+        std::io::copy(source, &mut out)
             .map_err(|e| format!("cannot copy it to {}: {e}", copy.file.display()))?;
         Ok(copy)
     }
