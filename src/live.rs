@@ -52,6 +52,8 @@ pub enum Named {
     Uri,
     /// A reload request.
     Request,
+    /// OpenWhisk's `/init`: the code came in the request, the handler as its `main`.
+    Init,
 }
 
 /// Whose fault a failed load is (see [`LiveError::kind`]).
@@ -104,6 +106,21 @@ fn load_message(error: &LoadError, named: Named) -> String {
         (Named::Request, LoadError::HandlerNeeded { path, handlers }) => {
             format!("{path} exports several functions ({handlers}): choose one with --handler NAME")
         }
+        (Named::Init, LoadError::HandlerNeeded { path, handlers }) => format!(
+            "{path} exports several functions ({handlers}) and none called main: name one as the action's main (wsk action create ... --main NAME)"
+        ),
+        (
+            Named::Init,
+            LoadError::UnknownHandler {
+                path,
+                handler,
+                handlers,
+            },
+        ) => {
+            format!(
+                "{path} has no function '{handler}' (the action's main); it exports: {handlers}"
+            )
+        }
         _ => error.to_string(),
     }
 }
@@ -151,8 +168,37 @@ impl Live {
         stats: Arc<Stats>,
         pool: Arc<Pool>,
     ) -> Result<Live, LiveError> {
+        let library = Library::load(path).map_err(|error| LiveError::Load {
+            error,
+            named: Named::Uri,
+        })?;
+        Live::start_loaded(
+            library,
+            path,
+            handler,
+            Named::Uri,
+            instance_id,
+            config,
+            stats,
+            pool,
+        )
+    }
+
+    /// As [`Live::start`], for a library already loaded (from bytes: OpenWhisk's `/init`);
+    /// `path` names it in messages, and `named` says where it and the handler were named.
+    #[allow(clippy::too_many_arguments)]
+    pub fn start_loaded(
+        library: Library,
+        path: &Path,
+        handler: Option<&str>,
+        named: Named,
+        instance_id: &str,
+        config: HashMap<String, String>,
+        stats: Arc<Stats>,
+        pool: Arc<Pool>,
+    ) -> Result<Live, LiveError> {
         let config = Arc::new(config);
-        let (library, function) = load(path, &Select::from(handler), &config, Named::Uri)?;
+        let (library, function) = prepare(library, path, &Select::from(handler), &config, named)?;
         let current = Current {
             function: function.info().name.clone(),
             library: path.to_path_buf(),
@@ -261,8 +307,19 @@ fn load(
     config: &HashMap<String, String>,
     named: Named,
 ) -> Result<(Arc<Library>, Function), LiveError> {
+    let library = Library::load(path).map_err(|error| LiveError::Load { error, named })?;
+    prepare(library, path, selection, config, named)
+}
+
+/// Picks the function of a loaded library and runs the init hook.
+fn prepare(
+    library: Library,
+    path: &Path,
+    selection: &Select,
+    config: &HashMap<String, String>,
+    named: Named,
+) -> Result<(Arc<Library>, Function), LiveError> {
     let failed = |error| LiveError::Load { error, named };
-    let library = Library::load(path).map_err(failed)?;
     let function = match selection {
         Select::Named(name) => library.function(Some(name)),
         Select::Only => library.function(None),
