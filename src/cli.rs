@@ -37,6 +37,10 @@ pub enum Command {
     /// Load the function and serve it over gRPC until SIGTERM/SIGINT.
     #[command(after_help = LOG_HELP)]
     Serve(ServeArgs),
+    /// Serve the function as an Apache OpenWhisk action runtime: POST /init takes its code,
+    /// POST /run runs it, over HTTP/1.1, until SIGTERM/SIGINT.
+    #[command(name = "openwhisk", after_help = LOG_HELP)]
+    OpenWhisk(OpenWhiskArgs),
     /// Run a function locally: messages from stdin, one per line; results to stdout.
     ///
     /// Exits 0, or with the gRPC status code of the first failed call (2 for a function
@@ -310,6 +314,51 @@ pub struct ServeArgs {
     #[arg(long, env = "METRICS_HEADER_TIMEOUT", default_value = "10", value_parser = parse_positive_seconds, value_name = "SECONDS")]
     pub metrics_header_timeout: Duration,
 
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// `invoker openwhisk`.
+#[derive(Debug, Args)]
+pub struct OpenWhiskArgs {
+    /// A function to serve before any /init (file:///abs/path/libname.so?handler=name, or a
+    /// path); without it, the code arrives at /init.
+    #[arg(
+        long = "function-uri",
+        short = 'f',
+        env = "FUNCTION_URI",
+        value_name = "URI"
+    )]
+    pub function_uri: Option<String>,
+
+    /// The HTTP port (OpenWhisk's action port is 8080; 0 picks a free one, printed at start).
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+
+    /// The host or address to bind.
+    #[arg(long, env = "HOST", default_value = "127.0.0.1")]
+    pub host: String,
+
+    /// Allow /init more than once, each loading the new code (OpenWhisk's runtimes do so when
+    /// debugging); without it a second /init is refused with 403.
+    #[arg(long, env = "OW_DEBUG")]
+    pub debug: bool,
+
+    /// Seconds that activations in flight may run on after SIGTERM before they are ended.
+    #[arg(long = "grace-period", env = "GRACE_PERIOD", default_value = "10", value_parser = parse_seconds, value_name = "SECONDS")]
+    pub grace_period: Duration,
+
+    /// A JSON file of user configuration (key/value) for the function's Context and init hook;
+    /// /init's env adds to it.
+    #[arg(long, env = "FUNCTION_CONFIG_FILE", value_name = "FILE")]
+    pub config: Option<std::path::PathBuf>,
+
+    /// User configuration as a JSON object; its keys override the --config file's.
+    #[arg(long, env = "FUNCTION_CONFIG", value_name = "JSON")]
+    pub function_config: Option<String>,
+
+    /// The bounds (on OpenWhisk: --max-calls bounds the activations in flight, and
+    /// --idle-timeout how long a connection may wait for a request head or a body).
     #[command(flatten)]
     pub limits: LimitArgs,
 }

@@ -23,6 +23,7 @@ fn main() -> ExitCode {
     }
     let exit = match cli.command {
         Command::Serve(args) => cmd::serve::serve(args),
+        Command::OpenWhisk(args) => cmd::openwhisk::openwhisk(args),
         Command::Run(args) => cmd::run::run(args),
         Command::Init(args) => cmd::scaffold::init(args),
         Command::Apply(args) => cmd::scaffold::apply(args),

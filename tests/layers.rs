@@ -23,6 +23,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "server::riff",
             "server::admin",
             "server::metrics",
+            "server::openwhisk",
         ],
     ),
     (

@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod bench;
 pub mod call;
+pub mod openwhisk;
 pub mod run;
 pub mod scaffold;
 pub mod serve;

@@ -117,7 +117,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<Exit> {
 }
 
 /// How long shutdown waits for tasks still running after the drain.
-const BLOCKED_CALL_WAIT: Duration = Duration::from_millis(300);
+pub(super) const BLOCKED_CALL_WAIT: Duration = Duration::from_millis(300);
 
 /// How long after SIGTERM, past the grace period, the process may take to end at most.
 const EXIT_MARGIN: Duration = Duration::from_secs(1);
@@ -127,7 +127,10 @@ const EXIT_MARGIN: Duration = Duration::from_secs(1);
 /// blocks or spins) can keep the signal from being seen. On the signal it starts the drain
 /// (`terminate`), and if the process has not ended by the grace period plus [`EXIT_MARGIN`],
 /// it ends it (exit code 1, logged), without the shutdown hooks.
-fn watch_for_termination(terminate: CancellationToken, grace: Duration) -> anyhow::Result<()> {
+pub(super) fn watch_for_termination(
+    terminate: CancellationToken,
+    grace: Duration,
+) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -182,7 +185,7 @@ async fn reload_on_sighup(
 }
 
 /// This instance's id: the pod name when there is one, else host name and process id.
-fn instance_id() -> String {
+pub(super) fn instance_id() -> String {
     crate::env::hostname().map_or_else(
         || format!("invoker-{}", std::process::id()),
         |h| format!("{h}-{}", std::process::id()),

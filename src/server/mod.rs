@@ -11,6 +11,7 @@ pub mod drain;
 pub mod in_process;
 pub mod listener;
 pub mod metrics;
+pub mod openwhisk;
 pub mod riff;
 pub mod wire;
 
