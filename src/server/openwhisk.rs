@@ -150,6 +150,22 @@ impl Runtime {
             }
         };
         let value = request.value.unwrap_or_default();
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            // Names only: env's values may be secrets (OpenWhisk's API key among them).
+            let env: Vec<&str> = value
+                .env
+                .iter()
+                .flatten()
+                .map(|(k, _)| k.as_str())
+                .collect();
+            tracing::debug!(
+                main = ?value.main,
+                binary = ?value.binary,
+                code_bytes = value.code.as_ref().map_or(0, String::len),
+                ?env,
+                "/init"
+            );
+        }
         let Some(code) = value.code.filter(|c| !c.is_empty()) else {
             if self.live().is_some() {
                 self.initialized.store(true, Ordering::Release);
@@ -274,6 +290,12 @@ impl Runtime {
                 );
             }
         };
+        tracing::debug!(
+            activation_id = ?request.activation_id,
+            action_name = ?request.action_name,
+            deadline = ?request.deadline,
+            "/run"
+        );
         let guard = match self.calls.enter() {
             Ok(guard) => guard,
             Err(status) => return error(StatusCode::SERVICE_UNAVAILABLE, status.message()),
@@ -454,6 +476,11 @@ fn is_zip(code: &[u8]) -> bool {
 /// to at most [`LIBRARY_LIMIT`]; an archive of more than [`ZIP_MAX_ENTRIES`] entries is refused
 /// before its directory is read.
 pub(crate) fn library_from_zip(zip: &[u8]) -> Result<(String, Vec<u8>), String> {
+    library_from_zip_within(zip, LIBRARY_LIMIT)
+}
+
+/// As [`library_from_zip`], for a library of at most `limit` bytes.
+fn library_from_zip_within(zip: &[u8], limit: u64) -> Result<(String, Vec<u8>), String> {
     let entries = zip_entries(zip);
     if entries > ZIP_MAX_ENTRIES {
         return Err(format!(
@@ -488,21 +515,21 @@ pub(crate) fn library_from_zip(zip: &[u8]) -> Result<(String, Vec<u8>), String> 
     };
     let too_large = || {
         format!(
-            "Invoker: {name} inflates to more than {} MiB: too large for a function library",
-            LIBRARY_LIMIT >> 20
+            "Invoker: {name} inflates to more than {} MiB: too large for a function library (a zip bomb?)",
+            limit >> 20
         )
     };
     let file = archive
         .by_index(index)
         .map_err(|e| format!("Invoker: cannot read {name} from the zip: {e}"))?;
-    if file.size() > LIBRARY_LIMIT {
+    if file.size() > limit {
         return Err(too_large());
     }
-    let mut bytes = Vec::with_capacity(file.size() as usize);
-    file.take(LIBRARY_LIMIT + 1)
+    let mut bytes = Vec::with_capacity(file.size().min(limit) as usize);
+    file.take(limit + 1)
         .read_to_end(&mut bytes)
         .map_err(|e| format!("Invoker: cannot inflate {name} from the zip: {e}"))?;
-    if bytes.len() as u64 > LIBRARY_LIMIT {
+    if bytes.len() as u64 > limit {
         return Err(too_large());
     }
     Ok((name, bytes))
@@ -819,6 +846,22 @@ mod tests {
         zip[eocd + 10..eocd + 12].copy_from_slice(&u16::MAX.to_le_bytes());
         let e = library_from_zip(&zip).unwrap_err();
         assert!(e.contains("65535 entries"), "{e}");
+    }
+
+    #[test]
+    fn a_library_inflating_past_the_limit_is_refused() {
+        use std::io::Write as _;
+        let mut writer = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        let options = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Deflated);
+        writer.start_file("libbomb.so", options).unwrap();
+        writer.write_all(&vec![0; 1 << 20]).unwrap();
+        let zip = writer.finish().unwrap().into_inner();
+        assert!(zip.len() < 64 << 10, "{} bytes", zip.len());
+        let e = library_from_zip_within(&zip, 64 << 10).unwrap_err();
+        assert!(e.contains("libbomb.so inflates to more than"), "{e}");
+        let (_, bytes) = library_from_zip_within(&zip, 1 << 20).unwrap();
+        assert_eq!(bytes.len(), 1 << 20);
     }
 
     #[test]
