@@ -13,6 +13,7 @@ pub mod listener;
 pub mod metrics;
 pub mod openwhisk;
 pub mod riff;
+pub mod socket_file;
 pub mod wire;
 
 use std::sync::Arc;
