@@ -31,6 +31,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         &[
             "server::drain",
             "server::listener",
+            "server::authority",
             "server::socket_file",
             "server::codec",
             "server::wire",

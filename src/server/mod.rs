@@ -5,6 +5,7 @@
 //! over (then the rest end with UNAVAILABLE), the server stops and `serve` returns.
 
 pub mod admin;
+pub mod authority;
 pub mod call;
 pub mod codec;
 pub mod drain;
