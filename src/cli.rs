@@ -315,6 +315,9 @@ pub struct ServeArgs {
     pub metrics_header_timeout: Duration,
 
     #[command(flatten)]
+    pub socket: SocketArgs,
+
+    #[command(flatten)]
     pub limits: LimitArgs,
 }
 
@@ -361,6 +364,53 @@ pub struct OpenWhiskArgs {
     /// --idle-timeout how long a connection may wait for a request head or a body).
     #[command(flatten)]
     pub limits: LimitArgs,
+}
+
+/// Serving on a Unix socket too, or instead (SPEC §11; README, "Unix sockets").
+#[derive(Debug, Clone, Default, Args)]
+pub struct SocketArgs {
+    /// Serve every gRPC service on this Unix socket too (mode 0660; a missing directory is
+    /// created 0750).
+    #[arg(
+        long = "socket",
+        env = "GRPC_SOCKET",
+        value_name = "PATH",
+        conflicts_with = "socket_dir"
+    )]
+    pub path: Option<std::path::PathBuf>,
+
+    /// Register as an instance of --task on the Unix socket DIR/TASK/NNNN-INSTANCE.sock
+    /// (NNNN: --priority in four digits); removed at shutdown before the drain.
+    #[arg(long, env = "SOCKET_DIR", value_name = "DIR", requires = "task")]
+    pub socket_dir: Option<std::path::PathBuf>,
+
+    /// With --socket-dir: the task's name (letters, digits, '.', '-', '_').
+    #[arg(
+        long,
+        env = "SOCKET_TASK",
+        value_name = "NAME",
+        requires = "socket_dir"
+    )]
+    pub task: Option<String>,
+
+    /// With --socket-dir: the priority, 0 to 9999, lower first.
+    #[arg(long, env = "SOCKET_PRIORITY", value_name = "N", default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=9999))]
+    pub priority: u16,
+
+    /// With --socket-dir: the instance's name in the socket's (default: the host name).
+    #[arg(long, env = "SOCKET_INSTANCE", value_name = "NAME")]
+    pub instance: Option<String>,
+
+    /// Serve on the Unix socket alone (--socket or --socket-dir): open no TCP port.
+    #[arg(long, env = "NO_TCP")]
+    pub no_tcp: bool,
+}
+
+impl SocketArgs {
+    /// Whether a Unix socket is asked for.
+    pub fn requested(&self) -> bool {
+        self.path.is_some() || self.socket_dir.is_some()
+    }
 }
 
 /// The bounds on what callers can make the daemon hold (README, Operations: Limits).

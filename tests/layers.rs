@@ -32,6 +32,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "server::drain",
             "server::listener",
             "server::authority",
+            "server::socket",
             "server::socket_file",
             "server::codec",
             "server::wire",

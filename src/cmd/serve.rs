@@ -16,6 +16,7 @@ use crate::live::Live;
 use crate::server::admin::{AdminService, bind_admin_socket, reload_uri, serve_admin};
 use crate::server::drain::Calls;
 use crate::server::metrics::serve_metrics;
+use crate::server::socket::{SocketSpec, bind_grpc_socket};
 use crate::server::{ServeOptions, serve as serve_grpc};
 use crate::stats::Stats;
 
@@ -24,6 +25,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<Exit> {
     // Before the library is loaded: a crash in its initialisers or init hook is named too.
     super::install_crash_handler();
     let uri = FunctionUri::parse(&args.function_uri)?;
+    let socket_spec = SocketSpec::from_args(&args.socket)?;
     let config = crate::config::load(args.config.as_deref(), args.function_config.as_deref())?;
     let stats = Arc::new(Stats::new());
     let pool = Arc::new(Pool::new(
@@ -86,6 +88,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<Exit> {
             let stopped = stop.clone().cancelled_owned();
             helpers.spawn(serve_admin(socket, service, stopped));
         }
+        let socket = socket_spec.as_ref().map(bind_grpc_socket).transpose()?;
         // Installed before the port opens: SIGHUP's default action would end the process.
         let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
             .context("cannot listen for SIGHUP")?;
@@ -98,7 +101,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<Exit> {
         let options = ServeOptions::from_args(&args);
         let terminated = terminate.clone().cancelled_owned();
         let served = tokio::select! {
-            served = serve_grpc(options, live.clone(), calls, terminated) => served,
+            served = serve_grpc(options, socket, live.clone(), calls, terminated) => served,
             // A helper that fails (its port or socket is taken) stops the daemon.
             Some(Ok(Err(e))) = helpers.join_next() => Err(e),
         };

@@ -18,7 +18,7 @@ use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
 use super::drain::Calls;
-use super::{ServeOptions, serve_on};
+use super::{Listeners, ServeOptions, serve_on};
 use crate::cli::ServeArgs;
 use crate::engine::pool::{Limits as PoolLimits, Pool};
 use crate::function::uri::FunctionUri;
@@ -41,8 +41,10 @@ impl InProcess {
     /// user configuration). Returns once the port is open. The admin socket and `/metrics` are
     /// not served here: asking for them is an error, not silently ignored.
     pub fn start(args: ServeArgs) -> anyhow::Result<InProcess> {
-        if args.admin_socket.is_some() || args.metrics_port.is_some() {
-            anyhow::bail!("the in-process server serves no admin socket and no /metrics");
+        if args.admin_socket.is_some() || args.metrics_port.is_some() || args.socket.requested() {
+            anyhow::bail!(
+                "the in-process server serves no admin socket, no /metrics and no Unix socket"
+            );
         }
         let uri = FunctionUri::parse(&args.function_uri)?;
         let config = crate::config::load(args.config.as_deref(), args.function_config.as_deref())?;
@@ -73,8 +75,12 @@ impl InProcess {
             move || {
                 let served = runtime.block_on(async {
                     let listener = tokio::net::TcpListener::from_std(listener)?;
+                    let listeners = Listeners {
+                        tcp: Some(listener),
+                        unix: None,
+                    };
                     serve_on(
-                        listener,
+                        listeners,
                         &options,
                         live.clone(),
                         calls,

@@ -15,6 +15,11 @@
 //!
 //! The timers are checked only when a connection's read would wait: a busy connection pays
 //! nothing for them.
+//!
+//! The same bounds hold on the TCP port and on the Unix socket (`--socket`), each listener
+//! with its own `max_connections`. A Unix connection's reads also pass through the
+//! `authority` rewrite (clients there send an `:authority` h2 refuses); a TCP connection's go
+//! straight to h2.
 
 use std::io;
 use std::net::SocketAddr;
@@ -24,12 +29,15 @@ use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
+use bytes::{Buf as _, BytesMut};
 use futures_util::Stream;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Sleep;
 use tonic::transport::server::Connected;
+
+use super::authority::Rewriter;
 
 /// The bounds on connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,7 +65,7 @@ pub struct ConnState {
 /// The connection a call came on, as tonic puts it in the request's extensions.
 #[derive(Debug, Clone)]
 pub struct ConnInfo {
-    /// The peer.
+    /// The peer (none on the Unix socket).
     pub remote: Option<SocketAddr>,
     state: Arc<ConnState>,
 }
@@ -91,9 +99,57 @@ fn millis_now() -> u64 {
     epoch().elapsed().as_millis() as u64
 }
 
-/// An accepted connection: the TCP stream with its timers and its place under the limit.
+/// An accepted stream: TCP, or a Unix socket's behind the `:authority` rewrite.
+enum Io {
+    Tcp(TcpStream),
+    Unix(Box<UnixIo>),
+}
+
+/// A Unix socket's connection: what the client sent goes through `rewriter` into `ready`,
+/// which h2 reads. Reading from the socket waits until `ready` is empty, so `ready` holds at
+/// most one read's worth (or one rewritten header block).
+struct UnixIo {
+    stream: UnixStream,
+    rewriter: Rewriter,
+    ready: BytesMut,
+    inbox: Box<[u8]>,
+}
+
+/// How much a Unix connection reads from its socket at once.
+const UNIX_READ: usize = 16 * 1024;
+
+impl UnixIo {
+    /// Fills `buf` with rewritten bytes; `read` counts the bytes taken from the socket.
+    fn poll_read(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+        read: &mut usize,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            if !self.ready.is_empty() {
+                let n = self.ready.len().min(buf.remaining());
+                buf.put_slice(&self.ready[..n]);
+                self.ready.advance(n);
+                return Poll::Ready(Ok(()));
+            }
+            let mut inbox = ReadBuf::new(&mut self.inbox);
+            ready!(Pin::new(&mut self.stream).poll_read(cx, &mut inbox))?;
+            let got = inbox.filled();
+            if got.is_empty() {
+                return Poll::Ready(Ok(()));
+            }
+            *read += got.len();
+            self.rewriter
+                .feed(got, &mut self.ready)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        }
+    }
+}
+
+/// An accepted connection: the stream with its timers and its place under the limit.
 pub struct Conn {
-    io: TcpStream,
+    io: Io,
     info: ConnInfo,
     limits: ConnectionLimits,
     accepted: Instant,
@@ -104,8 +160,11 @@ pub struct Conn {
 }
 
 impl Conn {
-    fn new(io: TcpStream, limits: ConnectionLimits, permit: OwnedSemaphorePermit) -> Conn {
-        let remote = io.peer_addr().ok();
+    fn new(io: Io, limits: ConnectionLimits, permit: OwnedSemaphorePermit) -> Conn {
+        let remote = match &io {
+            Io::Tcp(stream) => stream.peer_addr().ok(),
+            Io::Unix(_) => None,
+        };
         let state = Arc::new(ConnState::default());
         state.idle_since.store(millis_now(), Ordering::Release);
         let accepted = Instant::now();
@@ -167,14 +226,29 @@ impl AsyncRead for Conn {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        let before = buf.filled().len();
-        match Pin::new(&mut this.io).poll_read(cx, buf) {
-            Poll::Ready(result) => {
-                if this.handshake < HANDSHAKE_BYTES {
+        let polled = match &mut this.io {
+            Io::Tcp(stream) => {
+                let before = buf.filled().len();
+                let polled = Pin::new(stream).poll_read(cx, buf);
+                if polled.is_ready() && this.handshake < HANDSHAKE_BYTES {
                     this.handshake += buf.filled().len() - before;
                 }
-                Poll::Ready(result)
+                polled
             }
+            Io::Unix(unix) => {
+                let mut read = 0;
+                let polled = unix.poll_read(cx, buf, &mut read);
+                this.handshake = this.handshake.saturating_add(read);
+                if let Poll::Ready(Err(e)) = &polled
+                    && e.kind() == io::ErrorKind::InvalidData
+                {
+                    tracing::debug!("closing a connection on the Unix socket: {e}");
+                }
+                polled
+            }
+        };
+        match polled {
+            Poll::Ready(result) => Poll::Ready(result),
             Poll::Pending => loop {
                 ready!(this.timer.as_mut().poll(cx));
                 if let Some(why) = this.expired() {
@@ -192,7 +266,10 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+        match &mut self.get_mut().io {
+            Io::Tcp(stream) => Pin::new(stream).poll_write(cx, buf),
+            Io::Unix(unix) => Pin::new(&mut unix.stream).poll_write(cx, buf),
+        }
     }
 
     fn poll_write_vectored(
@@ -200,19 +277,31 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+        match &mut self.get_mut().io {
+            Io::Tcp(stream) => Pin::new(stream).poll_write_vectored(cx, bufs),
+            Io::Unix(unix) => Pin::new(&mut unix.stream).poll_write_vectored(cx, bufs),
+        }
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
+        match &self.io {
+            Io::Tcp(stream) => stream.is_write_vectored(),
+            Io::Unix(unix) => unix.stream.is_write_vectored(),
+        }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+        match &mut self.get_mut().io {
+            Io::Tcp(stream) => Pin::new(stream).poll_flush(cx),
+            Io::Unix(unix) => Pin::new(&mut unix.stream).poll_flush(cx),
+        }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+        match &mut self.get_mut().io {
+            Io::Tcp(stream) => Pin::new(stream).poll_shutdown(cx),
+            Io::Unix(unix) => Pin::new(&mut unix.stream).poll_shutdown(cx),
+        }
     }
 }
 
@@ -228,8 +317,38 @@ fn out_of_resources(e: &io::Error) -> bool {
     )
 }
 
+/// A bound listener: the TCP port or the Unix socket.
+#[derive(Debug)]
+pub enum Listener {
+    /// The TCP port.
+    Tcp(TcpListener),
+    /// The Unix socket.
+    Unix(UnixListener),
+}
+
+impl Listener {
+    async fn accept(&self) -> io::Result<Io> {
+        match self {
+            Listener::Tcp(listener) => {
+                let (stream, _) = listener.accept().await?;
+                let _ = stream.set_nodelay(true);
+                Ok(Io::Tcp(stream))
+            }
+            Listener::Unix(listener) => {
+                let (stream, _) = listener.accept().await?;
+                Ok(Io::Unix(Box::new(UnixIo {
+                    stream,
+                    rewriter: Rewriter::new(),
+                    ready: BytesMut::new(),
+                    inbox: vec![0; UNIX_READ].into_boxed_slice(),
+                })))
+            }
+        }
+    }
+}
+
 struct Acceptor {
-    listener: TcpListener,
+    listener: Listener,
     limits: ConnectionLimits,
     slots: Arc<Semaphore>,
     /// Set while accepting is held back (by the limit or by errors), so it is logged once.
@@ -262,8 +381,7 @@ impl Acceptor {
                 }
             };
             match self.listener.accept().await {
-                Ok((io, _)) => {
-                    let _ = io.set_nodelay(true);
+                Ok(io) => {
                     let was_failing = std::mem::take(&mut self.failing);
                     let was_at_limit = std::mem::take(&mut self.at_limit);
                     if was_failing || was_at_limit {
@@ -293,7 +411,7 @@ impl Acceptor {
 /// The connections accepted on `listener`, within `limits`. Never ends and never yields an
 /// error: accept errors are handled here.
 pub fn incoming(
-    listener: TcpListener,
+    listener: Listener,
     limits: ConnectionLimits,
 ) -> impl Stream<Item = Result<Conn, io::Error>> + Send + 'static {
     let acceptor = Acceptor {

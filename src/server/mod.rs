@@ -3,6 +3,10 @@
 //! Shutdown (SPEC §3): on SIGTERM or SIGINT health turns NOT_SERVING and new calls are refused
 //! with UNAVAILABLE while calls in flight run on; when they are done, or the grace period is
 //! over (then the rest end with UNAVAILABLE), the server stops and `serve` returns.
+//!
+//! The services are served on the TCP port, on a Unix socket (`--socket`, `--socket-dir`), or
+//! both: one server, the same services, limits, deadlines and drain. At the signal the Unix
+//! socket's file is removed before anything else (the instance deregisters), then the drain.
 
 pub mod admin;
 pub mod authority;
@@ -14,19 +18,22 @@ pub mod listener;
 pub mod metrics;
 pub mod openwhisk;
 pub mod riff;
+pub mod socket;
 pub mod socket_file;
 pub mod wire;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::StreamExt as _;
 use tokio::net::TcpListener;
 use tonic::transport::Server;
 
 use self::call::{CallService, MessageFunctionServer};
 use self::drain::Calls;
-use self::listener::{ConnectionLimits, incoming};
+use self::listener::{ConnectionLimits, Listener, incoming};
 use self::riff::{RiffServer, RiffService};
+use self::socket::GrpcSocket;
 use crate::live::Live;
 use crate::proto::FILE_DESCRIPTOR_SET;
 
@@ -37,6 +44,8 @@ pub struct ServeOptions {
     pub host: String,
     /// Port to bind (0 for any).
     pub port: u16,
+    /// Whether to open the TCP port (`--no-tcp` serves on the Unix socket alone).
+    pub tcp: bool,
     /// How long calls in flight may run on after a shutdown signal.
     pub grace: Duration,
     /// Bounds on connections.
@@ -56,6 +65,7 @@ impl ServeOptions {
         ServeOptions {
             host: args.host.clone(),
             port: args.port,
+            tcp: !args.socket.no_tcp,
             grace: args.grace_period,
             connections: ConnectionLimits {
                 max_connections: limits.max_connections as usize,
@@ -69,13 +79,31 @@ impl ServeOptions {
     }
 }
 
-/// Binds the port and serves `engine` until `signal` (SIGTERM/SIGINT) and the drain are done.
+/// Where the server listens: the TCP port, the Unix socket, or both (at least one).
+#[derive(Debug, Default)]
+pub struct Listeners {
+    /// The TCP port.
+    pub tcp: Option<TcpListener>,
+    /// The Unix socket, and its file (removed first at the signal).
+    pub unix: Option<GrpcSocket>,
+}
+
+/// Binds the port (unless `options.tcp` is false) and serves, there and on `socket`, until
+/// `signal` (SIGTERM/SIGINT) and the drain are done.
 pub async fn serve(
     options: ServeOptions,
+    socket: Option<GrpcSocket>,
     live: Arc<Live>,
     calls: Arc<Calls>,
     signal: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    if !options.tcp {
+        let listeners = Listeners {
+            tcp: None,
+            unix: socket,
+        };
+        return serve_on(listeners, &options, live, calls, signal).await;
+    }
     let listener = TcpListener::bind((options.host.as_str(), options.port))
         .await
         .map_err(|e| {
@@ -91,18 +119,41 @@ pub async fn serve(
                 options.port
             )
         })?;
-    serve_on(listener, &options, live, calls, signal).await
+    let listeners = Listeners {
+        tcp: Some(listener),
+        unix: socket,
+    };
+    serve_on(listeners, &options, live, calls, signal).await
 }
 
-/// Serves on a bound listener until `signal` completes and the drain is done.
+/// Serves on bound listeners until `signal` completes and the drain is done.
 pub async fn serve_on(
-    listener: TcpListener,
+    listeners: Listeners,
     options: &ServeOptions,
     live: Arc<Live>,
     calls: Arc<Calls>,
     signal: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let addr = listener.local_addr()?;
+    let addr = match &listeners.tcp {
+        Some(listener) => Some(listener.local_addr()?),
+        None => None,
+    };
+    let (unix_listener, socket_file) = match listeners.unix {
+        Some(GrpcSocket { listener, file }) => (Some(listener), Some(file)),
+        None => (None, None),
+    };
+    let socket_path = socket_file.as_ref().map(|f| f.path().to_path_buf());
+    let connections = options.connections;
+    let accepted = match (listeners.tcp, unix_listener) {
+        (Some(tcp), Some(unix)) => futures_util::stream::select(
+            incoming(Listener::Tcp(tcp), connections),
+            incoming(Listener::Unix(unix), connections),
+        )
+        .boxed(),
+        (Some(tcp), None) => incoming(Listener::Tcp(tcp), connections).boxed(),
+        (None, Some(unix)) => incoming(Listener::Unix(unix), connections).boxed(),
+        (None, None) => anyhow::bail!("nothing to listen on: no TCP port and no Unix socket"),
+    };
     let grace = options.grace;
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -126,6 +177,12 @@ pub async fn serve_on(
         let calls = calls.clone();
         async move {
             signal.await;
+            // Deregistered first: coordinators stop choosing this instance while calls drain.
+            if let Some(file) = socket_file {
+                let path = file.path().display().to_string();
+                drop(file);
+                tracing::info!(socket = %path, "removed the gRPC socket (deregistered)");
+            }
             tracing::info!(
                 in_flight = calls.in_flight(),
                 "shutting down: draining calls in flight"
@@ -152,8 +209,24 @@ pub async fn serve_on(
         }
     };
 
-    tracing::info!(%addr, function, "serving");
-    println!("listening on {addr}");
+    let shown_socket = socket_path.as_ref().map(|p| p.display().to_string());
+    if let Some(addr) = addr {
+        tracing::info!(%addr, function, "serving");
+    }
+    if let Some(socket) = &shown_socket {
+        tracing::info!(%socket, function, "serving on the Unix socket");
+    }
+    // `listening on` comes last, once everything is bound: the TCP address, or with the
+    // socket alone, `unix:PATH`.
+    match (addr, &shown_socket) {
+        (Some(addr), Some(socket)) => {
+            println!("grpc socket at {socket}");
+            println!("listening on {addr}");
+        }
+        (Some(addr), None) => println!("listening on {addr}"),
+        (None, Some(socket)) => println!("listening on unix:{socket}"),
+        (None, None) => {}
+    }
     let server = Server::builder()
         .max_concurrent_streams(options.max_streams_per_connection)
         .http2_keepalive_interval(Some(options.keepalive_interval))
@@ -163,7 +236,7 @@ pub async fn serve_on(
         .add_service(reflection_alpha)
         .add_service(call_service)
         .add_service(riff_service)
-        .serve_with_incoming_shutdown(incoming(listener, options.connections), drain);
+        .serve_with_incoming_shutdown(accepted, drain);
     // After the drain, clients get a moment to close their connections; one that does not
     // answer cannot keep the process alive.
     let linger = async {
