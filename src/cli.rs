@@ -263,6 +263,24 @@ pub struct CallArgs {
     #[arg(long)]
     pub show_headers: bool,
 
+    /// Call through this Unix socket instead of --address.
+    #[arg(
+        long,
+        env = "INVOKER_SOCKET",
+        value_name = "PATH",
+        conflicts_with = "socket_dir"
+    )]
+    pub socket: Option<std::path::PathBuf>,
+
+    /// Call the live instance of --task with the best priority registered in this directory
+    /// (see `invoker serve --socket-dir`).
+    #[arg(long, value_name = "DIR", requires = "task")]
+    pub socket_dir: Option<std::path::PathBuf>,
+
+    /// With --socket-dir: the task.
+    #[arg(long, value_name = "NAME", requires = "socket_dir")]
+    pub task: Option<String>,
+
     /// The payloads, one message each, sent in one call. Without payloads (or with `-`), each
     /// line of stdin is one, sent as it is read, and the call ends when stdin does (Ctrl-D);
     /// replies are printed as they arrive.

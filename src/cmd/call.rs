@@ -84,7 +84,7 @@ async fn run(args: CallArgs, from_stdin: bool) -> anyhow::Result<Code> {
             .with_context(|| format!("header '{h}' is not NAME=VALUE"))?;
         headers.push((name.trim().to_owned(), value.trim().to_owned()));
     }
-    let channel = match connect(&args.address).await? {
+    let channel = match connect_as_asked(&args).await? {
         Ok(channel) => channel,
         Err(code) => return Ok(code),
     };
@@ -118,6 +118,39 @@ async fn run(args: CallArgs, from_stdin: bool) -> anyhow::Result<Code> {
             }
             Ok(None) => return Ok(Code::Ok),
             Err(status) => return Ok(report(&status)),
+        }
+    }
+}
+
+/// Connects to the Unix socket `--socket` names, or to the best live instance of
+/// `--socket-dir`/`--task`, else to `--address`.
+async fn connect_as_asked(args: &CallArgs) -> anyhow::Result<Result<Channel, Code>> {
+    let path = match (&args.socket, &args.socket_dir, &args.task) {
+        (Some(path), _, _) => path.clone(),
+        (None, Some(dir), Some(task)) => match crate::server::socket::best_socket(dir, task) {
+            Ok(path) => path,
+            Err(e) => {
+                eprintln!("invoker: {e:#}");
+                return Ok(Err(Code::Unavailable));
+            }
+        },
+        _ => return connect(&args.address).await,
+    };
+    let shown = path.display().to_string();
+    let connector = tower::service_fn(move |_: tonic::transport::Uri| {
+        let path = path.clone();
+        async move {
+            let stream = tokio::net::UnixStream::connect(path).await?;
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+        }
+    });
+    let endpoint = tonic::transport::Endpoint::from_static("http://localhost")
+        .connect_timeout(Duration::from_secs(5));
+    match endpoint.connect_with_connector(connector).await {
+        Ok(channel) => Ok(Ok(channel)),
+        Err(e) => {
+            eprintln!("invoker: cannot connect to {shown}: {}", root_cause(&e));
+            Ok(Err(Code::Unavailable))
         }
     }
 }
