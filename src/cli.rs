@@ -420,7 +420,7 @@ pub struct SocketArgs {
     pub instance: Option<String>,
 
     /// Serve on the Unix socket alone (--socket or --socket-dir): open no TCP port.
-    #[arg(long, env = "NO_TCP")]
+    #[arg(long, env = "NO_TCP", value_parser = clap::builder::BoolishValueParser::new())]
     pub no_tcp: bool,
 }
 

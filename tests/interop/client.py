@@ -6,6 +6,8 @@ tonic. It compiles the project's .proto files at run time with grpcio-tools, rea
 request on stdin, performs it, and prints one JSON result line on stdout.
 
 Usage: client.py --target HOST:PORT [--proto-dir DIR] < request.json
+       client.py --target unix:PATH ...   (the invoker's Unix socket, --socket; grpcio then
+                                           sends the percent-encoded path as :authority)
 
 Requests:
   {"rpc": "call", "messages": [{"payload": "text", "headers": {"Content-Type": ["text/plain"]}}]}
@@ -157,7 +159,7 @@ def do_health(channel, request, timeout):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--target", required=True, help="HOST:PORT of the invoker")
+    parser.add_argument("--target", required=True, help="HOST:PORT of the invoker, or unix:PATH")
     default_protos = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "proto")
     parser.add_argument("--proto-dir", default=default_protos)
     args = parser.parse_args()
