@@ -191,8 +191,9 @@ pub struct BenchArgs {
     pub smoke: bool,
 
     /// Run only one group of figures, to profile it: request-reply, streaming, large,
-    /// memory (resident memory around a burst of idle streams) or startup.
-    #[arg(long, value_parser = ["request-reply", "streaming", "large", "memory", "startup"])]
+    /// memory (resident memory around a burst of idle streams), startup, or socket (the
+    /// invoker's Unix socket against its TCP port).
+    #[arg(long, value_parser = ["request-reply", "streaming", "large", "memory", "startup", "socket"])]
     pub only: Option<String>,
 
     /// The invoker binary (or a script that execs one) to measure against this binary's

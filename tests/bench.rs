@@ -33,6 +33,8 @@ fn the_benchmark_runs_and_reports_every_figure() {
         "burst: resident, all open",
         "burst: resident 1 s after",
         "burst: resident 10 s after",
+        "socket: request/reply, 1 in flight",
+        "socket:   p99 latency, 1 in flight",
     ] {
         let line = report
             .lines()

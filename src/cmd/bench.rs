@@ -152,6 +152,38 @@ impl Server {
     }
 }
 
+/// A channel to the invoker's Unix socket at `path`.
+async fn unix_channel(path: &Path) -> anyhow::Result<Channel> {
+    let path = path.to_path_buf();
+    let connector = tower::service_fn(move |_: tonic::transport::Uri| {
+        let path = path.clone();
+        async move {
+            let stream = tokio::net::UnixStream::connect(path).await?;
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+        }
+    });
+    Ok(Endpoint::from_static("http://localhost")
+        .connect_with_connector(connector)
+        .await?)
+}
+
+/// A directory of `$TMPDIR` for the socket the bench serves on, removed when dropped.
+struct SocketDir(PathBuf);
+
+impl SocketDir {
+    fn create() -> anyhow::Result<SocketDir> {
+        let dir = std::env::temp_dir().join(format!("invoker-bench-{}", std::process::id()));
+        std::fs::create_dir(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        Ok(SocketDir(dir))
+    }
+}
+
+impl Drop for SocketDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         if let Some(child) = &mut self.child {
@@ -552,6 +584,9 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<Exit> {
         figure("burst: resident 1 s after", "MiB", false),
         figure("burst: resident 10 s after", "MiB", false),
     ];
+    // The invoker on its Unix socket against the same invoker on TCP loopback (same process,
+    // same run): calls/s and p99 at 1 in flight; [socket, tcp] each.
+    let mut socket_figures = [[f64::NAN; 2]; 3];
     let run = |group: &str| args.only.as_deref().is_none_or(|only| only == group);
     runtime.block_on(async {
         for round in 0..rounds {
@@ -640,6 +675,31 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<Exit> {
                     let first = first_reply(&setup, side).await?;
                     figures[9].keep_best(side, first.as_secs_f64() * 1e3);
                 }
+
+                if run("socket") && side == Side::Invoker && setup.external.is_none() {
+                    let dir = SocketDir::create()?;
+                    let socket = dir.0.join("bench.sock");
+                    let (server, _) = setup.start_with(
+                        side,
+                        "librot13.so",
+                        "encode",
+                        &[("GRPC_SOCKET", socket.display().to_string())],
+                    )?;
+                    let channels = [unix_channel(&socket).await?, server.channel().await?];
+                    for (i, channel) in channels.into_iter().enumerate() {
+                        let (rate, p50, p99) = request_reply(channel, 1, duration).await?;
+                        for (slot, value, higher) in [
+                            (0, rate, true),
+                            (1, p50.as_secs_f64() * 1e6, false),
+                            (2, p99.as_secs_f64() * 1e6, false),
+                        ] {
+                            let best = &mut socket_figures[slot][i];
+                            if best.is_nan() || (value > *best) == higher {
+                                *best = value;
+                            }
+                        }
+                    }
+                }
             }
         }
         Ok::<_, anyhow::Error>(())
@@ -660,6 +720,26 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<Exit> {
             "{:<30} {:>14.1} {:>14.1} {:>8}  {}",
             f.name, f.invoker, f.reference, ratio, f.unit
         );
+    }
+    if !socket_figures[0][0].is_nan() {
+        println!();
+        println!(
+            "{:<30} {:>14} {:>14} {:>8}  unit",
+            "the invoker on", "unix socket", "tcp loopback", "ratio"
+        );
+        for ((name, unit), [socket, tcp]) in [
+            ("socket: request/reply, 1 in flight", "calls/s"),
+            ("socket:   p50 latency, 1 in flight", "µs"),
+            ("socket:   p99 latency, 1 in flight", "µs"),
+        ]
+        .into_iter()
+        .zip(socket_figures)
+        {
+            println!(
+                "{name:<30} {socket:>14.1} {tcp:>14.1} {:>8.2}  {unit}",
+                socket / tcp
+            );
+        }
     }
     Ok(Exit::SUCCESS)
 }
