@@ -438,3 +438,42 @@ fn a_task_directory_that_is_a_symbolic_link_is_refused() {
     assert!(err.contains("is a symbolic link"), "{err}");
     assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
 }
+
+#[test]
+fn the_connection_bounds_and_malformed_frames_close_connections_on_the_socket() {
+    use std::io::Read;
+    let dir = scratch("bounds");
+    let socket = dir.join("fn.sock");
+    let _daemon = Daemon::start_with(
+        &uri("greeter", Some("hello")),
+        &[
+            ("GRPC_SOCKET", socket.to_str().unwrap()),
+            ("NO_TCP", "1"),
+            ("HANDSHAKE_TIMEOUT", "0.3"),
+        ],
+    );
+    let closed = |mut stream: std::os::unix::net::UnixStream| {
+        stream.set_read_timeout(Some(HANG)).unwrap();
+        let started = Instant::now();
+        let mut buf = [0u8; 4096];
+        // The server's SETTINGS may come first; then the end of the connection.
+        loop {
+            match stream.read(&mut buf) {
+                Ok(0) | Err(_) => return started.elapsed(),
+                Ok(_) => {}
+            }
+        }
+    };
+    // A client that never starts HTTP/2 is closed at the handshake timeout.
+    let silent = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    assert!(closed(silent) < Duration::from_secs(5));
+    // A CONTINUATION with no header block open: the connection is closed, the server goes on.
+    let mut rude = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    rude.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
+    rude.write_all(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0]).unwrap(); // SETTINGS
+    rude.write_all(&[0, 0, 1, 0x9, 0x4, 0, 0, 0, 1, 0x82])
+        .unwrap(); // CONTINUATION
+    assert!(closed(rude) < Duration::from_secs(5));
+    let (code, out, err) = invoker_call(&["--socket", socket.to_str().unwrap(), "still"]);
+    assert_eq!((code, out.as_str()), (0, "Hello still\n"), "{err}");
+}
