@@ -66,6 +66,46 @@ pub enum Command {
     /// The bare tonic echo server `invoker bench` compares against.
     #[command(hide = true)]
     ReferenceEcho(ReferenceArgs),
+    /// One worker process of `--isolation process`, started by the invoker itself: its stdin
+    /// is its channel to the serving process.
+    #[command(hide = true)]
+    Worker(WorkerArgs),
+}
+
+/// `invoker worker`.
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// The worker's address-space limit in bytes (RLIMIT_AS), set before it loads the library.
+    #[arg(long, value_name = "BYTES")]
+    pub memory_limit: Option<u64>,
+}
+
+/// Where the function runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Isolation {
+    /// In the serving process: the fastest; a crash in the function ends the invoker.
+    #[default]
+    InProcess,
+    /// In worker processes: a crash in the function fails only the calls its worker served.
+    Process,
+}
+
+/// Crash containment (`--isolation process`), shared by `serve` and `openwhisk`.
+#[derive(Debug, Clone, Args)]
+pub struct IsolationArgs {
+    /// Where the function runs: in the serving process, or in worker processes that a crash
+    /// in the function takes down alone.
+    #[arg(long, env = "ISOLATION", value_enum, default_value_t = Isolation::InProcess)]
+    pub isolation: Isolation,
+
+    /// How many worker processes with --isolation process (default: the number of CPUs).
+    #[arg(long, env = "WORKERS", value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub workers: Option<u32>,
+
+    /// Each worker process's address-space limit in bytes (RLIMIT_AS), with --isolation
+    /// process: the function's allocations beyond it fail, which ends that worker alone.
+    #[arg(long, env = "WORKER_MEMORY_LIMIT", value_name = "BYTES", value_parser = clap::value_parser!(u64).range(16 << 20..))]
+    pub worker_memory_limit: Option<u64>,
 }
 
 /// `invoker run`.
@@ -338,6 +378,9 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub limits: LimitArgs,
+
+    #[command(flatten)]
+    pub isolation: IsolationArgs,
 }
 
 /// `invoker openwhisk`.
@@ -383,6 +426,9 @@ pub struct OpenWhiskArgs {
     /// --idle-timeout how long a connection may wait for a request head or a body).
     #[command(flatten)]
     pub limits: LimitArgs,
+
+    #[command(flatten)]
+    pub isolation: IsolationArgs,
 }
 
 /// Serving on a Unix socket too, or instead (SPEC §11; README, "Unix sockets").

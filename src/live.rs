@@ -16,6 +16,9 @@ use std::sync::{Arc, Mutex, RwLock};
 use crate::config;
 use crate::engine::Engine;
 use crate::engine::pool::Pool;
+use crate::function::worker::{
+    self, StartError, StartSpec, WorkerOptions, WorkerStats, Workers, WorkersWatch,
+};
 use crate::function::{Function, FunctionError, Library, LoadError};
 use crate::stats::Stats;
 use crate::sync::{lock, read, write};
@@ -41,6 +44,10 @@ pub enum LiveError {
         /// What the hook reported (or its panic).
         error: FunctionError,
     },
+    /// With `--isolation process`: a worker process refused the library (its message is the
+    /// worker's own load or init error), died loading it, or could not be started.
+    #[error("{0}")]
+    Worker(StartError),
 }
 
 /// Where the library (and handler) being loaded were named. The advice in an error points
@@ -78,6 +85,14 @@ impl LiveError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             LiveError::Init { .. } => ErrorKind::BadLibrary,
+            LiveError::Worker(error) => match error {
+                StartError::Refused { kind: 1, .. } => ErrorKind::NotFound,
+                StartError::Refused { kind: 2, .. } => ErrorKind::BadRequest,
+                StartError::Refused { kind: 3, .. } | StartError::Spawn { .. } => {
+                    ErrorKind::Internal
+                }
+                StartError::Refused { .. } | StartError::Crashed { .. } => ErrorKind::BadLibrary,
+            },
             LiveError::Load { error, .. } => match error {
                 LoadError::Missing { .. } => ErrorKind::NotFound,
                 LoadError::HandlerNeeded { .. } | LoadError::UnknownHandler { .. } => {
@@ -154,6 +169,10 @@ pub struct Live {
     stats: Arc<Stats>,
     /// The function threads, shared by every load of the function.
     pool: Arc<Pool>,
+    /// With `--isolation process`: how worker processes are started.
+    isolation: Option<WorkerOptions>,
+    /// Every worker set started so far (weakly: a set closes when its last call is done).
+    worker_sets: Mutex<Vec<WorkersWatch>>,
 }
 
 impl Live {
@@ -168,6 +187,53 @@ impl Live {
         stats: Arc<Stats>,
         pool: Arc<Pool>,
     ) -> Result<Live, LiveError> {
+        Live::start_isolated(path, handler, instance_id, config, stats, pool, None)
+    }
+
+    /// As [`Live::start`]; with `isolation`, the function runs in worker processes and this
+    /// process never loads the library.
+    pub fn start_isolated(
+        path: &Path,
+        handler: Option<&str>,
+        instance_id: &str,
+        config: HashMap<String, String>,
+        stats: Arc<Stats>,
+        pool: Arc<Pool>,
+        isolation: Option<WorkerOptions>,
+    ) -> Result<Live, LiveError> {
+        if let Some(options) = isolation {
+            let config = Arc::new(config);
+            let workers = start_workers(
+                path,
+                &Select::from(handler),
+                &config,
+                Named::Uri,
+                instance_id,
+                &options,
+            )?;
+            let current = workers_current(&workers, 1);
+            stats.set_generation(1);
+            let watch = workers.watch();
+            let engine = Engine::new(
+                Function::in_workers(workers),
+                instance_id,
+                config.clone(),
+                stats.clone(),
+                pool.clone(),
+            );
+            return Ok(Live {
+                engine: RwLock::new((engine, current)),
+                libraries: Mutex::new(Vec::new()),
+                reloading: Mutex::new(()),
+                generations: AtomicU64::new(1),
+                instance_id: instance_id.into(),
+                config,
+                stats,
+                pool,
+                isolation: Some(options),
+                worker_sets: Mutex::new(vec![watch]),
+            });
+        }
         let library = Library::load(path).map_err(|error| LiveError::Load {
             error,
             named: Named::Uri,
@@ -223,7 +289,14 @@ impl Live {
             config,
             stats,
             pool,
+            isolation: None,
+            worker_sets: Mutex::new(Vec::new()),
         })
+    }
+
+    /// The worker processes serving new calls, with `--isolation process`.
+    pub fn workers(&self) -> Option<WorkerStats> {
+        self.engine().function().workers().map(Workers::stats)
     }
 
     /// The engine for a new call.
@@ -262,13 +335,32 @@ impl Live {
             Some(handler) => Select::Named(handler.to_owned()),
             None => Select::PreferNamed(self.current().function),
         };
-        let (library, function) = load(path, &selection, &self.config, named)?;
-        let current = Current {
-            function: function.info().name.clone(),
-            library: path.to_path_buf(),
-            sdk_version: library.sdk_version().to_owned(),
-            library_version: library_version(&library),
-            generation,
+        let (function, current) = match &self.isolation {
+            Some(options) => {
+                let workers = start_workers(
+                    path,
+                    &selection,
+                    &self.config,
+                    named,
+                    &self.instance_id,
+                    options,
+                )?;
+                let current = workers_current(&workers, generation);
+                lock(&self.worker_sets).push(workers.watch());
+                (Function::in_workers(workers), current)
+            }
+            None => {
+                let (library, function) = load(path, &selection, &self.config, named)?;
+                let current = Current {
+                    function: function.info().name.clone(),
+                    library: path.to_path_buf(),
+                    sdk_version: library.sdk_version().to_owned(),
+                    library_version: library_version(&library),
+                    generation,
+                };
+                lock(&self.libraries).push(library);
+                (function, current)
+            }
         };
         let engine = Engine::new(
             function,
@@ -277,7 +369,6 @@ impl Live {
             self.stats.clone(),
             self.pool.clone(),
         );
-        lock(&self.libraries).push(library);
         *write(&self.engine) = (engine, current.clone());
         self.generations.store(generation, Ordering::Release);
         self.stats.reloaded(generation);
@@ -292,6 +383,10 @@ impl Live {
 
     /// Runs the shutdown hook of every library loaded, once each, newest first.
     pub fn shutdown(&self) {
+        // Worker processes run their library's shutdown hook themselves.
+        for set in lock(&self.worker_sets).iter().rev() {
+            set.shutdown(std::time::Duration::from_secs(5));
+        }
         let libraries = lock(&self.libraries);
         for library in libraries.iter().rev() {
             library.shutdown();
@@ -336,6 +431,55 @@ fn prepare(
             error,
         })?;
     Ok((Arc::new(library), function))
+}
+
+/// Starts worker processes on `path`'s library (`--isolation process`).
+fn start_workers(
+    path: &Path,
+    selection: &Select,
+    config: &HashMap<String, String>,
+    named: Named,
+    instance_id: &str,
+    options: &WorkerOptions,
+) -> Result<Workers, LiveError> {
+    let spec = StartSpec {
+        source: worker::Source::File(path.to_path_buf()),
+        select: match selection {
+            Select::Named(name) => worker::Select::Named(name.clone()),
+            Select::Only => worker::Select::Only,
+            Select::PreferNamed(name) => worker::Select::PreferNamed(name.clone()),
+        },
+        config: config::pairs(config),
+        instance_id: instance_id.to_owned(),
+        named: match named {
+            Named::Uri => 0,
+            Named::Request => 1,
+            Named::Init => 2,
+        },
+    };
+    let workers = Workers::start(spec, options.clone()).map_err(LiveError::Worker)?;
+    tracing::info!(
+        workers = options.workers,
+        memory_limit = options.memory_limit,
+        "the function runs in worker processes"
+    );
+    Ok(workers)
+}
+
+/// What worker processes serve.
+fn workers_current(workers: &Workers, generation: u64) -> Current {
+    let hello = workers.hello();
+    Current {
+        function: hello.info.name.clone(),
+        library: workers.path().to_path_buf(),
+        sdk_version: hello.sdk_version.clone(),
+        library_version: hello
+            .package
+            .as_ref()
+            .map(|(name, version)| format!("{name} {version}"))
+            .unwrap_or_default(),
+        generation,
+    }
 }
 
 /// "name version" of the library's package, or empty.

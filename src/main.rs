@@ -32,6 +32,7 @@ fn main() -> ExitCode {
         Command::Reload(args) => cmd::admin::reload(args),
         Command::Bench(args) => cmd::bench::bench(args),
         Command::ReferenceEcho(args) => cmd::bench::reference_echo(args),
+        Command::Worker(args) => cmd::worker::worker(args),
     };
     match exit {
         Ok(exit) => exit.into(),

@@ -283,9 +283,10 @@ impl Stats {
     pub fn function_failed(&self, error: &FunctionError) {
         match error {
             FunctionError::Panicked(_) => self.panics.inc(),
-            FunctionError::Failed(_) | FunctionError::BadInput(_) | FunctionError::Abi(_) => {
-                self.user_errors.inc()
-            }
+            FunctionError::Failed(_)
+            | FunctionError::BadInput(_)
+            | FunctionError::Abi(_)
+            | FunctionError::Crashed(_) => self.user_errors.inc(),
         };
         let unix_millis = SystemTime::now()
             .duration_since(UNIX_EPOCH)

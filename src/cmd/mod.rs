@@ -7,6 +7,7 @@ pub mod openwhisk;
 pub mod run;
 pub mod scaffold;
 pub mod serve;
+pub mod worker;
 
 /// A subcommand's exit code, the one type every `cmd` entry point returns: 0, 1, or the gRPC
 /// code a call or reload ended with (`invoker call`, `status`, `reload`, `run`).
@@ -36,6 +37,22 @@ impl From<Exit> for std::process::ExitCode {
     fn from(exit: Exit) -> std::process::ExitCode {
         std::process::ExitCode::from(exit.0)
     }
+}
+
+/// The worker processes to start, with `--isolation process` (`None`: in process).
+fn worker_options(
+    args: &crate::cli::IsolationArgs,
+) -> Option<crate::function::worker::WorkerOptions> {
+    if args.isolation != crate::cli::Isolation::Process {
+        return None;
+    }
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    Some(crate::function::worker::WorkerOptions {
+        workers: args.workers.map_or(cpus, |n| n as usize),
+        memory_limit: args.worker_memory_limit,
+        // This binary, as `invoker worker`.
+        program: std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into()),
+    })
 }
 
 /// Installs the fatal-signal handler (see `function::install_crash_handler`), its line in the

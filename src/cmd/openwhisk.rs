@@ -30,13 +30,14 @@ pub fn openwhisk(args: OpenWhiskArgs) -> anyhow::Result<Exit> {
         None => None,
         Some(uri) => {
             let uri = FunctionUri::parse(uri)?;
-            let live = Live::start(
+            let live = Live::start_isolated(
                 &uri.path,
                 uri.handler.as_deref(),
                 &instance_id,
                 config.clone(),
                 stats.clone(),
                 pool.clone(),
+                super::worker_options(&args.isolation),
             )?;
             let current = live.current();
             tracing::info!(

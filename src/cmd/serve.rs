@@ -32,13 +32,14 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<Exit> {
         PoolLimits::from_args(&args.limits),
         stats.clone(),
     ));
-    let live = Arc::new(Live::start(
+    let live = Arc::new(Live::start_isolated(
         &uri.path,
         uri.handler.as_deref(),
         &instance_id(),
         config,
         stats,
         pool,
+        super::worker_options(&args.isolation),
     )?);
     let current = live.current();
     tracing::info!(

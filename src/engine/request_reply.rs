@@ -63,6 +63,19 @@ impl Call {
         };
         let ctx = self.context(headers);
         let index = chosen.as_ref().map_or(0, |c| c.index);
+        if let Some(workers) = self.inner.function.workers() {
+            // In a worker process: the async runtime waits for the reply, no thread blocks.
+            let output = match self.inner.function.check_invoke(input.as_ref()) {
+                Ok(()) => workers.invoke(&ctx, input.as_ref(), index).await,
+                Err(e) => Err(e),
+            };
+            let output = output.map_err(|e| self.failed(e))?;
+            return Ok(output.map(|out| {
+                let content_type =
+                    chosen.map_or_else(|| Arc::from(""), |c| self.content_type(0, &c));
+                outbound(out, content_type, correlation)
+            }));
+        }
         let function = self.inner.function.clone();
         let inline = self
             .inner

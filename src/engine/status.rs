@@ -22,6 +22,7 @@ pub fn function(e: FunctionError) -> Status {
         FunctionError::BadInput(message) => Status::invalid_argument(message),
         e @ FunctionError::Panicked(_) => Status::internal(e.to_string()),
         e @ FunctionError::Abi(_) => Status::internal(e.to_string()),
+        e @ FunctionError::Crashed(_) => Status::unavailable(e.to_string()),
     }
 }
 

@@ -7,9 +7,12 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::ffi::{self, BoxInput, Entry, LoadedLibrary, OutputStream};
+use super::ffi::{self, BoxInput, Entry, LoadedLibrary};
 use super::load_error::LoadError;
-use super::{CallContext, FunctionError, FunctionInfo, InputMessage, OutputMessage, Shape};
+use super::worker::Workers;
+use super::{
+    CallContext, FunctionError, FunctionInfo, InputMessage, OutputMessage, OutputStream, Shape,
+};
 
 /// A loaded function library.
 pub struct Library {
@@ -167,9 +170,11 @@ impl Library {
             },
         };
         Ok(Function {
-            library: self.inner.clone(),
             info: found.0.clone(),
-            entry: found.1,
+            backend: Backend::Local {
+                library: self.inner.clone(),
+                entry: found.1,
+            },
         })
     }
 }
@@ -297,12 +302,23 @@ impl Drop for PrivateCopy {
     }
 }
 
-/// A function, ready to be called. Cheap to clone; keeps its library loaded.
+/// A function, ready to be called. Cheap to clone; keeps its library loaded (or, in process
+/// isolation, its worker processes running).
 #[derive(Clone)]
 pub struct Function {
-    library: Arc<LoadedLibrary>,
     info: Arc<FunctionInfo>,
-    entry: Entry,
+    backend: Backend,
+}
+
+#[derive(Clone)]
+enum Backend {
+    /// Loaded in this process.
+    Local {
+        library: Arc<LoadedLibrary>,
+        entry: Entry,
+    },
+    /// Loaded in worker processes (`--isolation process`).
+    Workers(Workers),
 }
 
 impl fmt::Debug for Function {
@@ -314,25 +330,55 @@ impl fmt::Debug for Function {
 }
 
 impl Function {
+    /// The function the worker processes of `workers` serve.
+    pub fn in_workers(workers: Workers) -> Function {
+        Function {
+            info: Arc::new(workers.hello().info.clone()),
+            backend: Backend::Workers(workers),
+        }
+    }
+
     /// What the library says about the function.
     pub fn info(&self) -> &FunctionInfo {
         &self.info
     }
 
+    /// The worker processes it runs in, in process isolation; `None` in this process.
+    pub fn workers(&self) -> Option<&Workers> {
+        match &self.backend {
+            Backend::Workers(workers) => Some(workers),
+            Backend::Local { .. } => None,
+        }
+    }
+
     /// Calls a request/reply function with at most one input; `media_type` indexes the output
-    /// port's media types (ignored when there is no output).
+    /// port's media types (ignored when there is no output). In this process only: a function
+    /// in worker processes is called with [`Workers::invoke`] (see [`Function::workers`]).
     pub fn invoke(
         &self,
         ctx: &CallContext,
         input: Option<&InputMessage>,
         media_type: usize,
     ) -> Result<Option<OutputMessage>, FunctionError> {
-        let Entry::Invoke(entry) = self.entry else {
-            return Err(FunctionError::Abi(format!(
-                "'{}' is a streaming function; open it instead",
+        self.check_invoke(input)?;
+        match &self.backend {
+            Backend::Local {
+                entry: Entry::Invoke(entry),
+                ..
+            } => ffi::invoke(*entry, ctx, input, media_type),
+            Backend::Local { .. } => Err(self.not_request_reply()),
+            Backend::Workers(_) => Err(FunctionError::Abi(format!(
+                "'{}' runs in worker processes; call it through them",
                 self.info.name
-            )));
-        };
+            ))),
+        }
+    }
+
+    /// Checks a request/reply call's input against the function.
+    pub fn check_invoke(&self, input: Option<&InputMessage>) -> Result<(), FunctionError> {
+        if self.info.shape != Shape::RequestReply {
+            return Err(self.not_request_reply());
+        }
         if self.info.inputs.is_empty() != input.is_none() {
             return Err(FunctionError::BadInput(format!(
                 "Invoker: Bad Input Signal: '{}' takes {} input",
@@ -340,7 +386,14 @@ impl Function {
                 self.info.inputs.len()
             )));
         }
-        ffi::invoke(entry, ctx, input, media_type)
+        Ok(())
+    }
+
+    fn not_request_reply(&self) -> FunctionError {
+        FunctionError::Abi(format!(
+            "'{}' is a streaming function; open it instead",
+            self.info.name
+        ))
     }
 
     /// Opens a streaming function over one stream per input; returns one stream per output.
@@ -349,12 +402,12 @@ impl Function {
         ctx: &CallContext,
         inputs: Vec<BoxInput>,
     ) -> Result<Vec<OutputStream>, FunctionError> {
-        let Entry::Open(entry) = self.entry else {
+        if self.info.shape != Shape::Streaming {
             return Err(FunctionError::Abi(format!(
                 "'{}' is a request/reply function; invoke it instead",
                 self.info.name
             )));
-        };
+        }
         if inputs.len() != self.info.inputs.len() {
             return Err(FunctionError::Abi(format!(
                 "'{}' takes {} input streams, not {}",
@@ -363,8 +416,22 @@ impl Function {
                 inputs.len()
             )));
         }
-        debug_assert_eq!(self.info.shape, Shape::Streaming);
-        ffi::open(&self.library, entry, ctx, inputs, self.info.outputs.len())
+        match &self.backend {
+            Backend::Local {
+                library,
+                entry: Entry::Open(entry),
+            } => Ok(
+                ffi::open(library, *entry, ctx, inputs, self.info.outputs.len())?
+                    .into_iter()
+                    .map(OutputStream::local)
+                    .collect(),
+            ),
+            Backend::Local { .. } => Err(FunctionError::Abi(format!(
+                "'{}' has no open entry point",
+                self.info.name
+            ))),
+            Backend::Workers(workers) => workers.open(ctx, inputs),
+        }
     }
 }
 

@@ -6,6 +6,7 @@
 //! [`Function`] can be invoked (request/reply) or opened (streaming) with owned Rust values,
 //! and errors come back typed. A panic caught in the library is logged by `panics`.
 
+pub mod channel;
 #[allow(unsafe_code)]
 mod crash;
 #[allow(unsafe_code)]
@@ -18,6 +19,7 @@ mod panics;
 #[allow(unsafe_code)]
 mod round_trip;
 pub mod uri;
+pub mod worker;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -28,7 +30,6 @@ use bytes::Bytes;
 
 pub use crash::install as install_crash_handler;
 pub use ffi::BoxInput;
-pub use ffi::OutputStream;
 pub use library::{Function, Library};
 pub use load_error::LoadError;
 pub use panics::flush as flush_panic_log;
@@ -108,6 +109,41 @@ pub enum FunctionError {
     /// The library broke the ABI.
     #[error("Invoker: the function library broke the ABI: {0}")]
     Abi(String),
+    /// The worker process running the call died (`--isolation process`); the cause names the
+    /// signal or the exit status.
+    #[error("Invoker: Function Crashed: {0}")]
+    Crashed(String),
+}
+
+/// One output stream of a streaming function: in this process, or in a worker process.
+/// Dropping it releases the function's stream.
+pub struct OutputStream(Output);
+
+enum Output {
+    Local(ffi::OutputStream),
+    Remote(worker::RemoteOutput),
+}
+
+impl OutputStream {
+    fn local(stream: ffi::OutputStream) -> OutputStream {
+        OutputStream(Output::Local(stream))
+    }
+
+    fn remote(stream: worker::RemoteOutput) -> OutputStream {
+        OutputStream(Output::Remote(stream))
+    }
+
+    /// Polls the next output, encoded as the output port's media type number `media_type`.
+    pub fn poll_next(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        media_type: usize,
+    ) -> std::task::Poll<Option<Result<OutputMessage, FunctionError>>> {
+        match &mut self.0 {
+            Output::Local(stream) => stream.poll_next(cx, media_type),
+            Output::Remote(stream) => stream.poll_next(cx, media_type),
+        }
+    }
 }
 
 /// What the protocol knows of a call before the engine runs it, shared by everything that
@@ -130,6 +166,17 @@ impl CallMeta {
         CallMeta(Arc::new(CallState {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             deadline: timeout.and_then(|t| Instant::now().checked_add(t)),
+            cancelled: AtomicBool::new(false),
+            span: OnceLock::new(),
+        }))
+    }
+
+    /// A call made elsewhere (in the serving process, for a worker process): its id and
+    /// deadline as they were there.
+    pub fn with_id(id: u64, deadline: Option<Instant>) -> CallMeta {
+        CallMeta(Arc::new(CallState {
+            id,
+            deadline,
             cancelled: AtomicBool::new(false),
             span: OnceLock::new(),
         }))

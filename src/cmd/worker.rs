@@ -1,0 +1,635 @@
+//! `invoker worker` (hidden): one worker process of `--isolation process`. Its stdin is its end
+//! of the channel to the serving process (`function::worker`). It loads the library the
+//! start frame names with the same loader as in process, picks the function, runs the init
+//! hook, says hello, and then serves calls: request/reply calls one at a time on a call
+//! thread (the reader thread stays free to read cancellations), streams as tasks on a small
+//! runtime, each output sent only against the host's credits and each input asked for only
+//! when the function polls for one. It exits when the serving process closes the channel or
+//! asks it to (after the shutdown hook), and dies with the serving process
+//! (`PR_SET_PDEATHSIG`). A crash in the library kills this process alone: the fatal-signal
+//! handler logs the signal, function and call, and exits with 128 + the signal.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use bytes::{Bytes, BytesMut};
+
+use super::Exit;
+use crate::cli::WorkerArgs;
+use crate::function::channel::{self, Frame, Reader, code, to_host, to_worker};
+use crate::function::{
+    BoxInput, CallContext, CallMeta, Function, InputMessage, Library, MetricSink, OutputStream,
+};
+use crate::live::{LiveError, Named};
+use crate::sync::lock;
+
+/// `invoker worker`.
+pub fn worker(args: WorkerArgs) -> anyhow::Result<Exit> {
+    // End with the serving process, whatever it dies of.
+    let _ = rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL));
+    if let Some(limit) = args.memory_limit {
+        let limit = rustix::process::Rlimit {
+            current: Some(limit),
+            maximum: Some(limit),
+        };
+        rustix::process::setrlimit(rustix::process::Resource::As, limit)
+            .context("cannot set the worker's memory limit (RLIMIT_AS)")?;
+    }
+    super::install_crash_handler();
+    let socket = UnixStream::from(
+        std::io::stdin()
+            .as_fd()
+            .try_clone_to_owned()
+            .context("the worker's channel (stdin)")?,
+    );
+    let writer = Arc::new(Writer(Mutex::new(
+        socket.try_clone().context("the worker's channel")?,
+    )));
+    let mut reader = FrameReader {
+        socket,
+        buf: BytesMut::with_capacity(64 * 1024),
+    };
+    let Some((to_worker::START, _, mut start)) = reader.next()? else {
+        anyhow::bail!("the worker's channel did not begin with a start frame");
+    };
+    let (library, function, config, instance_id) = match load(&mut start) {
+        Ok(Ok(loaded)) => loaded,
+        Ok(Err(e)) => {
+            let kind = match e.kind() {
+                crate::live::ErrorKind::BadLibrary => 0,
+                crate::live::ErrorKind::NotFound => 1,
+                crate::live::ErrorKind::BadRequest => 2,
+                crate::live::ErrorKind::Internal => 3,
+            };
+            writer.write(
+                &Frame::new(to_host::INIT_FAILED, 0)
+                    .u8(kind)
+                    .str(&e.to_string())
+                    .finish(),
+            );
+            return Ok(Exit::FAILURE);
+        }
+        Err(e) => anyhow::bail!("{e}"),
+    };
+    let (package, version) = library.package().unwrap_or(("", ""));
+    writer.write(
+        &Frame::new(to_host::HELLO, 0)
+            .str(library.sdk_version())
+            .str(package)
+            .str(version)
+            .info(function.info())
+            .finish(),
+    );
+    let worker = Arc::new(Serving {
+        function,
+        instance_id: instance_id.into(),
+        config: Arc::new(config),
+        writer,
+        calls: Mutex::new(HashMap::new()),
+        streams: Mutex::new(HashMap::new()),
+        active: AtomicUsize::new(0),
+        shutting_down: AtomicBool::new(false),
+        library,
+    });
+    worker.serve(reader)
+}
+
+type Loaded = (Library, Function, HashMap<String, String>, String);
+
+/// Reads the start frame, loads the library, picks the function and runs the init hook.
+fn load(r: &mut Reader) -> Result<Result<Loaded, LiveError>, channel::Malformed> {
+    let source = r.u8()?;
+    let path = PathBuf::from(r.str()?);
+    let bytes = match source {
+        1 => Some(r.bytes()?),
+        _ => None,
+    };
+    let select = r.u8()?;
+    let name = r.str()?;
+    let named = match r.u8()? {
+        1 => Named::Request,
+        2 => Named::Init,
+        _ => Named::Uri,
+    };
+    let config = r.pairs()?;
+    let instance_id = r.str()?;
+    let failed = |error| LiveError::Load { error, named };
+    let library = match &bytes {
+        Some(bytes) => Library::load_bytes(&path, bytes),
+        None => Library::load(&path),
+    };
+    let library = match library {
+        Ok(library) => library,
+        Err(e) => return Ok(Err(failed(e))),
+    };
+    let function = match select {
+        0 => library.function(Some(&name)),
+        2 if library.handlers().contains(&name.as_str()) => library.function(Some(&name)),
+        _ => library.function(None),
+    };
+    let function = match function {
+        Ok(function) => function,
+        Err(e) => return Ok(Err(failed(e))),
+    };
+    if let Err(error) = library.init(&config) {
+        return Ok(Err(LiveError::Init { path, error }));
+    }
+    Ok(Ok((
+        library,
+        function,
+        config.into_iter().collect(),
+        instance_id,
+    )))
+}
+
+/// The worker's end of the channel, for writing: frames from the call thread, the stream
+/// tasks and the reader, one whole frame (or batch) per lock.
+struct Writer(Mutex<UnixStream>);
+
+impl Writer {
+    fn write(&self, frame: &[u8]) {
+        if lock(&self.0).write_all(frame).is_err() {
+            // The serving process is gone: nothing left to serve.
+            std::process::exit(0);
+        }
+    }
+}
+
+struct FrameReader {
+    socket: UnixStream,
+    buf: BytesMut,
+}
+
+impl FrameReader {
+    /// The next frame; `None` when the serving process closed the channel.
+    fn next(&mut self) -> anyhow::Result<Option<(u8, u64, Reader)>> {
+        loop {
+            if let Some(frame) = channel::next_frame(&mut self.buf)? {
+                return Ok(Some(frame));
+            }
+            if self.buf.capacity() - self.buf.len() < 16 * 1024 {
+                self.buf.reserve(64 * 1024);
+            }
+            let len = self.buf.len();
+            let cap = self.buf.capacity();
+            self.buf.resize(cap, 0);
+            match self.socket.read(&mut self.buf[len..]) {
+                Ok(0) => {
+                    self.buf.truncate(len);
+                    return Ok(None);
+                }
+                Ok(n) => self.buf.truncate(len + n),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => self.buf.truncate(len),
+                Err(e) => return Err(e).context("reading the worker's channel"),
+            }
+        }
+    }
+}
+
+/// A serving worker.
+struct Serving {
+    function: Function,
+    instance_id: Arc<str>,
+    config: Arc<HashMap<String, String>>,
+    writer: Arc<Writer>,
+    /// The calls running (for cancellation).
+    calls: Mutex<HashMap<u64, CallMeta>>,
+    /// The streams open.
+    streams: Mutex<HashMap<u64, Arc<StreamCtl>>>,
+    /// Calls and streams in progress.
+    active: AtomicUsize,
+    shutting_down: AtomicBool,
+    library: Library,
+}
+
+/// A request/reply call for the call thread.
+struct Invoke {
+    call: CallMeta,
+    media_type: usize,
+    input: Option<InputMessage>,
+}
+
+impl Serving {
+    fn serve(self: &Arc<Self>, mut reader: FrameReader) -> anyhow::Result<Exit> {
+        let (calls, queued) = std::sync::mpsc::channel::<Invoke>();
+        let on_thread = self.clone();
+        std::thread::Builder::new()
+            .name("invoker-call".into())
+            .spawn(move || {
+                for job in queued {
+                    on_thread.invoke(job);
+                }
+            })
+            .context("cannot start the call thread")?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("invoker-stream")
+            .enable_time()
+            .build()
+            .context("cannot start the worker's runtime")?;
+        while let Some((kind, call, mut r)) = reader.next()? {
+            match kind {
+                to_worker::INVOKE => {
+                    let deadline = deadline(r.i64()?);
+                    let media_type = r.u32()? as usize;
+                    let input = match r.u8()? {
+                        0 => None,
+                        _ => Some({
+                            let media_type = r.u32()? as usize;
+                            let headers = r.headers()?;
+                            let payload = r.bytes()?;
+                            InputMessage {
+                                payload,
+                                headers,
+                                media_type,
+                            }
+                        }),
+                    };
+                    let meta = CallMeta::with_id(call, deadline);
+                    lock(&self.calls).insert(call, meta.clone());
+                    self.active.fetch_add(1, Ordering::AcqRel);
+                    let _ = calls.send(Invoke {
+                        call: meta,
+                        media_type,
+                        input,
+                    });
+                }
+                to_worker::CANCEL => {
+                    if let Some(meta) = lock(&self.calls).get(&call) {
+                        meta.cancel();
+                    }
+                }
+                to_worker::OPEN => {
+                    let deadline = deadline(r.i64()?);
+                    let headers = r.headers()?;
+                    let inputs = r.u32()? as usize;
+                    self.open(&runtime, call, deadline, headers, inputs);
+                }
+                to_worker::INPUT | to_worker::INPUT_END | to_worker::CREDIT | to_worker::CLOSE => {
+                    let ctl = lock(&self.streams).get(&call).cloned();
+                    if let Some(ctl) = ctl {
+                        ctl.frame(kind, &mut r)?;
+                    }
+                }
+                to_worker::SHUTDOWN => {
+                    self.shutting_down.store(true, Ordering::Release);
+                    self.maybe_exit();
+                }
+                _ => anyhow::bail!("unknown frame kind {kind} on the worker's channel"),
+            }
+        }
+        // The serving process closed the channel: it is gone or going.
+        Ok(Exit::SUCCESS)
+    }
+
+    /// Exits (after the shutdown hook) once asked to and nothing is in progress.
+    fn maybe_exit(&self) {
+        if self.shutting_down.load(Ordering::Acquire) && self.active.load(Ordering::Acquire) == 0 {
+            self.library.shutdown();
+            crate::function::flush_panic_log();
+            std::process::exit(0);
+        }
+    }
+
+    fn context(&self, call: CallMeta, headers: crate::function::Headers) -> CallContext {
+        CallContext {
+            function_name: self.function.info().name.as_str().into(),
+            instance_id: self.instance_id.clone(),
+            metrics: Some(Arc::new(Metrics {
+                writer: self.writer.clone(),
+                call: call.id(),
+            })),
+            call,
+            headers,
+            config: self.config.clone(),
+        }
+    }
+
+    fn invoke(&self, job: Invoke) {
+        let id = job.call.id();
+        let headers = match (&job.input, self.function.info().uses_context) {
+            (Some(input), true) => input.headers.clone(),
+            _ => Vec::new(),
+        };
+        let ctx = self.context(job.call, headers);
+        let result = self
+            .function
+            .invoke(&ctx, job.input.as_ref(), job.media_type);
+        lock(&self.calls).remove(&id);
+        let frame = Frame::new(to_host::REPLY, id);
+        let frame = match &result {
+            Ok(Some(out)) => frame.u8(code::OK).headers(&out.headers).bytes(&out.payload),
+            Ok(None) => frame.u8(code::EMPTY),
+            Err(e) => frame.error(e),
+        };
+        self.writer.write(&frame.finish());
+        self.active.fetch_sub(1, Ordering::AcqRel);
+        self.maybe_exit();
+    }
+
+    fn open(
+        self: &Arc<Self>,
+        runtime: &tokio::runtime::Runtime,
+        call: u64,
+        deadline: Option<Instant>,
+        headers: crate::function::Headers,
+        inputs: usize,
+    ) {
+        let meta = CallMeta::with_id(call, deadline);
+        let outputs = self.function.info().outputs.len();
+        let queues: Vec<Arc<Mutex<InQueue>>> = (0..inputs).map(|_| Arc::default()).collect();
+        let ctl = Arc::new(StreamCtl {
+            meta: meta.clone(),
+            inputs: queues.clone(),
+            state: Mutex::new(CtlState {
+                credits: vec![0; outputs],
+                media_types: vec![0; outputs],
+                closed: vec![false; outputs],
+                waker: None,
+            }),
+        });
+        lock(&self.streams).insert(call, ctl.clone());
+        self.active.fetch_add(1, Ordering::AcqRel);
+        let streams: Vec<BoxInput> = queues
+            .into_iter()
+            .enumerate()
+            .map(|(port, queue)| {
+                Box::pin(RemoteInput {
+                    queue,
+                    port,
+                    call,
+                    writer: self.writer.clone(),
+                }) as BoxInput
+            })
+            .collect();
+        let ctx = self.context(meta, headers);
+        let opened = self.function.open(&ctx, streams);
+        let frame = Frame::new(to_host::OPENED, call);
+        let outputs = match opened {
+            Ok(outputs) => {
+                self.writer.write(&frame.u8(code::OK).finish());
+                outputs
+            }
+            Err(e) => {
+                self.writer.write(&frame.error(&e).finish());
+                self.stream_done(call);
+                return;
+            }
+        };
+        let serving = self.clone();
+        runtime.spawn(async move {
+            let mut outputs: Vec<Option<OutputStream>> = outputs.into_iter().map(Some).collect();
+            std::future::poll_fn(|cx| serving.pump(call, &ctl, &mut outputs, cx)).await;
+            drop(outputs);
+            serving.stream_done(call);
+        });
+    }
+
+    fn stream_done(&self, call: u64) {
+        lock(&self.streams).remove(&call);
+        self.active.fetch_sub(1, Ordering::AcqRel);
+        self.maybe_exit();
+    }
+
+    /// Polls a stream's outputs against their credits, sending what they yield in one write.
+    fn pump(
+        &self,
+        call: u64,
+        ctl: &StreamCtl,
+        outputs: &mut [Option<OutputStream>],
+        cx: &mut Context<'_>,
+    ) -> Poll<()> {
+        let mut batch = BytesMut::new();
+        lock(&ctl.state).waker = Some(cx.waker().clone());
+        for (port, slot) in outputs.iter_mut().enumerate() {
+            while let Some(output) = slot.as_mut() {
+                let (credit, media_type, closed) = {
+                    let state = lock(&ctl.state);
+                    (
+                        state.credits[port],
+                        state.media_types[port],
+                        state.closed[port],
+                    )
+                };
+                if closed {
+                    *slot = None;
+                    break;
+                }
+                if credit == 0 {
+                    break;
+                }
+                match output.poll_next(cx, media_type as usize) {
+                    Poll::Pending => break,
+                    Poll::Ready(Some(Ok(message))) => {
+                        lock(&ctl.state).credits[port] -= 1;
+                        batch.extend_from_slice(
+                            &Frame::new(to_host::OUTPUT, call)
+                                .u32(port as u32)
+                                .headers(&message.headers)
+                                .bytes(&message.payload)
+                                .finish(),
+                        );
+                        if batch.len() >= 64 * 1024 {
+                            self.writer.write(&batch);
+                            batch.clear();
+                        }
+                    }
+                    Poll::Ready(end) => {
+                        // Release the function's stream (and so its inputs) before the end.
+                        self.writer.write(&batch);
+                        batch.clear();
+                        *slot = None;
+                        let frame = Frame::new(to_host::OUTPUT_END, call).u32(port as u32);
+                        let frame = match end {
+                            Some(Err(e)) => frame.error(&e),
+                            _ => frame.u8(code::OK),
+                        };
+                        self.writer.write(&frame.finish());
+                    }
+                }
+            }
+        }
+        if !batch.is_empty() {
+            self.writer.write(&batch);
+        }
+        let all_closed = {
+            let state = lock(&ctl.state);
+            state.closed.iter().all(|c| *c)
+        };
+        match all_closed {
+            true => Poll::Ready(()),
+            false => Poll::Pending,
+        }
+    }
+}
+
+fn deadline(millis: i64) -> Option<Instant> {
+    u64::try_from(millis)
+        .ok()
+        .and_then(|ms| Instant::now().checked_add(Duration::from_millis(ms)))
+}
+
+/// Sends a call's custom metrics to the serving process.
+#[derive(Debug)]
+struct Metrics {
+    writer: Arc<Writer>,
+    call: u64,
+}
+
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Writer")
+    }
+}
+
+impl MetricSink for Metrics {
+    fn custom_metric(&self, name: &str, value: f64) {
+        self.writer.write(
+            &Frame::new(to_host::METRIC, self.call)
+                .str(name)
+                .f64(value)
+                .finish(),
+        );
+    }
+}
+
+/// A stream's control state, written by the reader thread, read by the stream's task.
+struct StreamCtl {
+    meta: CallMeta,
+    inputs: Vec<Arc<Mutex<InQueue>>>,
+    state: Mutex<CtlState>,
+}
+
+struct CtlState {
+    credits: Vec<u32>,
+    media_types: Vec<u32>,
+    closed: Vec<bool>,
+    waker: Option<Waker>,
+}
+
+impl StreamCtl {
+    fn frame(&self, kind: u8, r: &mut Reader) -> Result<(), channel::Malformed> {
+        let port = r.u32()? as usize;
+        match kind {
+            to_worker::INPUT | to_worker::INPUT_END => {
+                let queue = self
+                    .inputs
+                    .get(port)
+                    .ok_or(channel::Malformed("no such input"))?;
+                let message = match kind {
+                    to_worker::INPUT => {
+                        let media_type = r.u32()? as usize;
+                        let headers = r.headers()?;
+                        let payload = r.bytes()?;
+                        Some(InputMessage {
+                            payload,
+                            headers,
+                            media_type,
+                        })
+                    }
+                    _ => None,
+                };
+                let mut queue = lock(queue);
+                queue.wanted = false;
+                match message {
+                    Some(message) => queue.items.push_back(message),
+                    None => queue.ended = true,
+                }
+                if let Some(waker) = queue.waker.take() {
+                    drop(queue);
+                    waker.wake();
+                }
+                return Ok(());
+            }
+            to_worker::CREDIT => {
+                let n = r.u32()?;
+                let media_type = r.u32()?;
+                let mut state = lock(&self.state);
+                let credit = state
+                    .credits
+                    .get_mut(port)
+                    .ok_or(channel::Malformed("no such output"))?;
+                *credit = credit.saturating_add(n);
+                state.media_types[port] = media_type;
+            }
+            _ => {
+                let mut state = lock(&self.state);
+                let closed = state
+                    .closed
+                    .get_mut(port)
+                    .ok_or(channel::Malformed("no such output"))?;
+                *closed = true;
+                if state.closed.iter().all(|c| *c) {
+                    self.meta.cancel();
+                }
+            }
+        }
+        let waker = lock(&self.state).waker.take();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        Ok(())
+    }
+}
+
+/// Inputs the host sent for one input port and the function has not taken yet.
+#[derive(Default)]
+struct InQueue {
+    items: std::collections::VecDeque<InputMessage>,
+    ended: bool,
+    /// A `WANT` is outstanding.
+    wanted: bool,
+    waker: Option<Waker>,
+}
+
+/// An input stream of a streaming function in a worker: asks the host for one message each
+/// time the function polls with nothing here.
+struct RemoteInput {
+    queue: Arc<Mutex<InQueue>>,
+    port: usize,
+    call: u64,
+    writer: Arc<Writer>,
+}
+
+impl futures_util::Stream for RemoteInput {
+    type Item = InputMessage;
+
+    fn poll_next(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let mut queue = lock(&self.queue);
+        if let Some(message) = queue.items.pop_front() {
+            return Poll::Ready(Some(message));
+        }
+        if queue.ended {
+            return Poll::Ready(None);
+        }
+        queue.waker = Some(cx.waker().clone());
+        if !queue.wanted {
+            queue.wanted = true;
+            drop(queue);
+            self.writer.write(&want(self.call, self.port, 1));
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for RemoteInput {
+    fn drop(&mut self) {
+        // The function released its input: so must the host.
+        self.writer.write(&want(self.call, self.port, 0));
+    }
+}
+
+fn want(call: u64, port: usize, n: u32) -> Bytes {
+    Frame::new(to_host::WANT, call)
+        .u32(port as u32)
+        .u32(n)
+        .finish()
+}

@@ -1,0 +1,907 @@
+//! Worker processes (`--isolation process`), the host's side: the function runs in N child
+//! processes (this same binary, `invoker worker`), each of which loads the library and runs
+//! its init hook; calls cross to them over a Unix socket pair (`channel`). A worker that dies
+//! fails the calls it was serving, and only those, with `Invoker: Function Crashed: <cause>`;
+//! it is restarted with exponential backoff.
+//!
+//! Who owns what: a [`Workers`] set owns its worker processes and their channels. Each worker
+//! has one task on the channel runtime (`io`) that spawns it, reads its frames and dispatches
+//! them to the calls waiting for them (a map of call id to [`Pending`]), and on its death fails
+//! those calls and starts the next worker in its slot; a second task writes the frames queued
+//! for it, batching whatever is queued into one `write`. A request/reply call takes an idle
+//! worker (waiting for one if all are busy: at most N such calls run at once) and gives it back
+//! when the reply arrives, so a crash loses that call alone. Streams are spread over the
+//! workers round-robin and may share one.
+//!
+//! Bounds: frames queued for a worker are one `INVOKE` (a worker runs one request/reply call at
+//! a time), `CANCEL`s, and per stream the inputs the worker asked for (`WANT`) and the credits
+//! the host granted; outputs the worker sends are at most the credits granted, [`WINDOW`] per
+//! output port. A frame is at most `channel::MAX_FRAME`.
+
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream as StdUnixStream;
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use super::channel::{self, Frame, Reader, code, to_host, to_worker};
+use super::{
+    CallContext, FunctionError, FunctionInfo, InputMessage, MetricSink, OutputMessage, Shape,
+};
+use crate::sync::lock;
+
+/// How many outputs of a stream's port the worker may send ahead of the caller reading them.
+pub const WINDOW: u32 = 32;
+
+/// How long a worker whose call was cancelled may go on running it before it is killed (and
+/// restarted): a function that never returns would otherwise hold the worker for good.
+pub const CANCEL_GRACE: Duration = Duration::from_secs(2);
+
+/// The first restart waits this long; each crash in a row doubles it, up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+
+/// The longest wait before a restart.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// A worker that served this long before it died starts its slot's backoff afresh.
+const HEALTHY_FOR: Duration = Duration::from_secs(10);
+
+/// How worker processes are started.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// How many workers.
+    pub workers: usize,
+    /// Each worker's address-space limit (`RLIMIT_AS`), set before it loads the library.
+    pub memory_limit: Option<u64>,
+    /// The program to run as `PROGRAM worker`: this binary.
+    pub program: PathBuf,
+}
+
+/// Where the library comes from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// A file.
+    File(PathBuf),
+    /// Bytes (OpenWhisk's `/init`), named by a path in messages.
+    Bytes {
+        /// The name.
+        name: PathBuf,
+        /// The library.
+        bytes: Arc<[u8]>,
+    },
+}
+
+impl Source {
+    /// The path that names the library in messages.
+    pub fn path(&self) -> &std::path::Path {
+        match self {
+            Source::File(path) => path,
+            Source::Bytes { name, .. } => name,
+        }
+    }
+}
+
+/// Which function of the library to serve.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Select {
+    /// This handler.
+    Named(String),
+    /// The library's only function.
+    Only,
+    /// This handler if the library has it, else its only function.
+    PreferNamed(String),
+}
+
+/// What a worker is started with: the library, the function, the user configuration.
+#[derive(Debug, Clone)]
+pub struct StartSpec {
+    /// The library.
+    pub source: Source,
+    /// The function.
+    pub select: Select,
+    /// User configuration, for the init hook and the function's context.
+    pub config: Vec<(String, String)>,
+    /// This invoker's instance id, for the function's context.
+    pub instance_id: String,
+    /// Where the library was named, for the advice in a load error (`live::Named`, as a
+    /// number the worker understands).
+    pub named: u8,
+}
+
+/// What a worker says once it has loaded the library and run its init hook.
+#[derive(Debug, Clone)]
+pub struct Hello {
+    /// The function served.
+    pub info: FunctionInfo,
+    /// The invoker-sdk version the library was built with.
+    pub sdk_version: String,
+    /// The function crate's package name and version, if known.
+    pub package: Option<(String, String)>,
+}
+
+/// Why workers could not start.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StartError {
+    /// The worker refused: the library did not load or its init hook failed. `kind` is the
+    /// worker's classification (see `live::ErrorKind`, in the order of [`REFUSED_KINDS`]).
+    #[error("{message}")]
+    Refused {
+        /// Whose fault: an index into [`REFUSED_KINDS`].
+        kind: u8,
+        /// The worker's message.
+        message: String,
+    },
+    /// The worker died while loading the library or running its init hook.
+    #[error("the worker process died while loading {path} or running its init hook: {cause}")]
+    Crashed {
+        /// The library.
+        path: String,
+        /// The signal or exit status.
+        cause: String,
+    },
+    /// The worker process could not be started.
+    #[error("cannot start a worker process ({program}): {reason}")]
+    Spawn {
+        /// The program.
+        program: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The kinds a worker's refusal can have, by their number on the channel.
+pub const REFUSED_KINDS: [&str; 4] = ["bad-library", "not-found", "bad-request", "internal"];
+
+/// Counters of a worker set, for the status and `/metrics`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WorkerStats {
+    /// Workers configured.
+    pub workers: usize,
+    /// Workers up (started and serving).
+    pub up: usize,
+    /// Restarts after a worker died.
+    pub restarts: u64,
+    /// The last crash's cause, if a worker ever died.
+    pub last_crash: Option<String>,
+}
+
+/// The channel runtime: the workers' reading and writing tasks run here, apart from the
+/// serving runtime (which may not exist yet when the function is loaded at start).
+fn io() -> &'static tokio::runtime::Runtime {
+    static IO: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    IO.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("invoker-channel")
+            .enable_all()
+            .build()
+            .unwrap_or_else(|e| {
+                // Without it no worker can be reached; this is at start, before any call.
+                eprintln!("invoker: cannot start the worker channel's runtime: {e}");
+                std::process::exit(1)
+            })
+    })
+}
+
+/// A set of worker processes serving one function of one library. Cheap to clone. When the
+/// last clone is dropped (every engine and call holding it is gone: after a reload, when the
+/// old function's calls have finished), its workers run the shutdown hook and exit.
+#[derive(Debug, Clone)]
+pub struct Workers {
+    handle: Arc<Handle>,
+}
+
+/// Closes the set when the last [`Workers`] goes.
+#[derive(Debug)]
+struct Handle(Arc<Set>);
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
+#[derive(Debug)]
+struct Set {
+    spec: StartSpec,
+    options: WorkerOptions,
+    hello: Hello,
+    /// Idle workers, for request/reply calls; `ready` has a permit for each.
+    idle: Mutex<Vec<Arc<Worker>>>,
+    ready: Semaphore,
+    /// The worker in each slot while it is up.
+    slots: Mutex<Vec<Option<Arc<Worker>>>>,
+    up: AtomicUsize,
+    restarts: AtomicU64,
+    last_crash: Mutex<Option<String>>,
+    closed: AtomicBool,
+    next_stream: AtomicUsize,
+}
+
+/// A call waiting for frames from a worker.
+enum Pending {
+    Reply {
+        done: oneshot::Sender<Result<Option<OutputMessage>, FunctionError>>,
+        metrics: Option<Arc<dyn MetricSink>>,
+    },
+    Stream(Arc<stream::Shared>),
+}
+
+/// One worker process and its channel.
+struct Worker {
+    slot: usize,
+    pid: u32,
+    pidfd: Option<OwnedFd>,
+    out: mpsc::UnboundedSender<Bytes>,
+    pending: Mutex<HashMap<u64, Pending>>,
+    alive: AtomicBool,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("slot", &self.slot)
+            .field("pid", &self.pid)
+            .finish()
+    }
+}
+
+impl Worker {
+    fn send(&self, frame: Bytes) {
+        // A closed queue means the worker is gone; its death fails what was pending.
+        let _ = self.out.send(frame);
+    }
+
+    fn kill(&self) {
+        let killed = match &self.pidfd {
+            Some(fd) => rustix::process::pidfd_send_signal(fd, rustix::process::Signal::KILL),
+            None => match rustix::process::Pid::from_raw(self.pid as i32) {
+                Some(pid) if self.alive.load(Ordering::Acquire) => {
+                    rustix::process::kill_process(pid, rustix::process::Signal::KILL)
+                }
+                _ => Ok(()),
+            },
+        };
+        if let Err(e) = killed {
+            tracing::debug!(pid = self.pid, "cannot kill the worker: {e}");
+        }
+    }
+}
+
+/// A worker process started and past its handshake, with what it said.
+struct Started {
+    worker: Arc<Worker>,
+    hello: Hello,
+    reader: tokio::net::unix::OwnedReadHalf,
+    buf: BytesMut,
+    exited: oneshot::Receiver<ExitStatus>,
+}
+
+impl Workers {
+    /// Starts `options.workers` workers on `spec` and waits until each has loaded the library
+    /// and run its init hook. Any failure stops them all and is returned. Blocks the calling
+    /// thread (the channel runtime does the work), so it may be called from anywhere.
+    pub fn start(spec: StartSpec, options: WorkerOptions) -> Result<Workers, StartError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        io().spawn(async move {
+            let _ = tx.send(Workers::start_async(spec, options).await);
+        });
+        rx.recv().unwrap_or_else(|_| {
+            Err(StartError::Spawn {
+                program: "invoker worker".into(),
+                reason: "the channel runtime stopped".into(),
+            })
+        })
+    }
+
+    async fn start_async(spec: StartSpec, options: WorkerOptions) -> Result<Workers, StartError> {
+        let n = options.workers.max(1);
+        let starting: Vec<_> = (0..n)
+            .map(|slot| {
+                let spec = spec.clone();
+                let options = options.clone();
+                tokio::spawn(async move { spawn_worker(slot, &spec, &options).await })
+            })
+            .collect();
+        let mut started = Vec::with_capacity(n);
+        let mut failed = None;
+        for task in starting {
+            match task.await {
+                Ok(Ok(s)) => started.push(s),
+                Ok(Err(e)) => failed = failed.or(Some(e)),
+                Err(e) => {
+                    failed = failed.or(Some(StartError::Spawn {
+                        program: options.program.display().to_string(),
+                        reason: e.to_string(),
+                    }))
+                }
+            }
+        }
+        if let Some(e) = failed {
+            for s in &started {
+                s.worker.kill();
+            }
+            return Err(e);
+        }
+        let hello = started[0].hello.clone();
+        let set = Arc::new(Set {
+            spec,
+            options,
+            hello,
+            idle: Mutex::new(Vec::with_capacity(n)),
+            ready: Semaphore::new(0),
+            slots: Mutex::new(vec![None; n]),
+            up: AtomicUsize::new(0),
+            restarts: AtomicU64::new(0),
+            last_crash: Mutex::new(None),
+            closed: AtomicBool::new(false),
+            next_stream: AtomicUsize::new(0),
+        });
+        for s in started {
+            set.serving(&s.worker);
+            tokio::spawn(run_slot(set.clone(), s));
+        }
+        Ok(Workers {
+            handle: Arc::new(Handle(set)),
+        })
+    }
+
+    /// What the workers said about the function and library.
+    pub fn hello(&self) -> &Hello {
+        &self.handle.0.hello
+    }
+
+    /// The library's path (as named).
+    pub fn path(&self) -> &std::path::Path {
+        self.handle.0.spec.source.path()
+    }
+
+    /// Counters for the status and `/metrics`.
+    pub fn stats(&self) -> WorkerStats {
+        self.handle.0.stats()
+    }
+
+    /// A handle on the set that does not keep it open (for the status and the final shutdown).
+    pub fn watch(&self) -> WorkersWatch {
+        WorkersWatch(Arc::downgrade(&self.handle.0))
+    }
+
+    /// Calls the request/reply function in a worker. Waits for an idle worker; the call holds
+    /// it until the reply comes. Dropping the future cancels the call (the worker's function
+    /// sees it cancelled; a worker still running it [`CANCEL_GRACE`] later is killed).
+    pub async fn invoke(
+        &self,
+        ctx: &CallContext,
+        input: Option<&InputMessage>,
+        media_type: usize,
+    ) -> Result<Option<OutputMessage>, FunctionError> {
+        let set = &self.handle.0;
+        let worker = set.acquire().await?;
+        let call = ctx.call.id();
+        let (done, reply) = oneshot::channel();
+        lock(&worker.pending).insert(
+            call,
+            Pending::Reply {
+                done,
+                metrics: ctx.metrics.clone(),
+            },
+        );
+        let mut frame = Frame::new(to_worker::INVOKE, call)
+            .i64(deadline_millis(ctx))
+            .u32(media_type as u32);
+        frame = match input {
+            Some(m) => frame
+                .u8(1)
+                .u32(m.media_type as u32)
+                .headers(&m.headers)
+                .bytes(&m.payload),
+            None => frame.u8(0),
+        };
+        worker.send(frame.finish());
+        let mut guard = CancelOnDrop {
+            worker: Some(worker),
+            call,
+        };
+        let result = reply.await;
+        guard.worker = None;
+        match result {
+            Ok(result) => result,
+            // The worker died: its death sent the cause first, so this is not reached in
+            // practice; a dropped sender without a cause is still a crash.
+            Err(_) => Err(FunctionError::Crashed(
+                "the worker process went away".into(),
+            )),
+        }
+    }
+
+    /// Opens the streaming function in a worker over `inputs`; returns one stream per output.
+    pub fn open(
+        &self,
+        ctx: &CallContext,
+        inputs: Vec<super::BoxInput>,
+    ) -> Result<Vec<super::OutputStream>, FunctionError> {
+        stream::open(self, ctx, inputs)
+    }
+}
+
+/// A weak handle on a worker set: its counters while it lives, and the shutdown at exit.
+#[derive(Debug, Clone)]
+pub struct WorkersWatch(std::sync::Weak<Set>);
+
+impl WorkersWatch {
+    /// Counters, if the set is still open.
+    pub fn stats(&self) -> Option<WorkerStats> {
+        self.0.upgrade().map(|set| set.stats())
+    }
+
+    /// Asks each worker to run the shutdown hook and exit, and waits up to `wait` for them.
+    pub fn shutdown(&self, wait: Duration) {
+        let Some(set) = self.0.upgrade() else {
+            return;
+        };
+        set.close();
+        let until = Instant::now() + wait;
+        while set.up.load(Ordering::Acquire) > 0 && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// Sends `CANCEL` if a call's future is dropped before its reply, and kills the worker if it
+/// has not answered [`CANCEL_GRACE`] later.
+struct CancelOnDrop {
+    worker: Option<Arc<Worker>>,
+    call: u64,
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        let Some(worker) = self.worker.take() else {
+            return;
+        };
+        worker.send(Frame::new(to_worker::CANCEL, self.call).finish());
+        let call = self.call;
+        io().spawn(async move {
+            tokio::time::sleep(CANCEL_GRACE).await;
+            if worker.alive.load(Ordering::Acquire) && lock(&worker.pending).contains_key(&call) {
+                tracing::warn!(
+                    pid = worker.pid,
+                    call,
+                    "a cancelled call was still running {} s later: killing its worker process",
+                    CANCEL_GRACE.as_secs()
+                );
+                worker.kill();
+            }
+        });
+    }
+}
+
+fn deadline_millis(ctx: &CallContext) -> i64 {
+    ctx.deadline_millis()
+}
+
+impl Set {
+    fn stats(&self) -> WorkerStats {
+        WorkerStats {
+            workers: self.options.workers.max(1),
+            up: self.up.load(Ordering::Acquire),
+            restarts: self.restarts.load(Ordering::Relaxed),
+            last_crash: lock(&self.last_crash).clone(),
+        }
+    }
+
+    /// A worker is up: it takes calls.
+    fn serving(&self, worker: &Arc<Worker>) {
+        self.up.fetch_add(1, Ordering::AcqRel);
+        if let Some(slot) = lock(&self.slots).get_mut(worker.slot) {
+            *slot = Some(worker.clone());
+        }
+        self.release(worker.clone());
+    }
+
+    /// Takes an idle worker, waiting for one.
+    async fn acquire(&self) -> Result<Arc<Worker>, FunctionError> {
+        loop {
+            let permit = self
+                .ready
+                .acquire()
+                .await
+                .map_err(|_| FunctionError::Crashed("the worker set was closed".into()))?;
+            permit.forget();
+            let worker = lock(&self.idle).pop();
+            match worker {
+                Some(worker) if worker.alive.load(Ordering::Acquire) => return Ok(worker),
+                // A worker that died while idle: its permit goes with it.
+                _ => continue,
+            }
+        }
+    }
+
+    /// Gives a worker back for the next request/reply call (or, if the set is closed, tells it
+    /// to exit once it has nothing else to do).
+    fn release(&self, worker: Arc<Worker>) {
+        if !worker.alive.load(Ordering::Acquire) {
+            return;
+        }
+        if self.closed.load(Ordering::Acquire) {
+            worker.send(Frame::new(to_worker::SHUTDOWN, 0).finish());
+            return;
+        }
+        lock(&self.idle).push(worker);
+        self.ready.add_permits(1);
+    }
+
+    /// No new calls: each worker runs the shutdown hook and exits when its calls are done.
+    fn close(&self) {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        for worker in lock(&self.slots).iter().flatten() {
+            worker.send(Frame::new(to_worker::SHUTDOWN, 0).finish());
+        }
+    }
+}
+
+/// Starts one worker process and waits for its handshake.
+async fn spawn_worker(
+    slot: usize,
+    spec: &StartSpec,
+    options: &WorkerOptions,
+) -> Result<Started, StartError> {
+    let spawn_error = |reason: String| StartError::Spawn {
+        program: options.program.display().to_string(),
+        reason,
+    };
+    // Both ends are close-on-exec; the child's end becomes its stdin (fd 0), which `Command`
+    // dup2s without the flag: nothing else of this process leaks into the worker.
+    let (ours, theirs) = StdUnixStream::pair().map_err(|e| spawn_error(e.to_string()))?;
+    let mut command = Command::new(&options.program);
+    command
+        .arg("worker")
+        .stdin(Stdio::from(OwnedFd::from(theirs)))
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::inherit());
+    if let Some(limit) = options.memory_limit {
+        command.arg("--memory-limit").arg(limit.to_string());
+    }
+    let mut child = command.spawn().map_err(|e| spawn_error(e.to_string()))?;
+    let pid = child.id();
+    let pidfd = rustix::process::Pid::from_raw(pid as i32)
+        .and_then(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok());
+    let (exit_tx, exited) = oneshot::channel();
+    std::thread::Builder::new()
+        .name("invoker-wait".into())
+        .spawn(move || {
+            if let Ok(status) = child.wait() {
+                let _ = exit_tx.send(status);
+            }
+        })
+        .map_err(|e| spawn_error(e.to_string()))?;
+    ours.set_nonblocking(true)
+        .map_err(|e| spawn_error(e.to_string()))?;
+    let stream = UnixStream::from_std(ours).map_err(|e| spawn_error(e.to_string()))?;
+    let (mut reader, writer) = stream.into_split();
+    let (out, queued) = mpsc::unbounded_channel();
+    tokio::spawn(write_loop(writer, queued));
+    let worker = Arc::new(Worker {
+        slot,
+        pid,
+        pidfd,
+        out,
+        pending: Mutex::new(HashMap::new()),
+        alive: AtomicBool::new(true),
+    });
+    // The start frame: the library, the function, the configuration.
+    let mut frame = Frame::new(to_worker::START, 0);
+    frame = match &spec.source {
+        Source::File(path) => frame.u8(0).str(&path.to_string_lossy()),
+        Source::Bytes { name, bytes } => frame.u8(1).str(&name.to_string_lossy()).bytes(bytes),
+    };
+    frame = match &spec.select {
+        Select::Named(name) => frame.u8(0).str(name),
+        Select::Only => frame.u8(1).str(""),
+        Select::PreferNamed(name) => frame.u8(2).str(name),
+    };
+    worker.send(
+        frame
+            .u8(spec.named)
+            .pairs(&spec.config)
+            .str(&spec.instance_id)
+            .finish(),
+    );
+    let mut buf = BytesMut::with_capacity(8 * 1024);
+    let path = spec.source.path().display().to_string();
+    let answer = loop {
+        match channel::next_frame(&mut buf) {
+            Ok(Some(frame)) => break Ok(frame),
+            Ok(None) => {}
+            Err(e) => break Err(e.to_string()),
+        }
+        match reader.read_buf(&mut buf).await {
+            Ok(0) => break Err(String::new()),
+            Ok(_) => {}
+            Err(e) => break Err(e.to_string()),
+        }
+    };
+    let hello = match answer {
+        Ok((to_host::HELLO, _, mut r)) => match read_hello(&mut r) {
+            Ok(hello) => hello,
+            Err(e) => {
+                worker.kill();
+                return Err(StartError::Crashed {
+                    path,
+                    cause: e.to_string(),
+                });
+            }
+        },
+        Ok((to_host::INIT_FAILED, _, mut r)) => {
+            let refused = (|| Ok::<_, channel::Malformed>((r.u8()?, r.str()?)))();
+            worker.kill();
+            return Err(match refused {
+                Ok((kind, message)) => StartError::Refused { kind, message },
+                Err(e) => StartError::Crashed {
+                    path,
+                    cause: e.to_string(),
+                },
+            });
+        }
+        Ok((kind, _, _)) => {
+            worker.kill();
+            return Err(StartError::Crashed {
+                path,
+                cause: format!("unexpected frame {kind} before its hello"),
+            });
+        }
+        Err(_) => {
+            worker.alive.store(false, Ordering::Release);
+            let cause = cause_of(&worker, exited).await;
+            return Err(StartError::Crashed { path, cause });
+        }
+    };
+    Ok(Started {
+        worker,
+        hello,
+        reader,
+        buf,
+        exited,
+    })
+}
+
+fn read_hello(r: &mut Reader) -> Result<Hello, channel::Malformed> {
+    let sdk_version = r.str()?;
+    let name = r.str()?;
+    let version = r.str()?;
+    let info = r.info()?;
+    Ok(Hello {
+        info,
+        sdk_version,
+        package: (!name.is_empty()).then_some((name, version)),
+    })
+}
+
+/// Writes the frames queued for a worker, each batch of what is queued in one write.
+async fn write_loop(
+    mut writer: tokio::net::unix::OwnedWriteHalf,
+    mut queued: mpsc::UnboundedReceiver<Bytes>,
+) {
+    let mut batch = BytesMut::new();
+    while let Some(first) = queued.recv().await {
+        let result = if queued.is_empty() {
+            writer.write_all(&first).await
+        } else {
+            batch.clear();
+            batch.extend_from_slice(&first);
+            while batch.len() < 256 * 1024 {
+                match queued.try_recv() {
+                    Ok(more) => batch.extend_from_slice(&more),
+                    Err(_) => break,
+                }
+            }
+            writer.write_all(&batch).await
+        };
+        if result.is_err() {
+            // The worker is gone; its reader sees the end and reports the death.
+            return;
+        }
+    }
+}
+
+/// Why a worker's channel ended: its exit status (waiting a moment for it; a worker that
+/// closed its end but lives on is killed).
+async fn cause_of(worker: &Worker, mut exited: oneshot::Receiver<ExitStatus>) -> String {
+    let status = match tokio::time::timeout(Duration::from_secs(1), &mut exited).await {
+        Ok(Ok(status)) => Some(status),
+        _ => {
+            worker.kill();
+            tokio::time::timeout(Duration::from_secs(5), exited)
+                .await
+                .ok()
+                .and_then(Result::ok)
+        }
+    };
+    match status {
+        Some(status) => describe(status),
+        None => "it closed its channel and did not exit".into(),
+    }
+}
+
+/// An exit status as a crash cause: the signal by name, or the exit code. The worker's
+/// fatal-signal handler exits with 128 + the signal (after logging the function and call), so
+/// those codes are named as the signal.
+pub fn describe(status: ExitStatus) -> String {
+    let name = |n: i32| {
+        nix::sys::signal::Signal::try_from(n)
+            .map_or_else(|_| format!("signal {n}"), |s| s.as_str().to_owned())
+    };
+    if let Some(signal) = status.signal() {
+        return format!("killed by {}", name(signal));
+    }
+    match status.code() {
+        Some(code @ 129..=159) if [4, 6, 7, 8, 11].contains(&(code - 128)) => {
+            format!("{} (exit code {code})", name(code - 128))
+        }
+        Some(code) => format!("exit status {code}"),
+        None => "unknown exit".into(),
+    }
+}
+
+/// A worker slot's life: serve the worker until it dies, fail its calls, restart it after a
+/// backoff, until the set is closed.
+async fn run_slot(set: Arc<Set>, first: Started) {
+    let slot = first.worker.slot;
+    let mut started = first;
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        let since = Instant::now();
+        let worker = started.worker.clone();
+        let ended = read_loop(&set, &worker, started.reader, started.buf).await;
+        worker.alive.store(false, Ordering::Release);
+        set.up.fetch_sub(1, Ordering::AcqRel);
+        if let Some(s) = lock(&set.slots).get_mut(slot) {
+            *s = None;
+        }
+        let cause = match ended {
+            Ok(()) => cause_of(&worker, started.exited).await,
+            Err(e) => {
+                worker.kill();
+                format!("{e}; {}", cause_of(&worker, started.exited).await)
+            }
+        };
+        let message = format!("worker process {} died: {cause}", worker.pid);
+        let failed: Vec<Pending> = lock(&worker.pending).drain().map(|(_, p)| p).collect();
+        for pending in failed {
+            let error = FunctionError::Crashed(message.clone());
+            match pending {
+                Pending::Reply { done, .. } => {
+                    let _ = done.send(Err(error));
+                }
+                Pending::Stream(shared) => shared.fail(error),
+            }
+        }
+        if set.closed.load(Ordering::Acquire) {
+            return;
+        }
+        *lock(&set.last_crash) = Some(message.clone());
+        if since.elapsed() >= HEALTHY_FOR {
+            backoff = FIRST_BACKOFF;
+        }
+        tracing::error!(
+            slot,
+            restart_in_ms = backoff.as_millis() as u64,
+            "{message}; the calls it was serving failed, and it restarts"
+        );
+        started = loop {
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+            if set.closed.load(Ordering::Acquire) {
+                return;
+            }
+            match spawn_worker(slot, &set.spec, &set.options).await {
+                Ok(s) => break s,
+                Err(e) => {
+                    *lock(&set.last_crash) = Some(e.to_string());
+                    tracing::error!(
+                        slot,
+                        restart_in_ms = backoff.as_millis() as u64,
+                        "a worker process could not restart: {e}"
+                    );
+                }
+            }
+        };
+        set.restarts.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(slot, pid = started.worker.pid, "worker process restarted");
+        set.serving(&started.worker);
+    }
+}
+
+/// Reads a worker's frames and hands each to its call, until the channel ends.
+async fn read_loop(
+    set: &Arc<Set>,
+    worker: &Arc<Worker>,
+    mut reader: tokio::net::unix::OwnedReadHalf,
+    mut buf: BytesMut,
+) -> Result<(), String> {
+    loop {
+        while let Some((kind, call, mut r)) =
+            channel::next_frame(&mut buf).map_err(|e| e.to_string())?
+        {
+            dispatch(set, worker, kind, call, &mut r).map_err(|e| e.to_string())?;
+        }
+        match reader.read_buf(&mut buf).await {
+            Ok(0) => return Ok(()),
+            Ok(_) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+fn dispatch(
+    set: &Arc<Set>,
+    worker: &Arc<Worker>,
+    kind: u8,
+    call: u64,
+    r: &mut Reader,
+) -> Result<(), channel::Malformed> {
+    match kind {
+        to_host::REPLY => {
+            let result = match r.u8()? {
+                code::OK => {
+                    let headers = r.headers()?;
+                    let payload = r.bytes()?;
+                    Ok(Some(OutputMessage { payload, headers }))
+                }
+                code::EMPTY => Ok(None),
+                other => Err(r.error(other)?),
+            };
+            let pending = lock(&worker.pending).remove(&call);
+            if let Some(Pending::Reply { done, .. }) = pending {
+                let _ = done.send(result);
+            }
+            // Whether or not the caller still waits, the worker is free again.
+            set.release(worker.clone());
+        }
+        to_host::METRIC => {
+            let name = r.str()?;
+            let value = r.f64()?;
+            let pending = lock(&worker.pending);
+            let sink = match pending.get(&call) {
+                Some(Pending::Reply { metrics, .. }) => metrics.clone(),
+                Some(Pending::Stream(shared)) => shared.metrics.clone(),
+                None => None,
+            };
+            drop(pending);
+            if let Some(sink) = sink {
+                sink.custom_metric(&name, value);
+            }
+        }
+        to_host::OPENED | to_host::OUTPUT | to_host::OUTPUT_END | to_host::WANT => {
+            let shared = match lock(&worker.pending).get(&call) {
+                Some(Pending::Stream(shared)) => Some(shared.clone()),
+                _ => None,
+            };
+            if let Some(shared) = shared {
+                shared.frame(kind, r)?;
+            }
+        }
+        _ => return Err(channel::Malformed("unknown frame kind")),
+    }
+    Ok(())
+}
+
+mod stream;
+
+pub(crate) use stream::RemoteOutput;
+
+/// Whether a function is request/reply (for the worker's side of `open`/`invoke` checks).
+pub fn is_request_reply(info: &FunctionInfo) -> bool {
+    info.shape == Shape::RequestReply
+}

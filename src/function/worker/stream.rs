@@ -1,0 +1,324 @@
+//! A streaming call in a worker, the host's side: the engine polls [`RemoteOutput`]s as it
+//! polls a library's output streams, and each poll both takes the outputs the worker sent and
+//! feeds the worker the inputs it asked for. No task and no buffer beyond the credits: the
+//! worker sends an output only against a credit, granted as the engine takes outputs (1 at
+//! first, so the output type can still be chosen by the first Accept, then up to
+//! [`WINDOW`]); an input is read from the call only when the worker's function asks for one
+//! (`WANT`), one at a time, as the function would pull it in process.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+
+use super::{Frame, MetricSink, Pending, WINDOW, Worker, Workers, code, to_host, to_worker};
+use crate::function::channel::{Malformed, Reader};
+use crate::function::{
+    BoxInput, CallContext, FunctionError, InputMessage, OutputMessage, OutputStream,
+};
+use crate::sync::lock;
+
+/// What a stream's outputs and the worker's reader share.
+pub(crate) struct Shared {
+    pub(super) metrics: Option<Arc<dyn MetricSink>>,
+    state: Mutex<State>,
+}
+
+struct State {
+    /// A crash or an error opening: every output reports it once, then ends.
+    failed: Option<FunctionError>,
+    outputs: Vec<Port>,
+    /// The host's input streams; `None` once the function released one or it ended.
+    inputs: Vec<Option<BoxInput>>,
+    /// Inputs the worker's function waits for.
+    wants: Vec<bool>,
+    /// Outputs still held by the engine.
+    open_outputs: usize,
+}
+
+#[derive(Default)]
+struct Port {
+    queue: VecDeque<OutputMessage>,
+    /// The port ended; with an error to report first.
+    ended: Option<Option<FunctionError>>,
+    /// Credits granted and not yet used.
+    granted: u32,
+    /// Whether an output has been taken (credits then come by the window).
+    flowing: bool,
+    /// The media type last sent with a credit.
+    media_type: Option<u32>,
+    waker: Option<Waker>,
+    /// The failure was reported.
+    reported: bool,
+}
+
+impl Shared {
+    /// The worker died: every output fails with `error`.
+    pub(super) fn fail(&self, error: FunctionError) {
+        let wakers: Vec<Waker> = {
+            let mut state = lock(&self.state);
+            state.failed.get_or_insert(error);
+            state
+                .outputs
+                .iter_mut()
+                .filter_map(|p| p.waker.take())
+                .collect()
+        };
+        wakers.into_iter().for_each(Waker::wake);
+    }
+
+    /// A frame from the worker about this stream.
+    pub(super) fn frame(&self, kind: u8, r: &mut Reader) -> Result<(), Malformed> {
+        let mut state = lock(&self.state);
+        let mut wake_all = false;
+        let mut wake = None;
+        match kind {
+            to_host::OPENED => {
+                let result = r.u8()?;
+                if result != code::OK {
+                    let error = r.error(result)?;
+                    state.failed.get_or_insert(error);
+                    wake_all = true;
+                }
+            }
+            to_host::OUTPUT => {
+                let port = r.u32()? as usize;
+                let headers = r.headers()?;
+                let payload = r.bytes()?;
+                let p = state
+                    .outputs
+                    .get_mut(port)
+                    .ok_or(Malformed("no such output"))?;
+                if p.granted == 0 {
+                    return Err(Malformed("an output without a credit"));
+                }
+                p.granted -= 1;
+                p.queue.push_back(OutputMessage { payload, headers });
+                wake = p.waker.take();
+            }
+            to_host::OUTPUT_END => {
+                let port = r.u32()? as usize;
+                let result = r.u8()?;
+                let error = match result {
+                    code::OK => None,
+                    other => Some(r.error(other)?),
+                };
+                let p = state
+                    .outputs
+                    .get_mut(port)
+                    .ok_or(Malformed("no such output"))?;
+                p.ended = Some(error);
+                wake = p.waker.take();
+            }
+            to_host::WANT => {
+                let port = r.u32()? as usize;
+                let n = r.u32()?;
+                if port >= state.inputs.len() {
+                    return Err(Malformed("no such input"));
+                }
+                if n == 0 {
+                    // The function released the input: so does the host, now.
+                    state.wants[port] = false;
+                    let input = state.inputs[port].take();
+                    drop(state);
+                    drop(input);
+                    return Ok(());
+                }
+                state.wants[port] = true;
+                wake_all = true;
+            }
+            _ => return Err(Malformed("unknown stream frame")),
+        }
+        let wakers: Vec<Waker> = match wake_all {
+            true => state
+                .outputs
+                .iter_mut()
+                .filter_map(|p| p.waker.take())
+                .collect(),
+            false => Vec::new(),
+        };
+        drop(state);
+        wake.into_iter().chain(wakers).for_each(Waker::wake);
+        Ok(())
+    }
+}
+
+/// Opens the streaming function in a worker (round-robin over the workers up).
+pub(super) fn open(
+    workers: &Workers,
+    ctx: &CallContext,
+    inputs: Vec<BoxInput>,
+) -> Result<Vec<OutputStream>, FunctionError> {
+    let set = &workers.handle.0;
+    let worker = {
+        let slots = lock(&set.slots);
+        let n = slots.len().max(1);
+        let start = set
+            .next_stream
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        (0..n)
+            .filter_map(|i| slots.get((start + i) % n).cloned().flatten())
+            .find(|w| w.alive.load(std::sync::atomic::Ordering::Acquire))
+    };
+    let Some(worker) = worker else {
+        return Err(FunctionError::Crashed(
+            "no worker process is up (they are restarting)".into(),
+        ));
+    };
+    let outputs_len = set.hello.info.outputs.len();
+    let inputs_len = inputs.len();
+    let shared = Arc::new(Shared {
+        metrics: ctx.metrics.clone(),
+        state: Mutex::new(State {
+            failed: None,
+            outputs: (0..outputs_len).map(|_| Port::default()).collect(),
+            inputs: inputs.into_iter().map(Some).collect(),
+            wants: vec![false; inputs_len],
+            open_outputs: outputs_len,
+        }),
+    });
+    let call = ctx.call.id();
+    lock(&worker.pending).insert(call, Pending::Stream(shared.clone()));
+    worker.send(
+        Frame::new(to_worker::OPEN, call)
+            .i64(ctx.deadline_millis())
+            .headers(&ctx.headers)
+            .u32(inputs_len as u32)
+            .finish(),
+    );
+    Ok((0..outputs_len)
+        .map(|port| {
+            OutputStream::remote(RemoteOutput {
+                workers: workers.clone(),
+                worker: worker.clone(),
+                shared: shared.clone(),
+                call,
+                port,
+            })
+        })
+        .collect())
+}
+
+/// One output of a streaming call in a worker.
+pub(crate) struct RemoteOutput {
+    /// Keeps the worker set open while the stream lives.
+    #[allow(dead_code)]
+    workers: Workers,
+    worker: Arc<Worker>,
+    shared: Arc<Shared>,
+    call: u64,
+    port: usize,
+}
+
+impl RemoteOutput {
+    /// Polls the next output, as `OutputStream::poll_next`.
+    pub(crate) fn poll_next(
+        &mut self,
+        cx: &mut Context<'_>,
+        media_type: usize,
+    ) -> Poll<Option<Result<OutputMessage, FunctionError>>> {
+        let mut state = lock(&self.shared.state);
+        let state = &mut *state;
+        if let Some(error) = &state.failed {
+            let port = &mut state.outputs[self.port];
+            if port.reported {
+                return Poll::Ready(None);
+            }
+            port.reported = true;
+            return Poll::Ready(Some(Err(error.clone())));
+        }
+        // Feed the worker the inputs its function waits for.
+        for (index, input) in state.inputs.iter_mut().enumerate() {
+            if !state.wants[index] {
+                continue;
+            }
+            let Some(stream) = input.as_mut() else {
+                continue;
+            };
+            match stream.as_mut().poll_next(cx) {
+                Poll::Ready(Some(message)) => {
+                    state.wants[index] = false;
+                    self.worker.send(input_frame(self.call, index, &message));
+                }
+                Poll::Ready(None) => {
+                    state.wants[index] = false;
+                    *input = None;
+                    self.worker.send(
+                        Frame::new(to_worker::INPUT_END, self.call)
+                            .u32(index as u32)
+                            .finish(),
+                    );
+                }
+                Poll::Pending => {}
+            }
+        }
+        let port = &mut state.outputs[self.port];
+        let media_type = media_type as u32;
+        if port.media_type.is_some_and(|t| t != media_type) {
+            port.media_type = Some(media_type);
+            self.worker
+                .send(credit(self.call, self.port, 0, media_type));
+        }
+        if let Some(message) = port.queue.pop_front() {
+            port.flowing = true;
+            let held = port.granted as usize + port.queue.len();
+            if held < WINDOW as usize / 2 {
+                let more = WINDOW - held as u32;
+                port.granted += more;
+                port.media_type = Some(media_type);
+                self.worker
+                    .send(credit(self.call, self.port, more, media_type));
+            }
+            return Poll::Ready(Some(Ok(message)));
+        }
+        if let Some(ended) = &mut port.ended {
+            return Poll::Ready(ended.take().map(Err));
+        }
+        if port.granted == 0 {
+            let more = if port.flowing { WINDOW } else { 1 };
+            port.granted = more;
+            port.media_type = Some(media_type);
+            self.worker
+                .send(credit(self.call, self.port, more, media_type));
+        }
+        port.waker = Some(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+fn credit(call: u64, port: usize, n: u32, media_type: u32) -> bytes::Bytes {
+    Frame::new(to_worker::CREDIT, call)
+        .u32(port as u32)
+        .u32(n)
+        .u32(media_type)
+        .finish()
+}
+
+fn input_frame(call: u64, port: usize, message: &InputMessage) -> bytes::Bytes {
+    Frame::new(to_worker::INPUT, call)
+        .u32(port as u32)
+        .u32(message.media_type as u32)
+        .headers(&message.headers)
+        .bytes(&message.payload)
+        .finish()
+}
+
+impl Drop for RemoteOutput {
+    fn drop(&mut self) {
+        self.worker.send(
+            Frame::new(to_worker::CLOSE, self.call)
+                .u32(self.port as u32)
+                .finish(),
+        );
+        let inputs = {
+            let mut state = lock(&self.shared.state);
+            state.open_outputs = state.open_outputs.saturating_sub(1);
+            if state.open_outputs > 0 {
+                return;
+            }
+            std::mem::take(&mut state.inputs)
+        };
+        lock(&self.worker.pending).remove(&self.call);
+        // As in process: releasing the function releases its inputs, now.
+        drop(inputs);
+    }
+}

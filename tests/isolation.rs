@@ -1,0 +1,188 @@
+//! `--isolation process` through the real binary: a crash in the function fails only the call
+//! that crashed, the worker comes back, the daemon never exits; streams keep backpressure
+//! across the channel; reload under load fails no call; the memory limit holds.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Daemon, call, msg, uri};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Code;
+
+fn process(workers: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("ISOLATION", "process".to_owned()),
+        ("WORKERS", workers.to_owned()),
+    ]
+}
+
+fn start(handler: &str, extra: &[(&str, &str)]) -> Daemon {
+    let mut env: Vec<(&str, String)> = process("4");
+    env.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    Daemon::start_with(&uri("probe", Some(handler)), &env)
+}
+
+/// Runs 16 good calls in a loop each while `crash` is called once; counts every good call.
+async fn crash_under_load(daemon: &Daemon, kind: &str, timeout: Option<&str>) {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut good = Vec::new();
+    for _ in 0..16 {
+        let mut client = daemon.client().await;
+        let stop = stop.clone();
+        good.push(tokio::spawn(async move {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) || ok == 0 {
+                let out = call(&mut client, vec![msg("ok", &[])]).await;
+                match out.code() {
+                    Code::Ok => ok += 1,
+                    _ => failed.push(format!("{out:?}")),
+                }
+            }
+            (ok, failed)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut client = daemon.client().await;
+    let mut request = tonic::Request::new(tokio_stream::iter(vec![msg(kind, &[])]));
+    if let Some(t) = timeout {
+        request
+            .metadata_mut()
+            .insert("grpc-timeout", t.parse().unwrap());
+    }
+    let crashed = client.call(request).await;
+    let crashed = match crashed {
+        Ok(response) => {
+            let mut stream = response.into_inner();
+            match stream.message().await {
+                Ok(Some(m)) => panic!("{kind}: answered {m:?}"),
+                Ok(None) => panic!("{kind}: ended OK"),
+                Err(status) => status,
+            }
+        }
+        Err(status) => status,
+    };
+    // Good calls go on while the worker restarts.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut total = 0;
+    for task in good {
+        let (ok, failed) = task.await.unwrap();
+        assert!(
+            failed.is_empty(),
+            "{kind}: good calls failed: {failed:?}\n{}",
+            daemon.stderr()
+        );
+        total += ok;
+    }
+    assert!(total >= 16, "{kind}: {total}");
+    match timeout {
+        None => {
+            assert_eq!(crashed.code(), Code::Unavailable, "{kind}: {crashed:?}");
+            assert!(
+                crashed.message().starts_with("Invoker: Function Crashed"),
+                "{kind}: {crashed:?}"
+            );
+        }
+        Some(_) => assert_eq!(
+            crashed.code(),
+            Code::DeadlineExceeded,
+            "{kind}: {crashed:?}"
+        ),
+    }
+    eprintln!(
+        "{kind}: {total} good calls, 0 lost; the crash: {}",
+        crashed.message()
+    );
+}
+
+#[tokio::test]
+async fn each_crash_fails_only_its_own_call_and_the_worker_comes_back() {
+    let daemon = start("crash_on", &[]);
+    for (kind, signal) in [
+        ("abort", "SIGABRT"),
+        ("overflow", "SIGSEGV"),
+        ("null", "SIGSEGV"),
+        ("exit", "exit status 3"),
+    ] {
+        crash_under_load(&daemon, kind, None).await;
+        let log = daemon.stderr();
+        assert!(log.contains(signal), "{kind}: {log}");
+    }
+    // A call that never returns: its deadline fails it; its worker is killed and restarted.
+    crash_under_load(&daemon, "hang", Some("300m")).await;
+    common::wait_for_log(&daemon, "a cancelled call was still running").await;
+    // Every worker serves again; the daemon is still up.
+    for _ in 0..8 {
+        let mut client = daemon.client().await;
+        assert_eq!(
+            call(&mut client, vec![msg("ok", &[])]).await.texts(),
+            ["ok"]
+        );
+    }
+    let mut daemon = daemon;
+    assert!(daemon.child.try_wait().unwrap().is_none());
+}
+
+#[tokio::test]
+async fn the_memory_limit_ends_the_worker_not_the_daemon() {
+    let daemon = start("crash_on", &[("WORKER_MEMORY_LIMIT", "536870912")]);
+    crash_under_load(&daemon, "grow", None).await;
+}
+
+#[tokio::test]
+async fn a_crash_in_the_init_of_a_worker_is_a_start_error() {
+    let daemon = std::process::Command::new(env!("CARGO_BIN_EXE_invoker"))
+        .arg("serve")
+        .env("FUNCTION_URI", uri("probe", Some("no_such_handler")))
+        .env("GRPC_PORT", "0")
+        .env("ISOLATION", "process")
+        .env("WORKERS", "2")
+        .output()
+        .unwrap();
+    assert_eq!(daemon.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&daemon.stderr);
+    assert!(err.contains("no_such_handler"), "{err}");
+}
+
+#[tokio::test]
+async fn a_stalled_client_stops_a_firehose_in_a_worker() {
+    let daemon = start("firehose", &[]);
+    let mut client = daemon.client().await;
+    let (tx, rx) = mpsc::channel::<invoker::proto::function::Message>(1);
+    let mut replies = client
+        .call(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = replies.message().await.unwrap().unwrap();
+    assert_eq!(first.payload.len(), 1024);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    drop(replies);
+    drop(tx);
+    common::wait_for_log(&daemon, "firehose: produced ").await;
+    let log = daemon.stderr();
+    let produced: u64 = log
+        .lines()
+        .find_map(|l| l.strip_prefix("firehose: produced "))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("the count");
+    assert!(
+        produced < 50_000,
+        "{produced} KiB produced for a caller that read 1 KiB"
+    );
+}
+
+#[tokio::test]
+async fn request_reply_and_streaming_work_in_process_mode() {
+    let daemon = start("bytes_echo", &[]);
+    let mut client = daemon.client().await;
+    let out = call(&mut client, vec![msg("hello", &[])]).await;
+    assert_eq!(out.texts(), ["hello"], "{out:?}");
+    let daemon = start("take_two", &[]);
+    let mut client = daemon.client().await;
+    let out = call(&mut client, vec![msg("a", &[]), msg("b", &[])]).await;
+    assert_eq!(out.texts(), ["a", "b"], "{out:?}");
+}
