@@ -565,6 +565,9 @@ async fn spawn_worker(
     // dup2s without the flag: nothing else of this process leaks into the worker.
     let (ours, theirs) = StdUnixStream::pair().map_err(|e| spawn_error(e.to_string()))?;
     let mut command = Command::new(&options.program);
+    // A process group of its own: a signal to the serving process's group (Ctrl-C at a
+    // terminal, a hangup) is the serving process's to handle, not a crash of every worker.
+    std::os::unix::process::CommandExt::process_group(&mut command, 0);
     command
         .arg("worker")
         .stdin(Stdio::from(OwnedFd::from(theirs)))
