@@ -209,6 +209,159 @@ fn flag_of(run: &str, command: &str, flag: &str) -> Option<String> {
         })
 }
 
+/// A directory holding only the files of an image built on the base image: the invoker where
+/// the final stage's COPY puts it, the libraries of debian:bookworm-slim it and the other files
+/// need (asserted to be no more than that image has), those files, and a /tmp writable by all.
+struct ImageFiles {
+    root: Scratch,
+    libraries: Vec<PathBuf>,
+}
+
+impl ImageFiles {
+    /// Lays out the invoker at `binary_dest` and `files` (path here, path in the image).
+    fn lay_out(name: &str, binary_dest: &str, files: &[(&Path, &str)]) -> ImageFiles {
+        let root = scratch(name);
+        let binary = Path::new(env!("CARGO_BIN_EXE_invoker"));
+        let mut libraries = Vec::new();
+        for file in std::iter::once(binary).chain(files.iter().map(|(from, _)| *from)) {
+            for (name, path) in needed(file) {
+                assert!(
+                    RUNTIME_LIBRARIES.contains(&name.as_str()),
+                    "{} needs {name}, which debian:bookworm-slim does not have",
+                    file.display()
+                );
+                libraries.extend(path);
+            }
+        }
+        let install = |from: &Path, to: &str| {
+            let target = root.join(to.trim_start_matches('/'));
+            std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+            std::fs::copy(from, &target).unwrap();
+        };
+        install(binary, binary_dest);
+        for (from, to) in files {
+            install(from, to);
+        }
+        for library in &libraries {
+            install(library, library.to_str().unwrap());
+        }
+        // Writable by all, as in debian:bookworm-slim (and the emptyDir of deploy/kubernetes);
+        // everything else belongs to root, so the image's user cannot write it.
+        let tmp = root.join("tmp");
+        std::fs::create_dir_all(&tmp).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        ImageFiles { root, libraries }
+    }
+
+    /// Runs the image's `entrypoint` (exec form) as `user` with `args` appended and the image's
+    /// `env`, `overrides` on top, seeing only these files; waits for its `listening on` line and
+    /// returns the process and the port it printed.
+    fn start(
+        &self,
+        user: &str,
+        entrypoint: &[String],
+        args: &[&str],
+        mut env: Vec<(String, String)>,
+        overrides: &[(&str, &str)],
+    ) -> (std::process::Child, String) {
+        let root = &*self.root;
+        // The ENTRYPOINT's program, found on the image's PATH.
+        let path = env
+            .iter()
+            .find(|(k, _)| k == "PATH")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| {
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()
+            });
+        let program = if entrypoint[0].starts_with('/') {
+            entrypoint[0].clone()
+        } else {
+            path.split(':')
+                .map(|dir| format!("{dir}/{}", entrypoint[0]))
+                .find(|p| root.join(p.trim_start_matches('/')).is_file())
+                .unwrap_or_else(|| {
+                    panic!(
+                        "ENTRYPOINT {} is not on the image's PATH ({path})",
+                        entrypoint[0]
+                    )
+                })
+        };
+
+        // Only those files are visible: as root, chroot into them and run as the image's USER;
+        // otherwise the copied loader with the system's library cache and default paths out of
+        // the way (and paths inside the directory).
+        let is_root = Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| stdout(&o).trim() == "0")
+            .unwrap_or(false);
+        let mut command = if is_root {
+            let mut c = Command::new("chroot");
+            c.arg(format!("--userspec={user}")).arg(root).arg(&program);
+            c
+        } else {
+            let loader = self
+                .libraries
+                .iter()
+                .find(|l| l.to_string_lossy().contains("ld-linux"))
+                .expect("a dynamic loader");
+            let lib_dirs: Vec<String> = self
+                .libraries
+                .iter()
+                .filter_map(|l| l.parent())
+                .map(|d| {
+                    root.join(d.strip_prefix("/").unwrap())
+                        .display()
+                        .to_string()
+                })
+                .collect();
+            let mut c = Command::new(root.join(loader.strip_prefix("/").unwrap()));
+            c.args(["--inhibit-cache", "--library-path", &lib_dirs.join(":")])
+                .arg(root.join(program.trim_start_matches('/')));
+            for (key, value) in &mut env {
+                if key == "FUNCTION_URI" {
+                    *value = value.replacen("file://", &format!("file://{}", root.display()), 1);
+                }
+            }
+            env.push(("TMPDIR".into(), root.join("tmp").display().to_string()));
+            c
+        };
+        let mut child = command
+            .args(&entrypoint[1..])
+            .args(args)
+            .env_clear()
+            .env("PATH", &path)
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .envs(overrides.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the invoker from the image's files");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let port = loop {
+            match lines.next() {
+                Some(Ok(line)) => {
+                    if let Some(addr) = line.strip_prefix("listening on ") {
+                        break addr.rsplit(':').next().unwrap().to_owned();
+                    }
+                }
+                _ => {
+                    let out = child.wait_with_output().unwrap();
+                    panic!(
+                        "the invoker did not start from the image's files: {}",
+                        stderr(&out)
+                    );
+                }
+            }
+        };
+        // Keep reading, so that a full pipe never blocks the daemon.
+        std::thread::spawn(move || for _ in lines {});
+        (child, port)
+    }
+}
+
 #[tokio::test]
 async fn the_runtime_image_files_are_enough() {
     // The files of a function image, as the repository's Dockerfile (the base image) and
@@ -346,124 +499,20 @@ async fn the_runtime_image_files_are_enough() {
 
     // Lay the files out in a directory: the invoker where the Dockerfile puts it, the
     // libraries of debian:bookworm-slim it and the function need, the function library.
-    let root = scratch("rootfs");
-    let binary = Path::new(env!("CARGO_BIN_EXE_invoker"));
     let function = lib("rot13");
-    let mut libraries = Vec::new();
-    for file in [binary, function.as_path()] {
-        for (name, path) in needed(file) {
-            assert!(
-                RUNTIME_LIBRARIES.contains(&name.as_str()),
-                "{} needs {name}, which debian:bookworm-slim does not have",
-                file.display()
-            );
-            libraries.extend(path);
-        }
-    }
-    let install = |from: &Path, to: &str| {
-        let target = root.join(to.trim_start_matches('/'));
-        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
-        std::fs::copy(from, &target).unwrap();
-    };
-    install(binary, &binary_dest);
-    install(&function, function_dest);
-    for library in &libraries {
-        install(library, library.to_str().unwrap());
-    }
-    // Writable by all, as in debian:bookworm-slim (and the emptyDir of deploy/kubernetes);
-    // everything else belongs to root, so the image's user cannot write it.
-    let tmp = root.join("tmp");
-    std::fs::create_dir_all(&tmp).unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o1777)).unwrap();
-
-    // The ENTRYPOINT's program, found on the image's PATH.
-    let path = env
-        .iter()
-        .find(|(k, _)| k == "PATH")
-        .map(|(_, v)| v.clone())
-        .unwrap_or_else(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
-    let program = if entrypoint[0].starts_with('/') {
-        entrypoint[0].clone()
-    } else {
-        path.split(':')
-            .map(|dir| format!("{dir}/{}", entrypoint[0]))
-            .find(|p| root.join(p.trim_start_matches('/')).is_file())
-            .unwrap_or_else(|| {
-                panic!(
-                    "ENTRYPOINT {} is not on the image's PATH ({path}); the COPY puts it at {binary_dest}",
-                    entrypoint[0]
-                )
-            })
-    };
-
-    // Only those files are visible: as root, chroot into them and run as the image's USER;
-    // otherwise the copied loader with the system's library cache and default paths out of
-    // the way (and paths inside the directory).
-    let is_root = Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| stdout(&o).trim() == "0")
-        .unwrap_or(false);
-    let mut command = if is_root {
-        let mut c = Command::new("chroot");
-        c.arg(format!("--userspec={user}")).arg(&root).arg(&program);
-        c
-    } else {
-        let loader = libraries
-            .iter()
-            .find(|l| l.to_string_lossy().contains("ld-linux"))
-            .expect("a dynamic loader");
-        let lib_dirs: Vec<String> = libraries
-            .iter()
-            .filter_map(|l| l.parent())
-            .map(|d| {
-                root.join(d.strip_prefix("/").unwrap())
-                    .display()
-                    .to_string()
-            })
-            .collect();
-        let mut c = Command::new(root.join(loader.strip_prefix("/").unwrap()));
-        c.args(["--inhibit-cache", "--library-path", &lib_dirs.join(":")])
-            .arg(root.join(program.trim_start_matches('/')));
-        for (key, value) in &mut env {
-            if key == "FUNCTION_URI" {
-                *value = value.replacen("file://", &format!("file://{}", root.display()), 1);
-            }
-        }
-        env.push(("TMPDIR".into(), tmp.display().to_string()));
-        c
-    };
-    let mut child = command
-        .args(&entrypoint[1..])
-        .env_clear()
-        .env("PATH", &path)
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        // Any free ports instead of the image's, which another test may hold.
-        .env("GRPC_PORT", "0")
-        .env("METRICS_PORT", "0")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the invoker from the image's files");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let port = loop {
-        match lines.next() {
-            Some(Ok(line)) => {
-                if let Some(addr) = line.strip_prefix("listening on ") {
-                    break addr.rsplit(':').next().unwrap().to_owned();
-                }
-            }
-            _ => {
-                let out = child.wait_with_output().unwrap();
-                panic!(
-                    "the invoker did not start from the image's files: {}",
-                    stderr(&out)
-                );
-            }
-        }
-    };
+    let files = ImageFiles::lay_out(
+        "rootfs",
+        &binary_dest,
+        &[(function.as_path(), function_dest.as_str())],
+    );
+    // Any free ports instead of the image's, which another test may hold.
+    let (mut child, port) = files.start(
+        user,
+        &entrypoint,
+        &[],
+        env,
+        &[("GRPC_PORT", "0"), ("METRICS_PORT", "0")],
+    );
     let mut client =
         invoker::proto::function::message_function_client::MessageFunctionClient::connect(format!(
             "http://127.0.0.1:{port}"
@@ -472,6 +521,118 @@ async fn the_runtime_image_files_are_enough() {
         .unwrap();
     let outcome = common::call(&mut client, vec![common::msg("Hello World", &[])]).await;
     assert_eq!(outcome.texts(), ["Uryyb Jbeyq"]);
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+/// POSTs a JSON body over HTTP/1.1 (`Connection: close`): the status and the body.
+fn post_json(port: &str, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+    use std::io::{Read, Write};
+    let body = body.to_string();
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port.parse().unwrap())).unwrap();
+    stream.set_read_timeout(Some(common::HANG)).unwrap();
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let (head, body) = answer
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no HTTP answer: {answer:?}"));
+    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap();
+    let body = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {answer}"));
+    (status, body)
+}
+
+#[test]
+fn the_openwhisk_image_serves_an_action() {
+    // Dockerfile.openwhisk: the base image (the tag the repository's Dockerfile says to build)
+    // running `invoker openwhisk` on every interface, port 8080, where OpenWhisk sends /init
+    // and /run. Its files are the base image's: the invoker the final stage copies, run here
+    // with the OpenWhisk image's ENTRYPOINT and environment, takes an action's zip at /init.
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    lint_dockerfile(&manifest.join("Dockerfile.openwhisk"));
+    let base_dockerfile = std::fs::read_to_string(manifest.join("Dockerfile")).unwrap();
+    let base_stages = parse_dockerfile(&base_dockerfile);
+    let base = base_stages.last().expect("a FROM");
+    let dockerfile = std::fs::read_to_string(manifest.join("Dockerfile.openwhisk")).unwrap();
+    let stages = parse_dockerfile(&dockerfile);
+    assert_eq!(stages.len(), 1, "{dockerfile}");
+    let image = &stages[0];
+    assert!(
+        image.from.starts_with("projectriff/rust-function-invoker:")
+            && base_dockerfile.contains(&format!("docker build -t {} .", image.from)),
+        "the OpenWhisk image is FROM {}, which the base image's Dockerfile does not build",
+        image.from
+    );
+    assert_eq!(image.copies().len(), 0, "the base image has all it needs");
+
+    let mut env = base.env();
+    env.extend(image.env());
+    let host = env.iter().rev().find(|(k, _)| k == "HOST").map(|(_, v)| v);
+    assert_eq!(host.map(String::as_str), Some("0.0.0.0"));
+    let entrypoint: Vec<String> =
+        serde_json::from_str(image.one("ENTRYPOINT")).expect("ENTRYPOINT in exec form");
+    assert_eq!(entrypoint, ["invoker", "openwhisk"]);
+    assert_eq!(image.all("CMD").count(), 0, "no CMD to override the port");
+    // 8080, exposed, and the port `invoker openwhisk` listens on when not told otherwise.
+    assert_eq!(image.one("EXPOSE"), "8080");
+    let help = invoker().args(["openwhisk", "--help"]).output().unwrap();
+    let port_help = stdout(&help)
+        .split("--port <PORT>")
+        .nth(1)
+        .and_then(|rest| rest.split("\n  -").next())
+        .map(str::to_owned)
+        .unwrap_or_else(|| panic!("no --port in:\n{}", stdout(&help)));
+    assert!(port_help.contains("[default: 8080]"), "{port_help}");
+
+    // The base image's files: the invoker where its final stage copies it, and its USER.
+    let (_, _, binary_dest) = base
+        .copies()
+        .into_iter()
+        .find(|(_, sources, _)| sources.iter().any(|s| s.ends_with("/invoker")))
+        .expect("the base image copies the invoker");
+    let binary_dest = match binary_dest.ends_with('/') {
+        true => format!("{binary_dest}invoker"),
+        false => binary_dest,
+    };
+    // The action arrives at /init: what it links against must be in the image too.
+    let action = lib("openwhisk");
+    for (name, _) in needed(&action) {
+        assert!(
+            RUNTIME_LIBRARIES.contains(&name.as_str()),
+            "libopenwhisk.so needs {name}, which debian:bookworm-slim does not have"
+        );
+    }
+    let files = ImageFiles::lay_out("openwhisk-rootfs", &binary_dest, &[]);
+    // The image's command and environment; only the port is a free one (8080 may be taken).
+    let (mut child, port) = files.start(base.one("USER"), &entrypoint, &["--port", "0"], env, &[]);
+
+    // `wsk action create hello --docker IMAGE hello.zip --main greet`, then an invocation.
+    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    zip.start_file(
+        "libopenwhisk.so",
+        zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Deflated),
+    )
+    .unwrap();
+    std::io::Write::write_all(&mut zip, &std::fs::read(&action).unwrap()).unwrap();
+    let zip = zip.finish().unwrap().into_inner();
+    use base64::Engine as _;
+    let code = base64::engine::general_purpose::STANDARD.encode(zip);
+    let init = serde_json::json!({"value": {"code": code, "binary": true, "main": "greet"}});
+    assert_eq!(
+        post_json(&port, "/init", &init),
+        (200, serde_json::json!({"ok": true}))
+    );
+    let run = serde_json::json!({"value": {"name": "Ada"}, "activation_id": "a1"});
+    assert_eq!(
+        post_json(&port, "/run", &run),
+        (200, serde_json::json!({"greeting": "Hello Ada"}))
+    );
     child.kill().unwrap();
     child.wait().unwrap();
 }
