@@ -177,6 +177,11 @@ pub struct InitArgs {
     /// Print the files instead of writing them.
     #[arg(long)]
     pub dry_run: bool,
+
+    /// Scaffold an Apache OpenWhisk action (JSON object in, JSON object out, zipped for `wsk
+    /// action create --docker`) instead of a riff function.
+    #[arg(long)]
+    pub openwhisk: bool,
 }
 
 /// `invoker apply`.

@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use common::cli::{invoker, stderr, stdout};
+use common::cli::{invoker, openwhisk_code, post_json, stderr, stdout};
 use common::tools::lint_dockerfile;
 use common::{Daemon, Scratch, lib};
 
@@ -525,28 +525,6 @@ async fn the_runtime_image_files_are_enough() {
     child.wait().unwrap();
 }
 
-/// POSTs a JSON body over HTTP/1.1 (`Connection: close`): the status and the body.
-fn post_json(port: &str, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
-    use std::io::{Read, Write};
-    let body = body.to_string();
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port.parse().unwrap())).unwrap();
-    stream.set_read_timeout(Some(common::HANG)).unwrap();
-    write!(
-        stream,
-        "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).unwrap();
-    let (head, body) = answer
-        .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("no HTTP answer: {answer:?}"));
-    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap();
-    let body = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {answer}"));
-    (status, body)
-}
-
 #[test]
 fn the_openwhisk_image_serves_an_action() {
     // Dockerfile.openwhisk: the base image (the tag the repository's Dockerfile says to build)
@@ -612,25 +590,15 @@ fn the_openwhisk_image_serves_an_action() {
     let (mut child, port) = files.start(base.one("USER"), &entrypoint, &["--port", "0"], env, &[]);
 
     // `wsk action create hello --docker IMAGE hello.zip --main greet`, then an invocation.
-    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    zip.start_file(
-        "libopenwhisk.so",
-        zip::write::SimpleFileOptions::default()
-            .compression_method(zip::CompressionMethod::Deflated),
-    )
-    .unwrap();
-    std::io::Write::write_all(&mut zip, &std::fs::read(&action).unwrap()).unwrap();
-    let zip = zip.finish().unwrap().into_inner();
-    use base64::Engine as _;
-    let code = base64::engine::general_purpose::STANDARD.encode(zip);
+    let code = openwhisk_code(&action);
     let init = serde_json::json!({"value": {"code": code, "binary": true, "main": "greet"}});
     assert_eq!(
-        post_json(&port, "/init", &init),
+        post_json(&format!("127.0.0.1:{port}"), "/init", &init),
         (200, serde_json::json!({"ok": true}))
     );
     let run = serde_json::json!({"value": {"name": "Ada"}, "activation_id": "a1"});
     assert_eq!(
-        post_json(&port, "/run", &run),
+        post_json(&format!("127.0.0.1:{port}"), "/run", &run),
         (200, serde_json::json!({"greeting": "Hello Ada"}))
     );
     child.kill().unwrap();

@@ -3,12 +3,14 @@
 
 mod common;
 
+use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 
-use common::cli::{invoker, stderr, stdout, with_stdin};
+use common::cli::{invoker, openwhisk_code, post_json, stderr, stdout, with_stdin};
 use common::tools::lint_dockerfile;
 use common::{Scratch, target_dir};
+use serde_json::json;
 
 fn scratch(name: &str) -> Scratch {
     common::scratch("scaffold", name)
@@ -80,6 +82,11 @@ fn apply_validates_and_installs_an_invoker() {
                 "handler: \"{{.FunctionName}}\"",
             ),
             "is 'sample-function', not a Rust function name",
+        ),
+        // `invoker init --openwhisk`'s templates are checked as the scaffold's are.
+        (
+            text.replace("zip -j {{.FunctionName}}.zip", "zip -j {{.Name}}.zip"),
+            "unknown placeholder '{{.Name}}'",
         ),
     ] {
         assert_ne!(broken, text, "{message}: the replacement matched nothing");
@@ -247,6 +254,121 @@ fn init_scaffolds_a_crate_that_builds_and_runs() {
 }
 
 #[test]
+fn init_scaffolds_an_openwhisk_action_that_builds_and_runs() {
+    let dir = scratch("init-openwhisk");
+    let home = dir.join("home");
+    let sdk = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("crates")
+        .join("sdk");
+    let envs = [("INVOKER_HOME", home.to_str().unwrap())];
+
+    let dry = invoker()
+        .args(["init", "hello-ow", "--openwhisk", "--dry-run", "--sdk-path"])
+        .arg(&sdk)
+        .envs(envs)
+        .output()
+        .unwrap();
+    assert_eq!(dry.status.code(), Some(0), "{}", stderr(&dry));
+    let printed = stdout(&dry);
+    let files: Vec<&str> = printed
+        .lines()
+        .filter_map(|l| l.strip_prefix("--- "))
+        .collect();
+    // An action's crate and the recipe of its zip; no riff Function resource.
+    assert_eq!(
+        files,
+        [
+            "Cargo.toml",
+            ".cargo/config.toml",
+            "src/lib.rs",
+            "Dockerfile",
+            ".dockerignore"
+        ],
+        "{printed}"
+    );
+    assert!(
+        printed.contains("pub fn hello_ow(Json(params): Json<Value>) -> Json<Value>"),
+        "{printed}"
+    );
+
+    let project = dir.join("hello-ow");
+    let created = invoker()
+        .args(["init", "hello-ow", "--openwhisk", "--handler", "greet"])
+        .arg("--sdk-path")
+        .arg(&sdk)
+        .arg("--dir")
+        .arg(&project)
+        .envs(envs)
+        .output()
+        .unwrap();
+    assert_eq!(created.status.code(), Some(0), "{}", stderr(&created));
+    assert!(
+        stdout(&created)
+            .contains("wsk action create hello-ow --docker IMAGE hello-ow.zip --main greet"),
+        "{}",
+        stdout(&created)
+    );
+    // The Dockerfile builds the zip `wsk action create` takes, on the runtime's Debian, and
+    // exports nothing but it.
+    let dockerfile = std::fs::read_to_string(project.join("Dockerfile")).unwrap();
+    lint_dockerfile(&project.join("Dockerfile"));
+    for line in [
+        "FROM rust:1.95-bookworm AS build",
+        "&& zip -j hello-ow.zip target/release/libhello_ow.so",
+        "FROM scratch\nCOPY --from=build /function/hello-ow.zip /\n",
+        "#   wsk action create hello-ow --docker IMAGE hello-ow.zip --main greet\n",
+    ] {
+        assert!(dockerfile.contains(line), "{line} missing:\n{dockerfile}");
+    }
+    let ignored = std::fs::read_to_string(project.join(".dockerignore")).unwrap();
+    assert!(ignored.contains("\ntarget/\n.cargo/\n"), "{ignored}");
+
+    // Build it, reusing this workspace's downloaded dependencies, and serve its zip through
+    // `invoker openwhisk` as OpenWhisk would: /init with the code, then /run.
+    let build_target = target_dir().join("scaffold");
+    let built = Command::new(env!("CARGO"))
+        .args(["build", "--offline", "--quiet"])
+        .current_dir(&project)
+        .env("CARGO_TARGET_DIR", &build_target)
+        .output()
+        .unwrap();
+    assert!(
+        built.status.success(),
+        "the scaffold does not build:\n{}",
+        stderr(&built)
+    );
+    let library = build_target.join("debug").join("libhello_ow.so");
+    let mut runtime = invoker()
+        .args(["openwhisk", "--port", "0"])
+        .env("HOST", "127.0.0.1")
+        .env_remove("FUNCTION_URI")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr = BufReader::new(runtime.stdout.take().unwrap())
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|line| line.strip_prefix("listening on ").map(str::to_owned))
+        .expect("invoker openwhisk listens");
+    let init =
+        json!({"value": {"code": openwhisk_code(&library), "binary": true, "main": "greet"}});
+    assert_eq!(post_json(&addr, "/init", &init), (200, json!({"ok": true})));
+    for (params, greeting) in [
+        (json!({"name": "Ada"}), "Hello Ada"),
+        (json!({}), "Hello stranger"),
+    ] {
+        assert_eq!(
+            post_json(&addr, "/run", &json!({ "value": params })),
+            (200, json!({ "greeting": greeting }))
+        );
+    }
+    runtime.kill().unwrap();
+    runtime.wait().unwrap();
+}
+
+#[test]
 fn init_takes_its_templates_from_the_registry() {
     let dir = scratch("registry");
     let home = dir.join("home");
@@ -278,9 +400,11 @@ fn init_takes_its_templates_from_the_registry() {
     // A modified copy, applied under another name, is what init renders.
     let marked = text
         .replace("name: rust\n", "name: rust-marked\n")
-        .replace(
+        // The riff Dockerfile's FROM (the first; the OpenWhisk scaffold's comes later).
+        .replacen(
             "FROM projectriff/rust-function-invoker:",
             "# marker: from the registry\n        FROM projectriff/rust-function-invoker:",
+            1,
         )
         .replace(
             "//! The function `{{.Handler}}`",

@@ -84,12 +84,23 @@ pub struct Scaffold {
     /// Files written into the new crate, before `files`.
     #[serde(default)]
     pub files: Vec<File>,
+    /// What `invoker init --openwhisk` writes instead of `files` and the riff files: an
+    /// OpenWhisk action's crate and the recipe of its zip (the handler as above).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub openwhisk: Option<OpenWhiskScaffold>,
 }
 
 impl Scaffold {
     fn is_empty(&self) -> bool {
-        self.handler.is_none() && self.files.is_empty()
+        self.handler.is_none() && self.files.is_empty() && self.openwhisk.is_none()
     }
+}
+
+/// The `scaffold.openwhisk` extension: an OpenWhisk action, for `invoker init --openwhisk`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct OpenWhiskScaffold {
+    /// Files written into the new crate (scaffold placeholders allowed).
+    pub files: Vec<File>,
 }
 
 /// A templated file.
@@ -390,7 +401,8 @@ impl Invoker {
                 vars.handler
             );
         }
-        for file in &spec.scaffold.files {
+        let openwhisk = spec.scaffold.openwhisk.iter().flat_map(|o| &o.files);
+        for file in spec.scaffold.files.iter().chain(openwhisk) {
             check_path(file)?;
             render(&file.template, &vars, Scope::Scaffold)
                 .with_context(|| format!("the template of {} does not render", file.path))?;
@@ -502,6 +514,8 @@ pub struct InitOptions {
     pub image: Option<String>,
     /// Print the files instead of writing them.
     pub dry_run: bool,
+    /// An OpenWhisk action (`scaffold.openwhisk`) instead of a riff function.
+    pub openwhisk: bool,
 }
 
 impl From<InitArgs> for InitOptions {
@@ -514,6 +528,7 @@ impl From<InitArgs> for InitOptions {
             sdk_path: args.sdk_path,
             image: args.image,
             dry_run: args.dry_run,
+            openwhisk: args.openwhisk,
         }
     }
 }
@@ -526,8 +541,9 @@ fn default_sdk_path() -> Option<PathBuf> {
     path.join("Cargo.toml").is_file().then_some(path)
 }
 
-/// Renders the files of a new function crate: (relative path, content), in order.
-pub fn scaffold(options: &InitOptions) -> anyhow::Result<Vec<(String, String)>> {
+/// Renders the files of a new function crate: (relative path, content), in order; and the
+/// handler they name.
+pub fn scaffold(options: &InitOptions) -> anyhow::Result<(Vec<(String, String)>, String)> {
     let name = &options.name;
     let valid_name = name.bytes().next().is_some_and(|b| b.is_ascii_lowercase())
         && name
@@ -565,6 +581,21 @@ pub fn scaffold(options: &InitOptions) -> anyhow::Result<Vec<(String, String)>> 
         );
     }
     let mut files = Vec::new();
+    if options.openwhisk {
+        let openwhisk = invoker.spec.scaffold.openwhisk.as_ref().with_context(|| {
+            format!(
+                "the invoker '{}' has no OpenWhisk scaffold (spec.scaffold.openwhisk)",
+                invoker.metadata.name
+            )
+        })?;
+        for file in &openwhisk.files {
+            files.push((
+                file.path.clone(),
+                render(&file.template, &vars, Scope::Scaffold)?,
+            ));
+        }
+        return Ok((files, vars.handler));
+    }
     for file in &invoker.spec.scaffold.files {
         files.push((
             file.path.clone(),
@@ -585,7 +616,7 @@ pub fn scaffold(options: &InitOptions) -> anyhow::Result<Vec<(String, String)>> 
         "function.yaml".to_owned(),
         invoker.function_resource(name, &image)?,
     ));
-    Ok(files)
+    Ok((files, vars.handler))
 }
 
 /// A TOML basic string.
@@ -609,7 +640,7 @@ pub fn init(args: InitArgs) -> anyhow::Result<Exit> {
 
 /// Creates the function crate `options` describe, or (`dry_run`) prints its files.
 fn create(options: InitOptions) -> anyhow::Result<()> {
-    let files = scaffold(&options)?;
+    let (files, handler) = scaffold(&options)?;
     if options.dry_run {
         for (path, content) in &files {
             println!("--- {path}");
@@ -644,6 +675,17 @@ fn create(options: InitOptions) -> anyhow::Result<()> {
     println!("created {} with:", dir.display());
     for path in written.keys() {
         println!("  {path}");
+    }
+    if options.openwhisk {
+        let name = &options.name;
+        println!(
+            "next: cd {} && docker build --output . .   # {name}.zip, the library built on the runtime's Debian",
+            dir.display()
+        );
+        println!(
+            "then: wsk action create {name} --docker IMAGE {name}.zip --main {handler}   # IMAGE: Dockerfile.openwhisk's (README, \"On OpenWhisk\")"
+        );
+        return Ok(());
     }
     println!(
         "next: cd {} && cargo build --release && invoker run -f target/release/lib{}.so",

@@ -76,3 +76,42 @@ pub fn stderr(out: &Output) -> String {
 pub fn function(crate_name: &str, handler: &str) -> String {
     format!("{}?handler={handler}", lib(crate_name).display())
 }
+
+/// An OpenWhisk action's code as `wsk action create --docker IMAGE ACTION.zip` sends it to
+/// `/init`: the library alone in a zip, in base64.
+pub fn openwhisk_code(library: &std::path::Path) -> String {
+    use base64::Engine as _;
+    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let options = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated);
+    zip.start_file(library.file_name().unwrap().to_string_lossy(), options)
+        .unwrap();
+    zip.write_all(&std::fs::read(library).unwrap()).unwrap();
+    base64::engine::general_purpose::STANDARD.encode(zip.finish().unwrap().into_inner())
+}
+
+/// POSTs JSON to `path` on `addr` over HTTP/1.1 (`Connection: close`): the status and the JSON
+/// body of the answer.
+pub fn post_json(addr: &str, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+    use std::io::Read;
+    let body = body.to_string();
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(super::HANG)).unwrap();
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let (head, body) = answer
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no HTTP answer: {answer:?}"));
+    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok());
+    let body = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {answer}"));
+    (
+        status.unwrap_or_else(|| panic!("no status: {answer}")),
+        body,
+    )
+}

@@ -476,7 +476,7 @@ mod tests {
 
     #[test]
     fn the_embedded_invoker_is_shallow() {
-        assert_eq!(depth(crate::cmd::scaffold::EMBEDDED), 5);
+        assert_eq!(depth(crate::cmd::scaffold::EMBEDDED), 6);
     }
 
     /// The depth of a parsed value: how many collections nest at its deepest point.
