@@ -236,9 +236,10 @@ pub struct BenchArgs {
     pub smoke: bool,
 
     /// Run only one group of figures, to profile it: request-reply, streaming, large,
-    /// memory (resident memory around a burst of idle streams), startup, or socket (the
-    /// invoker's Unix socket against its TCP port).
-    #[arg(long, value_parser = ["request-reply", "streaming", "large", "memory", "startup", "socket"])]
+    /// memory (resident memory around a burst of idle streams), startup, socket (the invoker's
+    /// Unix socket against its TCP port) or openwhisk (OpenWhisk's /run of greet against the
+    /// same greet over gRPC Call).
+    #[arg(long, value_parser = ["request-reply", "streaming", "large", "memory", "startup", "socket", "openwhisk"])]
     pub only: Option<String>,
 
     /// The invoker binary (or a script that execs one) to measure against this binary's

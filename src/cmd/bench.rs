@@ -19,6 +19,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status, Streaming};
 
+mod openwhisk;
+
 use super::Exit;
 use crate::cli::{BenchArgs, ReferenceArgs};
 use crate::proto::function::Message;
@@ -513,9 +515,23 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<Exit> {
             );
         }
     }
-    if args.server.is_some() && matches!(args.only.as_deref(), Some("startup" | "memory")) {
+    if args.server.is_none()
+        && args.only.as_deref().is_none_or(|only| only == "openwhisk")
+        && !lib_dir.join(openwhisk::LIBRARY).is_file()
+    {
         bail!(
-            "--server measures a running server: startup and memory need servers started by the bench"
+            "{} is missing: build the examples (cargo build --release) or pass --lib-dir",
+            lib_dir.join(openwhisk::LIBRARY).display()
+        );
+    }
+    if args.server.is_some()
+        && matches!(
+            args.only.as_deref(),
+            Some("startup" | "memory" | "openwhisk")
+        )
+    {
+        bail!(
+            "--server measures a running server: startup, memory and openwhisk need servers started by the bench"
         );
     }
     // With --server there is one side, reported in the invoker's column.
@@ -587,6 +603,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<Exit> {
     // The invoker on its Unix socket against the same invoker on TCP loopback (same process,
     // same run): calls/s and p99 at 1 in flight; [socket, tcp] each.
     let mut socket_figures = [[f64::NAN; 2]; 3];
+    let mut openwhisk = openwhisk::OpenWhiskBench::new();
     let run = |group: &str| args.only.as_deref().is_none_or(|only| only == group);
     runtime.block_on(async {
         for round in 0..rounds {
@@ -700,6 +717,12 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<Exit> {
                         }
                     }
                 }
+
+                // OpenWhisk's /run in the invoker's column, the same greet over gRPC Call in
+                // the reference's.
+                if run("openwhisk") {
+                    openwhisk.round(&setup, side, duration).await?;
+                }
             }
         }
         Ok::<_, anyhow::Error>(())
@@ -740,6 +763,9 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<Exit> {
                 socket / tcp
             );
         }
+    }
+    if run("openwhisk") {
+        openwhisk.print();
     }
     Ok(Exit::SUCCESS)
 }
