@@ -320,6 +320,12 @@ fn init_scaffolds_an_openwhisk_action_that_builds_and_runs() {
     ] {
         assert!(dockerfile.contains(line), "{line} missing:\n{dockerfile}");
     }
+    // A small zip, for a quick /init at each cold start.
+    let cargo_toml = std::fs::read_to_string(project.join("Cargo.toml")).unwrap();
+    assert!(
+        cargo_toml.contains("[profile.release]\nstrip = \"debuginfo\"\n"),
+        "{cargo_toml}"
+    );
     let ignored = std::fs::read_to_string(project.join(".dockerignore")).unwrap();
     assert!(ignored.contains("\ntarget/\n.cargo/\n"), "{ignored}");
 
