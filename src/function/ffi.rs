@@ -18,16 +18,17 @@ use async_ffi::{ContextExt, FfiContext};
 use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
 use invoker_abi::{
-    ABI_VERSION, FunctionDescriptor, Header, HostContext, InMessage, InitFn, InputStream, InvokeFn,
-    LibraryDescriptor, LibraryDescriptorV1, OpenFn, OutMessage, OutputStream as RawOutputStream,
-    PANIC_LOCATION, Port, ROOT_SYMBOL, RootFn, ShutdownFn, Slice, shape, status,
+    ABI_VERSION, FunctionDescriptor, FunctionDescriptorV1, Header, HostContext, InMessage, InitFn,
+    InputStream, InvokeFn, LibraryDescriptor, LibraryDescriptorV1, OpenFn, OutMessage,
+    OutputStream as RawOutputStream, PANIC_LOCATION, Port, ROOT_SYMBOL, RootFn, ShutdownFn, Slice,
+    StatefulDescriptor, shape, status,
 };
 
 use super::crash::Running;
 use super::panics::{self, Source};
 use super::{
-    CallContext, CallMeta, FunctionError, FunctionInfo, InputMessage, LoadError, OutputMessage,
-    PortInfo, Shape, Text,
+    CallContext, CallMeta, Expiration, FunctionError, FunctionInfo, InputMessage, LoadError,
+    OutputMessage, PortInfo, Shape, StatefulInfo, Text, ValueSpecInfo,
 };
 
 /// A loaded library. Never unloaded: a library may have left threads (timers), thread-locals
@@ -255,11 +256,13 @@ fn describe(
 unsafe fn read_function(
     pointer: *const FunctionDescriptor,
 ) -> Result<(FunctionInfo, Entry), String> {
-    // SAFETY: forwarded from the caller.
-    let Some(f) = (unsafe { pointer.as_ref() }) else {
+    if pointer.is_null() {
         return Err("its function table holds a null pointer".to_owned());
-    };
-    if (f.size as usize) < size_of::<FunctionDescriptor>() {
+    }
+    // SAFETY: forwarded from the caller; a descriptor has (at least) ABI version 1's fields,
+    // which is all this view covers. Appended fields are read below only if `size` covers them.
+    let f: &FunctionDescriptorV1 = unsafe { &*pointer.cast() };
+    if (f.size as usize) < FunctionDescriptor::V1_SIZE {
         return Err(format!(
             "a function descriptor is {} bytes, too short",
             f.size
@@ -287,14 +290,114 @@ unsafe fn read_function(
             ));
         }
     };
+    let stateful_end =
+        std::mem::offset_of!(FunctionDescriptor, stateful) + size_of::<*const StatefulDescriptor>();
+    let stateful = if f.size as usize >= stateful_end {
+        // SAFETY: `size` covers the field, so it is in the descriptor: read it through the raw
+        // pointer.
+        let raw = unsafe { std::ptr::addr_of!((*pointer).stateful).read() };
+        // SAFETY: a non-null stateful descriptor lives as long as the library.
+        unsafe { read_stateful(raw, f) }.map_err(context)?
+    } else {
+        None
+    };
+    if stateful.is_some()
+        && (shape != Shape::RequestReply || inputs.len() != 1 || !outputs.is_empty())
+    {
+        return Err(format!(
+            "function '{name}' is stateful but does not take exactly one message and return nothing"
+        ));
+    }
     let info = FunctionInfo {
         name,
         shape,
         inputs,
         outputs,
         uses_context: f.uses_context,
+        stateful,
     };
     Ok((info, entry))
+}
+
+/// Reads and validates a stateful function's descriptor (null: not stateful).
+///
+/// # Safety
+/// `raw` must be null or point at a `StatefulDescriptor` living as long as the library, and
+/// `f`'s ports must be valid as `read_function` requires.
+unsafe fn read_stateful(
+    raw: *const StatefulDescriptor,
+    f: &FunctionDescriptorV1,
+) -> Result<Option<StatefulInfo>, String> {
+    if raw.is_null() {
+        return Ok(None);
+    }
+    // SAFETY: forwarded from the caller.
+    let d = unsafe { &*raw };
+    if (d.size as usize) < size_of::<StatefulDescriptor>() {
+        return Err(format!(
+            "its stateful descriptor is {} bytes, too short",
+            d.size
+        ));
+    }
+    // SAFETY: as above.
+    let function_type = unsafe { read_str(d.function_type) }?;
+    if !super::is_typename(&function_type) {
+        return Err(format!(
+            "its StateFun type '{function_type}' is not `namespace/name`"
+        ));
+    }
+    // SAFETY: as above.
+    let specs = unsafe { read_array(d.values, d.values_len) }?;
+    let mut values: Vec<ValueSpecInfo> = Vec::with_capacity(specs.len());
+    for spec in specs {
+        // SAFETY: as above.
+        let name = unsafe { read_str(spec.name) }?;
+        // SAFETY: as above.
+        let typename = unsafe { read_str(spec.typename) }?;
+        let expiration = match spec.expiration_mode {
+            invoker_abi::expiration::NONE => Expiration::Never,
+            invoker_abi::expiration::AFTER_WRITE => {
+                Expiration::AfterWrite(spec.expire_after_millis)
+            }
+            invoker_abi::expiration::AFTER_INVOKE => {
+                Expiration::AfterInvoke(spec.expire_after_millis)
+            }
+            other => {
+                return Err(format!(
+                    "value '{name}' has unknown expiration mode {other}"
+                ));
+            }
+        };
+        if name.is_empty() || values.iter().any(|v| v.name == name) {
+            return Err(format!("value '{name}' is empty or declared twice"));
+        }
+        if !super::is_typename(&typename) {
+            return Err(format!(
+                "value '{name}' has typename '{typename}', not `namespace/name`"
+            ));
+        }
+        values.push(ValueSpecInfo {
+            name,
+            typename,
+            expiration,
+        });
+    }
+    // The message types exactly as declared (`read_ports` lower-cases media types).
+    // SAFETY: the ports were validated by `read_ports` and live as long as the library.
+    let ports = unsafe { read_array(f.inputs, f.inputs_len) }?;
+    let mut message_types = Vec::new();
+    for port in ports {
+        // SAFETY: as above.
+        for &t in unsafe { read_array(port.media_types, port.media_types_len) }? {
+            // SAFETY: as above.
+            message_types.push(unsafe { read_str(t) }?);
+        }
+    }
+    Ok(Some(StatefulInfo {
+        function_type,
+        message_types,
+        values,
+    }))
 }
 
 /// # Safety
@@ -356,6 +459,7 @@ unsafe fn read_text(s: Slice) -> Result<Text, String> {
 
 /// Builds the C view of a call's context. `ctx` must outlive every use of the result.
 fn host_context(ctx: &CallContext) -> HostContext {
+    let stateful = ctx.stateful.is_some();
     HostContext {
         size: size_of::<HostContext>() as u32,
         data: (ctx as *const CallContext).cast(),
@@ -367,6 +471,12 @@ fn host_context(ctx: &CallContext) -> HostContext {
         metric: ctx_metric,
         deadline_millis: ctx_deadline_millis,
         is_cancelled: ctx_is_cancelled,
+        state_get: stateful.then_some(ctx_state_get),
+        state_set: stateful.then_some(ctx_state_set),
+        address: stateful.then_some(ctx_address),
+        send: stateful.then_some(ctx_send),
+        cancel: stateful.then_some(ctx_cancel),
+        egress: stateful.then_some(ctx_egress),
     }
 }
 
@@ -447,6 +557,234 @@ unsafe extern "C" fn ctx_is_cancelled(data: *const c_void) -> bool {
     // SAFETY: as in `ctx_header`.
     let ctx = unsafe { call_context(data) };
     ctx.is_cancelled()
+}
+
+// The stateful callbacks: lent only when the call has a StateFun context (`ctx.stateful`).
+
+/// The call's StateFun context and its batch, locked for one callback.
+///
+/// # Safety
+/// As [`call_context`].
+unsafe fn stateful<'a>(
+    data: *const c_void,
+) -> Option<(&'a super::Stateful, std::sync::MutexGuard<'a, super::Batch>)> {
+    // SAFETY: forwarded from the caller.
+    let ctx = unsafe { call_context(data) };
+    let stateful = ctx.stateful.as_ref()?;
+    Some((stateful, crate::sync::lock(&stateful.batch)))
+}
+
+/// Reads a lent UTF-8 string, `None` when it is not.
+///
+/// # Safety
+/// As [`read_str`].
+unsafe fn lent_str<'a>(s: Slice) -> Option<&'a str> {
+    // SAFETY: forwarded from the caller.
+    let bytes = unsafe { read_array(s.ptr, s.len) }.ok()?;
+    std::str::from_utf8(bytes).ok()
+}
+
+unsafe extern "C" fn ctx_state_get(data: *const c_void, name: Slice, out: *mut Slice) -> u32 {
+    // SAFETY: the library passes back the `data` of the context we lent it, during the call.
+    let Some((_, batch)) = (unsafe { stateful(data) }) else {
+        return invoker_abi::state::UNKNOWN;
+    };
+    // SAFETY: the library lends the name for the duration of this call.
+    let Some(name) = (unsafe { lent_str(name) }) else {
+        return invoker_abi::state::UNKNOWN;
+    };
+    match batch.cells.iter().find(|c| c.name == name) {
+        Some(cell) => match &cell.value {
+            Some(value) => {
+                // SAFETY: the library passes a writable `Slice`. The bytes stay in the batch
+                // until a later callback replaces them; the ABI lends them until then.
+                unsafe { out.write(Slice::new(value)) };
+                invoker_abi::state::OK
+            }
+            None => invoker_abi::state::ABSENT,
+        },
+        None => invoker_abi::state::UNKNOWN,
+    }
+}
+
+unsafe extern "C" fn ctx_state_set(data: *const c_void, name: Slice, value: *const Slice) -> u32 {
+    // SAFETY: as in `ctx_state_get`.
+    let Some((_, mut batch)) = (unsafe { stateful(data) }) else {
+        return invoker_abi::state::UNKNOWN;
+    };
+    // SAFETY: the library lends the name for the duration of this call.
+    let Some(name) = (unsafe { lent_str(name) }) else {
+        return invoker_abi::state::UNKNOWN;
+    };
+    // SAFETY: the library passes null or a `Slice` lent for this call, and its bytes.
+    let value = match unsafe { value.as_ref() } {
+        // SAFETY: as above.
+        Some(slice) => match unsafe { read_array(slice.ptr, slice.len) } {
+            Ok(bytes) => Some(bytes),
+            Err(_) => return invoker_abi::state::INVALID,
+        },
+        None => None,
+    };
+    let size = value.map_or(0, <[u8]>::len);
+    if batch.bytes.saturating_add(size) > batch.limit {
+        return invoker_abi::state::LIMIT;
+    }
+    let Some(cell) = batch.cells.iter_mut().find(|c| c.name == name) else {
+        return invoker_abi::state::UNKNOWN;
+    };
+    cell.value = value.map(Bytes::copy_from_slice);
+    cell.changed = true;
+    batch.bytes += size;
+    invoker_abi::state::OK
+}
+
+unsafe extern "C" fn ctx_address(
+    data: *const c_void,
+    which: u32,
+    out: *mut invoker_abi::Address,
+) -> bool {
+    // SAFETY: as in `ctx_header`.
+    let ctx = unsafe { call_context(data) };
+    let Some(stateful) = &ctx.stateful else {
+        return false;
+    };
+    let address = match which {
+        invoker_abi::address::SELF => Some(&stateful.self_address),
+        invoker_abi::address::CALLER => stateful.caller.as_ref(),
+        _ => None,
+    };
+    match address {
+        Some(address) => {
+            // SAFETY: the library passes a writable `Address`; the strings live in the
+            // context, which outlives the call.
+            unsafe {
+                out.write(invoker_abi::Address {
+                    function_type: Slice::from_str(&address.function_type),
+                    id: Slice::from_str(&address.id),
+                })
+            };
+            true
+        }
+        None => false,
+    }
+}
+
+/// Copies a lent typed value, if its typename is `namespace/name`.
+///
+/// # Safety
+/// `value`'s slices must be lent for the call.
+unsafe fn typed_value(value: &invoker_abi::TypedValue) -> Option<super::TypedValue> {
+    // SAFETY: forwarded from the caller.
+    let typename = unsafe { lent_str(value.typename) }?;
+    // SAFETY: as above.
+    let bytes = unsafe { read_array(value.value.ptr, value.value.len) }.ok()?;
+    super::is_typename(typename).then(|| super::TypedValue {
+        typename: typename.to_owned(),
+        value: Bytes::copy_from_slice(bytes),
+    })
+}
+
+/// Records what the function sent, within the batch's bound.
+fn record(batch: &mut super::Batch, sent: super::Sent, size: usize) -> u32 {
+    if batch.bytes.saturating_add(size) > batch.limit {
+        return invoker_abi::state::LIMIT;
+    }
+    batch.bytes += size;
+    batch.sent.push(sent);
+    invoker_abi::state::OK
+}
+
+unsafe extern "C" fn ctx_send(data: *const c_void, message: *const invoker_abi::Outgoing) -> u32 {
+    use invoker_abi::state::INVALID;
+    // SAFETY: as in `ctx_state_get`.
+    let Some((_, mut batch)) = (unsafe { stateful(data) }) else {
+        return INVALID;
+    };
+    // SAFETY: the library lends the message, and all it points to, for this call.
+    let Some(message) = (unsafe { message.as_ref() }) else {
+        return INVALID;
+    };
+    // SAFETY: as above.
+    let function_type = unsafe { lent_str(message.target.function_type) };
+    // SAFETY: as above.
+    let id = unsafe { lent_str(message.target.id) };
+    // SAFETY: as above.
+    let token = unsafe { lent_str(message.cancellation_token) };
+    // SAFETY: as above.
+    let value = unsafe { typed_value(&message.value) };
+    let (Some(function_type), Some(id), Some(token), Some(value)) =
+        (function_type, id, token, value)
+    else {
+        return INVALID;
+    };
+    if !super::is_typename(function_type) || id.is_empty() {
+        return INVALID;
+    }
+    let target = super::Address {
+        function_type: function_type.to_owned(),
+        id: id.to_owned(),
+    };
+    let size =
+        value.value.len() + value.typename.len() + function_type.len() + id.len() + token.len();
+    let sent = if message.delayed {
+        super::Sent::Delayed {
+            target,
+            value,
+            delay_millis: message.delay_millis,
+            cancellation_token: token.to_owned(),
+        }
+    } else {
+        super::Sent::Message { target, value }
+    };
+    record(&mut batch, sent, size)
+}
+
+unsafe extern "C" fn ctx_cancel(data: *const c_void, token: Slice) -> u32 {
+    // SAFETY: as in `ctx_state_get`.
+    let Some((_, mut batch)) = (unsafe { stateful(data) }) else {
+        return invoker_abi::state::INVALID;
+    };
+    // SAFETY: the library lends the token for this call.
+    match unsafe { lent_str(token) } {
+        Some(token) if !token.is_empty() => {
+            let sent = super::Sent::Cancel {
+                cancellation_token: token.to_owned(),
+            };
+            record(&mut batch, sent, token.len())
+        }
+        _ => invoker_abi::state::INVALID,
+    }
+}
+
+unsafe extern "C" fn ctx_egress(
+    data: *const c_void,
+    egress: Slice,
+    value: *const invoker_abi::TypedValue,
+) -> u32 {
+    use invoker_abi::state::INVALID;
+    // SAFETY: as in `ctx_state_get`.
+    let Some((_, mut batch)) = (unsafe { stateful(data) }) else {
+        return INVALID;
+    };
+    // SAFETY: the library lends the egress and the value for this call.
+    let egress = unsafe { lent_str(egress) };
+    // SAFETY: as above.
+    let value = unsafe { value.as_ref() }.and_then(|v| {
+        // SAFETY: as above.
+        unsafe { typed_value(v) }
+    });
+    let (Some(egress), Some(value)) = (egress, value) else {
+        return INVALID;
+    };
+    if !super::is_typename(egress) {
+        return INVALID;
+    }
+    let size = egress.len() + value.typename.len() + value.value.len();
+    let sent = super::Sent::Egress {
+        egress: egress.to_owned(),
+        value,
+    };
+    record(&mut batch, sent, size)
 }
 
 // ---------------------------------------------------------------------------------------------

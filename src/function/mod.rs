@@ -65,6 +65,136 @@ pub struct FunctionInfo {
     pub outputs: Vec<PortInfo>,
     /// Whether it takes the call's context.
     pub uses_context: bool,
+    /// For a stateful (Flink StateFun) function: its type and value specs.
+    pub stateful: Option<StatefulInfo>,
+}
+
+/// What makes a function a StateFun function.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatefulInfo {
+    /// Its type, `namespace/name`.
+    pub function_type: String,
+    /// The typenames of the messages it takes, exactly as declared (the input port's media
+    /// types, which the host otherwise lower-cases).
+    pub message_types: Vec<String>,
+    /// Its persisted values.
+    pub values: Vec<ValueSpecInfo>,
+}
+
+/// One persisted value a stateful function declares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValueSpecInfo {
+    /// The name.
+    pub name: String,
+    /// Its typename.
+    pub typename: String,
+    /// When it expires.
+    pub expiration: Expiration,
+}
+
+/// When a persisted value expires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiration {
+    /// Never.
+    Never,
+    /// This many milliseconds after its last write.
+    AfterWrite(u64),
+    /// This many milliseconds after the function's last invocation for its address.
+    AfterInvoke(u64),
+}
+
+/// A StateFun address.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Address {
+    /// The function type, `namespace/name`.
+    pub function_type: String,
+    /// The id.
+    pub id: String,
+}
+
+/// A StateFun value: typename and bytes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TypedValue {
+    /// The typename, `namespace/name`.
+    pub typename: String,
+    /// The bytes.
+    pub value: Bytes,
+}
+
+/// A message a stateful function sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sent {
+    /// Now.
+    Message {
+        /// Where to.
+        target: Address,
+        /// What.
+        value: TypedValue,
+    },
+    /// After a delay, with an optional cancellation token (empty for none).
+    Delayed {
+        /// Where to.
+        target: Address,
+        /// What.
+        value: TypedValue,
+        /// The delay in milliseconds.
+        delay_millis: u64,
+        /// The token that can cancel it; empty for none.
+        cancellation_token: String,
+    },
+    /// Cancel the delayed message with this token.
+    Cancel {
+        /// The token.
+        cancellation_token: String,
+    },
+    /// To an egress.
+    Egress {
+        /// The egress, `namespace/type`.
+        egress: String,
+        /// What.
+        value: TypedValue,
+    },
+}
+
+/// One persisted value during a batch: its current value and whether the batch changed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cell {
+    /// The value's name.
+    pub name: String,
+    /// The value, `None` when it has none.
+    pub value: Option<Bytes>,
+    /// Whether an invocation of the batch wrote or removed it.
+    pub changed: bool,
+}
+
+/// What a batch of invocations of one address shares: its persisted values, and everything
+/// its invocations sent, in order. Read by the protocol after the batch.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// The function's values, in declaration order.
+    pub cells: Vec<Cell>,
+    /// What the invocations sent, in order.
+    pub sent: Vec<Sent>,
+    /// Bytes held by `sent` and the changed cells: at most `limit`.
+    pub bytes: usize,
+    /// The bound on `bytes` (the response's size, roughly).
+    pub limit: usize,
+}
+
+/// The StateFun side of one invocation: its addresses and its batch.
+#[derive(Debug)]
+pub struct Stateful {
+    /// The function's address (the batch's target).
+    pub self_address: Address,
+    /// The sender's, when a function sent the message.
+    pub caller: Option<Address>,
+    /// The batch the invocation is in.
+    pub batch: Arc<std::sync::Mutex<Batch>>,
+}
+
+/// Whether `s` is `namespace/name` with both parts non-empty (a StateFun typename).
+pub fn is_typename(s: &str) -> bool {
+    matches!(s.rsplit_once('/'), Some((ns, name)) if !ns.is_empty() && !name.is_empty())
 }
 
 /// Header text: a name or a value. Text of up to 24 bytes (on 64-bit targets), as most header
@@ -235,6 +365,9 @@ pub struct CallContext {
     pub config: Arc<HashMap<String, String>>,
     /// Where custom metrics go.
     pub metrics: Option<Arc<dyn MetricSink>>,
+    /// The invocation's StateFun context, for a stateful function served by `invoker
+    /// statefun` (its state and messaging callbacks are lent only then).
+    pub stateful: Option<Stateful>,
 }
 
 impl CallContext {

@@ -20,6 +20,9 @@
 //!   [`FfiContext`] carrying a C waker vtable, so backpressure and cancellation (dropping a
 //!   stream releases it) hold and a library needs no async runtime of its own. A stream's
 //!   state may move between threads but is never used from two threads at once.
+//! - **Stateful functions** (Flink StateFun) are request/reply functions with a
+//!   [`StatefulDescriptor`] appended to their [`FunctionDescriptor`]; their state and messaging
+//!   cross as callbacks appended to [`HostContext`], null for calls without a StateFun context.
 //! - **Status codes** are plain `u32`s (see [`status`]), never Rust enums, so an unexpected
 //!   value is an error the host can report rather than undefined behaviour.
 
@@ -239,6 +242,141 @@ pub struct HostContext {
     pub deadline_millis: unsafe extern "C" fn(data: *const c_void) -> i64,
     /// Whether the call has been cancelled.
     pub is_cancelled: unsafe extern "C" fn(data: *const c_void) -> bool,
+    // Appended for stateful functions (Flink StateFun): read only when `size` covers them
+    // (`HostContext::STATEFUL_END`). A host sets them only for a call that has a StateFun
+    // context (`invoker statefun`); for any other call they are null.
+    /// Lends the current value of the function's value spec `name` in `out` (valid until the
+    /// next callback of this context or the end of the call). Returns a [`state`] code:
+    /// [`state::OK`] (present), [`state::ABSENT`] (no value), [`state::UNKNOWN`] (the function
+    /// declared no spec of that name).
+    pub state_get:
+        Option<unsafe extern "C" fn(data: *const c_void, name: Slice, out: *mut Slice) -> u32>,
+    /// Sets value spec `name` to `value` (the host copies it), or removes its value when
+    /// `value` is null. Returns [`state::OK`], [`state::UNKNOWN`] or [`state::LIMIT`].
+    pub state_set:
+        Option<unsafe extern "C" fn(data: *const c_void, name: Slice, value: *const Slice) -> u32>,
+    /// Writes the function's own address ([`address::SELF`]) or the caller's
+    /// ([`address::CALLER`]) into `out`, lent for the call; returns false when there is none
+    /// (a message from an ingress has no caller).
+    pub address:
+        Option<unsafe extern "C" fn(data: *const c_void, which: u32, out: *mut Address) -> bool>,
+    /// Sends a message (now, or after a delay); the host copies it. Returns [`state::OK`],
+    /// [`state::INVALID`] (a malformed address or typename) or [`state::LIMIT`].
+    pub send: Option<unsafe extern "C" fn(data: *const c_void, message: *const Outgoing) -> u32>,
+    /// Cancels the delayed message sent with cancellation token `token`. Returns
+    /// [`state::OK`] or [`state::INVALID`] (an empty token).
+    pub cancel: Option<unsafe extern "C" fn(data: *const c_void, token: Slice) -> u32>,
+    /// Sends `value` to the egress `egress` (`namespace/type`); the host copies it. Returns
+    /// [`state::OK`], [`state::INVALID`] or [`state::LIMIT`].
+    pub egress: Option<
+        unsafe extern "C" fn(data: *const c_void, egress: Slice, value: *const TypedValue) -> u32,
+    >,
+}
+
+impl HostContext {
+    /// The size of the fields every ABI version 1 context has (up to `is_cancelled`).
+    pub const V1_SIZE: usize = std::mem::offset_of!(HostContext, state_get);
+    /// Where the stateful callbacks end: a context at least this large has them all (each may
+    /// still be null, for a call without a StateFun context).
+    pub const STATEFUL_END: usize =
+        std::mem::offset_of!(HostContext, egress) + size_of::<Option<unsafe extern "C" fn()>>();
+}
+
+/// Result codes of the stateful callbacks of [`HostContext`].
+pub mod state {
+    /// Done; for `state_get`, the value is present.
+    pub const OK: u32 = 0;
+    /// `state_get`: the value spec has no value.
+    pub const ABSENT: u32 = 1;
+    /// The function declared no value spec of that name.
+    pub const UNKNOWN: u32 = 2;
+    /// The message, egress or token is malformed (the host says nothing more).
+    pub const INVALID: u32 = 3;
+    /// What the batch has sent and stored passed the host's bound on one response.
+    pub const LIMIT: u32 = 4;
+}
+
+/// Which address [`HostContext::address`] writes.
+pub mod address {
+    /// The function's own address (the batch's target).
+    pub const SELF: u32 = 0;
+    /// The address of the function that sent the message, if a function did.
+    pub const CALLER: u32 = 1;
+}
+
+/// A StateFun address: a function type and an id.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct Address {
+    /// The function type, `namespace/name`, UTF-8.
+    pub function_type: Slice,
+    /// The id, UTF-8.
+    pub id: Slice,
+}
+
+/// A StateFun value: its typename (`namespace/name`) and its bytes.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct TypedValue {
+    /// The typename, UTF-8.
+    pub typename: Slice,
+    /// The serialized value.
+    pub value: Slice,
+}
+
+/// A message a stateful function sends, lent to the host for the callback.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct Outgoing {
+    /// Where it goes.
+    pub target: Address,
+    /// What it carries.
+    pub value: TypedValue,
+    /// Whether it is a delayed message (sent after `delay_millis`).
+    pub delayed: bool,
+    /// The delay, for a delayed message.
+    pub delay_millis: u64,
+    /// A delayed message's cancellation token; empty for none.
+    pub cancellation_token: Slice,
+}
+
+/// StateFun expiration modes of a [`ValueSpec`].
+pub mod expiration {
+    /// The value never expires.
+    pub const NONE: u32 = 0;
+    /// The value expires `expire_after_millis` after it was last written.
+    pub const AFTER_WRITE: u32 = 1;
+    /// The value expires `expire_after_millis` after it was last read or written (the
+    /// function last invoked).
+    pub const AFTER_INVOKE: u32 = 2;
+}
+
+/// One persisted value a stateful function declares.
+#[repr(C)]
+#[derive(Debug)]
+pub struct ValueSpec {
+    /// The value's name, UTF-8.
+    pub name: Slice,
+    /// Its typename (`namespace/name`), UTF-8.
+    pub typename: Slice,
+    /// An [`expiration`] mode.
+    pub expiration_mode: u32,
+    /// The expiration's duration (0 with [`expiration::NONE`]).
+    pub expire_after_millis: u64,
+}
+
+/// What makes a function a StateFun function: its type and its value specs.
+#[repr(C)]
+#[derive(Debug)]
+pub struct StatefulDescriptor {
+    /// `size_of::<StatefulDescriptor>()` as the library knows it.
+    pub size: u32,
+    /// The function type, `namespace/name`, UTF-8.
+    pub function_type: Slice,
+    /// The persisted values it declares.
+    pub values: *const ValueSpec,
+    /// Number of values.
+    pub values_len: usize,
 }
 
 /// One input or output of a function.
@@ -304,7 +442,46 @@ pub struct FunctionDescriptor {
     pub invoke: Option<InvokeFn>,
     /// Entry point of a streaming function.
     pub open: Option<OpenFn>,
+    // Appended after ABI version 1's first fields: read only when `size` covers it.
+    /// For a StateFun function (a request/reply function whose input is the message's value,
+    /// its media types the typenames it takes, and that has no output): its type and value
+    /// specs. Null for any other function.
+    pub stateful: *const StatefulDescriptor,
 }
+
+impl FunctionDescriptor {
+    /// The size of the fields every ABI version 1 function descriptor has (up to `open`).
+    pub const V1_SIZE: usize = std::mem::offset_of!(FunctionDescriptor, stateful);
+}
+
+/// The fields every ABI version 1 [`FunctionDescriptor`] has, laid out as it starts: what a
+/// library built before `stateful` was appended exports (see [`LibraryDescriptorV1`]).
+#[repr(C)]
+#[derive(Debug)]
+pub struct FunctionDescriptorV1 {
+    /// As in [`FunctionDescriptor`].
+    pub size: u32,
+    /// As in [`FunctionDescriptor`].
+    pub shape: u32,
+    /// As in [`FunctionDescriptor`].
+    pub name: Slice,
+    /// As in [`FunctionDescriptor`].
+    pub inputs: *const Port,
+    /// As in [`FunctionDescriptor`].
+    pub inputs_len: usize,
+    /// As in [`FunctionDescriptor`].
+    pub outputs: *const Port,
+    /// As in [`FunctionDescriptor`].
+    pub outputs_len: usize,
+    /// As in [`FunctionDescriptor`].
+    pub uses_context: bool,
+    /// As in [`FunctionDescriptor`].
+    pub invoke: Option<InvokeFn>,
+    /// As in [`FunctionDescriptor`].
+    pub open: Option<OpenFn>,
+}
+
+const _: () = assert!(size_of::<FunctionDescriptorV1>() == FunctionDescriptor::V1_SIZE);
 
 /// Signature of the optional init hook: called once after loading, before any call, with the
 /// user configuration as key/value headers. Returns [`status::READY`] or an error status with
