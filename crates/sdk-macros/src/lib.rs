@@ -405,6 +405,7 @@ fn function_registration(
     entry: TokenStream2,
     inputs: TokenStream2,
     outputs: TokenStream2,
+    stateful: TokenStream2,
 ) -> TokenStream2 {
     let private = quote!(::invoker_sdk::private);
     let name = &names.name;
@@ -419,6 +420,7 @@ fn function_registration(
             uses_context: #uses_context,
             entry: #private::Entry::#entry,
             package: (::core::env!("CARGO_PKG_NAME"), ::core::env!("CARGO_PKG_VERSION")),
+            stateful: #stateful,
         }),
     )
 }
@@ -501,6 +503,7 @@ fn expand_request_reply(
         quote!(Invoke(#private::invoke_shim::<#marker>)),
         input_port,
         output_port,
+        quote!(::core::option::Option::None),
     );
     Ok(quote! {
         #item
@@ -619,6 +622,7 @@ fn expand_streaming(
         quote!(Open(#private::open_shim::<#marker>)),
         quote!(&[#(#input_ports),*]),
         quote!(&[#(#output_ports),*]),
+        quote!(::core::option::Option::None),
     );
     Ok(quote! {
         #item
@@ -640,6 +644,232 @@ fn expand_streaming(
                 ::core::result::Result::Ok(::std::vec![#(#wraps),*])
             }
         }
+
+        #registration
+    })
+}
+
+const STATEFUL_SUPPORTED: &str = "a stateful function is `#[statefun(type = \"namespace/name\", state = [SPEC, ...])] fn f(ctx: &invoker_sdk::statefun::Context, message: T)` returning nothing or `Result<(), E>` where E: Display; T is a StateFun value type (String, i32, i64, f32, f64, bool, Json<T: JsonType>, or a type of `bytes_type!`), and each SPEC a `const` `ValueSpec` (`state` may be left out)";
+
+/// Exports a stateful function (Flink StateFun), served by `invoker statefun`.
+///
+/// `#[statefun(type = "namespace/name", state = [SPEC, ...])]` on
+/// `fn f(ctx: &statefun::Context, message: T)` (returning nothing or `Result<(), E>`). See
+/// the `invoker_sdk::statefun` module.
+#[proc_macro_attribute]
+pub fn statefun(attr: TokenStream, item: TokenStream) -> TokenStream {
+    let item_fn = parse_macro_input!(item as ItemFn);
+    let expanded = StatefunArgs::parse(attr.into())
+        .and_then(|args| expand_statefun(&args, &item_fn))
+        .unwrap_or_else(|e| {
+            let error = e.to_compile_error();
+            quote! { #item_fn #error }
+        });
+    expanded.into()
+}
+
+/// What `#[statefun(...)]` says.
+struct StatefunArgs {
+    function_type: syn::LitStr,
+    state: Vec<syn::Path>,
+}
+
+impl StatefunArgs {
+    fn parse(attr: TokenStream2) -> syn::Result<StatefunArgs> {
+        let mut function_type = None;
+        let mut state: Option<Vec<syn::Path>> = None;
+        let parser = syn::meta::parser(|meta| {
+            if meta.path.is_ident("type") {
+                if function_type.is_some() {
+                    return Err(meta.error(format!("`type` is given twice; {STATEFUL_SUPPORTED}")));
+                }
+                let lit: syn::LitStr = meta.value()?.parse()?;
+                let value = lit.value();
+                let valid = matches!(value.rsplit_once('/'), Some((ns, name)) if !ns.is_empty() && !name.is_empty());
+                if !valid {
+                    return Err(syn::Error::new(
+                        lit.span(),
+                        format!(
+                            "a StateFun function type is `namespace/name` (e.g. \"example/greeter\"), not \"{value}\""
+                        ),
+                    ));
+                }
+                function_type = Some(lit);
+                Ok(())
+            } else if meta.path.is_ident("state") {
+                if state.is_some() {
+                    return Err(meta.error(format!("`state` is given twice: list every value spec in one `state = [...]`; {STATEFUL_SUPPORTED}")));
+                }
+                let array: syn::ExprArray = meta.value()?.parse()?;
+                let mut specs: Vec<syn::Path> = Vec::new();
+                for element in array.elems {
+                    let syn::Expr::Path(path) = element else {
+                        return Err(syn::Error::new(
+                            element.span(),
+                            format!(
+                                "`state` lists the `const`s that declare the value specs (`const SEEN: ValueSpec<i32> = ValueSpec::new(\"seen\");`), by name; {STATEFUL_SUPPORTED}"
+                            ),
+                        ));
+                    };
+                    let named = |p: &syn::Path| quote!(#p).to_string();
+                    if specs.iter().any(|s| named(s) == named(&path.path)) {
+                        return Err(syn::Error::new(
+                            path.span(),
+                            format!(
+                                "the value spec `{}` is listed twice: list each spec once",
+                                named(&path.path).replace(' ', "")
+                            ),
+                        ));
+                    }
+                    specs.push(path.path);
+                }
+                state = Some(specs);
+                Ok(())
+            } else {
+                Err(meta.error(format!("unknown argument; {STATEFUL_SUPPORTED}")))
+            }
+        });
+        syn::parse::Parser::parse2(parser, attr)?;
+        let Some(function_type) = function_type else {
+            return err(
+                Span::call_site(),
+                format!(
+                    "the function's StateFun type is missing: add `type = \"namespace/name\"`; {STATEFUL_SUPPORTED}"
+                ),
+            );
+        };
+        Ok(StatefunArgs {
+            function_type,
+            state: state.unwrap_or_default(),
+        })
+    }
+}
+
+/// A message type no StateFun function can take, and what to take instead.
+fn unsupported_message(ty: &Type) -> Option<String> {
+    if let Type::Reference(_) = ty {
+        return Some("a message cannot be borrowed (it does not outlive the call): take an owned type such as String".into());
+    }
+    let (name, args) = last_segment(ty)?;
+    match name.as_str() {
+        "Input" => Some("a stateful function takes one message per invocation, not a stream: take the message's type".into()),
+        "Vec" | "Bytes" => Some(format!("raw bytes need a typename: declare a bytes type with `invoker_sdk::bytes_type!(pub Blob = \"namespace/Blob\")` and take it instead of `{name}`")),
+        "Message" | "Form" => Some(format!("`{name}<T>` is a riff payload type: StateFun messages are typed values (String, i32, i64, f32, f64, bool, Json<T>)")),
+        "Option" if !args.is_empty() => Some("a stateful function always gets a message: take its type, not an Option".into()),
+        "u32" | "u64" | "u8" | "u16" | "i8" | "i16" | "usize" | "isize" | "u128" | "i128" | "char" | "str" => Some(format!("`{name}` has no StateFun type: take i32 (io.statefun.types/int), i64 (long), f32, f64, bool or String")),
+        _ => None,
+    }
+}
+
+fn expand_statefun(args: &StatefunArgs, item: &ItemFn) -> syn::Result<TokenStream2> {
+    let sig = &item.sig;
+    check_plain_fn(sig, STATEFUL_SUPPORTED)?;
+    let typed: Vec<&syn::PatType> = sig
+        .inputs
+        .iter()
+        .filter_map(|arg| match arg {
+            FnArg::Typed(pat_type) => Some(pat_type),
+            FnArg::Receiver(_) => None,
+        })
+        .collect();
+    let [ctx, message] = typed.as_slice() else {
+        return err(
+            sig.inputs.span(),
+            format!("a stateful function takes the context and one message; {STATEFUL_SUPPORTED}"),
+        );
+    };
+    if !is_context(&ctx.ty) {
+        return err(
+            ctx.ty.span(),
+            format!(
+                "the first parameter is `&invoker_sdk::statefun::Context`; {STATEFUL_SUPPORTED}"
+            ),
+        );
+    }
+    let message_ty = &*message.ty;
+    if let Some(why) = unsupported_message(message_ty) {
+        return err(message_ty.span(), format!("{why}; {STATEFUL_SUPPORTED}"));
+    }
+    let fallible = match &sig.output {
+        ReturnType::Default => false,
+        ReturnType::Type(_, ty) if is_unit(ty) => false,
+        ReturnType::Type(_, ty) => match result_ok_type(ty) {
+            Some(ok) if is_unit(ok) => true,
+            _ => {
+                return err(
+                    ty.span(),
+                    format!(
+                        "a stateful function returns nothing or `Result<(), E>`: it answers by sending (`ctx.send`, `ctx.egress`), not by returning; {STATEFUL_SUPPORTED}"
+                    ),
+                );
+            }
+        },
+    };
+    let ident = &sig.ident;
+    let names = Names::of(ident);
+    let marker = names.marker();
+    let sdk = quote!(::invoker_sdk);
+    let private = quote!(::invoker_sdk::private);
+    let statefun = quote!(::invoker_sdk::statefun);
+    let function_type = &args.function_type;
+    let specs = &args.state;
+    let finish = if fallible {
+        let fallible = quote_spanned!(return_span(&sig.output)=> #private::fallible(__ret));
+        quote!(#fallible?;)
+    } else {
+        quote!(let () = __ret;)
+    };
+    let spec_table = names.upper("__INVOKER_STATEFUL");
+    let registration = function_registration(
+        &names,
+        true,
+        quote!(Invoke(#private::invoke_shim::<#marker>)),
+        quote!(&[("message", &[<#message_ty as #statefun::ValueType>::TYPENAME])]),
+        quote!(&[]),
+        quote!(::core::option::Option::Some(&#spec_table)),
+    );
+    // A spec's type that is not a value type fails at `ValueSpec::new`, where it is declared.
+    Ok(quote! {
+        #item
+
+        #[doc(hidden)]
+        #[allow(non_camel_case_types)]
+        struct #marker;
+
+        impl #private::RequestReply for #marker {
+            const INPUT_MEDIA_TYPES: &'static [&'static str] =
+                &[<#message_ty as #statefun::ValueType>::TYPENAME];
+            const OUTPUT_MEDIA_TYPES: &'static [&'static str] = &[];
+
+            fn call(
+                __ctx: &#sdk::Context,
+                __input: ::core::option::Option<&#sdk::Payload<'_>>,
+                _: &'static str,
+            ) -> ::core::result::Result<::core::option::Option<#sdk::Outgoing>, #private::CallError> {
+                let __ctx = #statefun::Context::of(__ctx, #function_type)
+                    .map_err(#private::CallError::Function)?;
+                let __input = __input.ok_or_else(|| {
+                    #private::CallError::BadInput("Invoker: a stateful function needs a message".into())
+                })?;
+                let __arg: #message_ty = #statefun::decode_message(__input.bytes(), __input.media_type())
+                    .map_err(#private::CallError::BadInput)?;
+                let __ret = #ident(&__ctx, __arg);
+                #finish
+                ::core::result::Result::Ok(::core::option::Option::None)
+            }
+        }
+
+        #[doc(hidden)]
+        #[allow(non_upper_case_globals)]
+        static #spec_table: #statefun::StatefulSpec = #statefun::StatefulSpec {
+            function_type: #function_type,
+            values: {
+                const VALUES: &[#statefun::RawSpec] = &[#(#specs.raw()),*];
+                const _: () = #statefun::check_specs(VALUES);
+                const _: () = #statefun::check_typename(#function_type);
+                VALUES
+            },
+        };
 
         #registration
     })
@@ -857,6 +1087,137 @@ mod tests {
             .to_string();
         assert!(
             expanded.contains("static __INVOKER_INIT_LOOP :"),
+            "{expanded}"
+        );
+    }
+
+    fn statefun_error(attr: TokenStream2, item: ItemFn) -> String {
+        match StatefunArgs::parse(attr).and_then(|args| expand_statefun(&args, &item)) {
+            Ok(_) => panic!("expected an error"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn statefun_attribute_mistakes_say_what_to_do() {
+        let plain: ItemFn = parse_quote!(
+            fn f(ctx: &Context, s: String) {}
+        );
+        let cases: [(TokenStream2, &str); 6] = [
+            (quote!(), "the function's StateFun type is missing"),
+            (
+                quote!(type = "greeter"),
+                "a StateFun function type is `namespace/name`",
+            ),
+            (
+                quote!(type = "example/"),
+                "a StateFun function type is `namespace/name`",
+            ),
+            (
+                quote!(type = "example/g", state = [SEEN, SEEN]),
+                "the value spec `SEEN` is listed twice: list each spec once",
+            ),
+            (
+                quote!(type = "example/g", state = [SEEN], state = [LAST]),
+                "`state` is given twice",
+            ),
+            (
+                quote!(type = "example/g", states = [SEEN]),
+                "unknown argument",
+            ),
+        ];
+        for (attr, expected) in cases {
+            let message = statefun_error(attr, plain.clone());
+            assert!(message.starts_with(expected), "{message}");
+        }
+        let message = statefun_error(quote!(type = "example/g", state = ["seen"]), plain);
+        assert!(message.contains("by name"), "{message}");
+    }
+
+    #[test]
+    fn unsupported_stateful_signatures_say_what_to_do() {
+        let attr = || quote!(type = "example/g");
+        let cases: [(ItemFn, &str); 8] = [
+            (
+                parse_quote!(
+                    fn f(ctx: &Context, s: Vec<u8>) {}
+                ),
+                "raw bytes need a typename: declare a bytes type with `invoker_sdk::bytes_type!",
+            ),
+            (
+                parse_quote!(
+                    fn f(ctx: &Context, s: u32) {}
+                ),
+                "`u32` has no StateFun type",
+            ),
+            (
+                parse_quote!(
+                    fn f(ctx: &Context, s: &str) {}
+                ),
+                "a message cannot be borrowed",
+            ),
+            (
+                parse_quote!(
+                    fn f(ctx: &Context, s: Input<String>) {}
+                ),
+                "a stateful function takes one message per invocation",
+            ),
+            (
+                parse_quote!(
+                    fn f(s: String) {}
+                ),
+                "a stateful function takes the context and one message",
+            ),
+            (
+                parse_quote!(
+                    fn f(s: String, ctx: &Context) {}
+                ),
+                "the first parameter is `&invoker_sdk::statefun::Context`",
+            ),
+            (
+                parse_quote!(
+                    fn f(ctx: &Context, s: String) -> String {
+                        s
+                    }
+                ),
+                "a stateful function returns nothing or `Result<(), E>`",
+            ),
+            (
+                parse_quote!(
+                    async fn f(ctx: &Context, s: String) {}
+                ),
+                "`async fn` is not supported",
+            ),
+        ];
+        for (item, expected) in cases {
+            let message = statefun_error(attr(), item);
+            assert!(message.starts_with(expected), "{message}");
+            assert!(message.ends_with(STATEFUL_SUPPORTED), "{message}");
+        }
+    }
+
+    #[test]
+    fn a_stateful_function_registers_its_type_and_specs() {
+        let item: ItemFn = parse_quote!(
+            fn greeter(ctx: &Context, name: String) -> Result<(), String> {
+                Ok(())
+            }
+        );
+        let args =
+            StatefunArgs::parse(quote!(type = "example/greeter", state = [SEEN, specs::LAST]))
+                .unwrap();
+        let expanded = expand_statefun(&args, &item).unwrap().to_string();
+        assert!(
+            expanded.contains("function_type : \"example/greeter\""),
+            "{expanded}"
+        );
+        assert!(
+            expanded.contains("SEEN . raw () , specs :: LAST . raw ()"),
+            "{expanded}"
+        );
+        assert!(expanded.contains("check_specs"), "{expanded}");
+        assert!(
+            expanded.contains("Some (& __INVOKER_STATEFUL_GREETER)"),
             "{expanded}"
         );
     }

@@ -41,6 +41,11 @@ impl Context {
         Context { raw }
     }
 
+    /// The host's context, for the stateful view (`statefun::Context`).
+    pub(crate) fn host(&self) -> &HostContext {
+        self.raw()
+    }
+
     fn raw(&self) -> &HostContext {
         // SAFETY: `from_raw`'s contract: the host lends the context for as long as this
         // `Context` exists (it is only handed out by reference during one call).

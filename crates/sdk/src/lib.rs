@@ -228,7 +228,8 @@
 mod config;
 // The modules that cross the library boundary are the only ones with `unsafe`: the call's
 // context (the host's callbacks), the input streams and messages the host lends (`input`,
-// `lent`), the headers of a lent message, and the shims with the root symbol. Every block says why it is sound.
+// `lent`), the headers of a lent message, the state and messaging callbacks (`statefun`), and
+// the shims with the root symbol. Every block says why it is sound.
 #[allow(unsafe_code)]
 mod context;
 pub mod fan_out;
@@ -239,6 +240,9 @@ mod lent;
 #[allow(unsafe_code)]
 mod message;
 mod payload;
+// Stateful functions: the state and messaging callbacks the host lends.
+#[allow(unsafe_code)]
+pub mod statefun;
 pub mod time;
 
 #[doc(hidden)]
@@ -249,7 +253,7 @@ pub use bytes::Bytes;
 pub use config::Config;
 pub use context::Context;
 pub use input::Input;
-pub use invoker_sdk_macros::{function, init, shutdown};
+pub use invoker_sdk_macros::{function, init, shutdown, statefun};
 pub use message::{Headers, Message};
 pub use payload::{
     APPLICATION_JSON, FORM_URLENCODED, Form, FromPayload, IntoPayload, Json, OCTET_STREAM,

@@ -18,8 +18,8 @@ use async_ffi::FfiContext;
 use futures_util::Stream;
 use invoker_abi::{
     ABI_VERSION, FunctionDescriptor, Header, HostContext, InMessage, InputStream, InvokeFn,
-    LibraryDescriptor, OpenFn, OutMessage, OutputStream, PANIC_LOCATION, Port, Slice, shape,
-    status,
+    LibraryDescriptor, OpenFn, OutMessage, OutputStream, PANIC_LOCATION, Port, Slice,
+    StatefulDescriptor, ValueSpec, expiration, shape, status,
 };
 
 pub use linkme;
@@ -47,6 +47,8 @@ pub struct FunctionSpec {
     pub entry: Entry,
     /// The package (crate) the function is in, and its version.
     pub package: (&'static str, &'static str),
+    /// For a stateful function (`#[statefun]`): its StateFun type and value specs.
+    pub stateful: Option<&'static crate::statefun::StatefulSpec>,
 }
 
 /// A function's entry point.
@@ -710,6 +712,8 @@ pub unsafe extern "C" fn open_shim<H: Streaming>(
 /// The descriptors, built once from [`FUNCTIONS`]; kept for the life of the library.
 struct Descriptors {
     library: LibraryDescriptor,
+    _stateful: Vec<Box<StatefulDescriptor>>,
+    _value_specs: Vec<Vec<ValueSpec>>,
     _pointers: Vec<*const FunctionDescriptor>,
     _functions: Vec<FunctionDescriptor>,
     _ports: Vec<Vec<Port>>,
@@ -726,6 +730,8 @@ fn build_descriptors() -> Descriptors {
     let mut media_types = Vec::new();
     let mut ports = Vec::new();
     let mut functions = Vec::new();
+    let mut stateful = Vec::new();
+    let mut value_specs = Vec::new();
     let mut port_list = |list: &'static [(&'static str, &'static [&'static str])]| {
         let port_vec: Vec<Port> = list
             .iter()
@@ -751,6 +757,22 @@ fn build_descriptors() -> Descriptors {
             Entry::Invoke(f) => (shape::REQUEST_REPLY, Some(f), None),
             Entry::Open(f) => (shape::STREAMING, None, Some(f)),
         };
+        let stateful_ptr = match spec.stateful {
+            Some(spec) => {
+                let values: Vec<ValueSpec> = spec.values.iter().map(value_spec).collect();
+                let descriptor = Box::new(StatefulDescriptor {
+                    size: size_of::<StatefulDescriptor>() as u32,
+                    function_type: Slice::from_str(spec.function_type),
+                    values: values.as_ptr(),
+                    values_len: values.len(),
+                });
+                let ptr: *const StatefulDescriptor = &*descriptor;
+                value_specs.push(values);
+                stateful.push(descriptor);
+                ptr
+            }
+            None => std::ptr::null(),
+        };
         functions.push(FunctionDescriptor {
             size: size_of::<FunctionDescriptor>() as u32,
             shape,
@@ -762,6 +784,7 @@ fn build_descriptors() -> Descriptors {
             uses_context: spec.uses_context,
             invoke,
             open,
+            stateful: stateful_ptr,
         });
     }
     // The library's package: its functions' (the first one's, should a dependency export
@@ -784,10 +807,29 @@ fn build_descriptors() -> Descriptors {
     };
     Descriptors {
         library,
+        _stateful: stateful,
+        _value_specs: value_specs,
         _pointers: pointers,
         _functions: functions,
         _ports: ports,
         _media_types: media_types,
+    }
+}
+
+/// A value spec as the ABI describes it.
+fn value_spec(spec: &crate::statefun::RawSpec) -> ValueSpec {
+    use crate::statefun::Expiration;
+    let millis = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    let (expiration_mode, expire_after_millis) = match spec.expiration {
+        Expiration::Never => (expiration::NONE, 0),
+        Expiration::AfterWrite(d) => (expiration::AFTER_WRITE, millis(d)),
+        Expiration::AfterInvoke(d) => (expiration::AFTER_INVOKE, millis(d)),
+    };
+    ValueSpec {
+        name: Slice::from_str(spec.name),
+        typename: Slice::from_str(spec.typename),
+        expiration_mode,
+        expire_after_millis,
     }
 }
 
