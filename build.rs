@@ -43,5 +43,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .extern_path(".streaming", "crate::proto::streaming")
         .extern_path(".invoker.admin.v1", "crate::proto::admin")
         .compile_fds(fds)?;
+    // Flink StateFun's remote function protocol (`invoker statefun`): messages only, not
+    // served over gRPC, so kept out of the reflection descriptor set above.
+    let statefun = [
+        "proto/statefun/request-reply.proto",
+        "proto/statefun/types.proto",
+        "proto/statefun/kafka-egress.proto",
+    ];
+    for proto in statefun {
+        println!("cargo:rerun-if-changed={proto}");
+    }
+    let statefun_fds = protox::compile(statefun, ["proto/statefun"])?;
+    tonic_prost_build::configure()
+        .build_client(false)
+        .build_server(false)
+        .bytes(".")
+        .compile_fds(statefun_fds)?;
     Ok(())
 }

@@ -17,6 +17,22 @@ pub mod admin {
     tonic::include_proto!("invoker.admin.v1");
 }
 
+/// Flink StateFun's remote function protocol (`invoker statefun`; proto/statefun/).
+pub mod statefun {
+    /// `io.statefun.sdk.reqreply`: `ToFunction` and `FromFunction`.
+    pub mod reqreply {
+        tonic::include_proto!("io.statefun.sdk.reqreply");
+    }
+    /// `io.statefun.sdk.types`: the wrappers of the built-in types.
+    pub mod types {
+        tonic::include_proto!("io.statefun.sdk.types");
+    }
+    /// `io.statefun.sdk.egress`: the Kafka egress's record.
+    pub mod egress {
+        tonic::include_proto!("io.statefun.sdk.egress");
+    }
+}
+
 /// The encoded descriptors of the protos served on the gRPC port (function.proto and
 /// riff.proto; not admin.proto, whose service is on the Unix socket), for reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptor.bin"));

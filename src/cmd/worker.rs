@@ -310,6 +310,9 @@ impl Serving {
             call,
             headers,
             config: self.config.clone(),
+            // StateFun's state callbacks do not cross the channel: `invoker statefun` serves
+            // in process only.
+            stateful: None,
         }
     }
 

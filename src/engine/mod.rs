@@ -129,6 +129,19 @@ impl Engine {
         &self.inner.function
     }
 
+    /// Runs one invocation of a stateful function for `invoker statefun`: `message` is the
+    /// invocation's value (its `media_type` the index of its typename among the function's
+    /// message types), `stateful` its StateFun context. The same path as a request/reply
+    /// call's (inline or on a function thread); a failure is the status the batch fails with.
+    pub async fn invoke_stateful(
+        &self,
+        meta: CallMeta,
+        message: crate::function::InputMessage,
+        stateful: crate::function::Stateful,
+    ) -> Result<(), Status> {
+        self.for_call(meta).invoke_stateful(message, stateful).await
+    }
+
     /// Runs one `MessageFunction/Call`: messages in, messages out, in the function's shape.
     pub fn call(&self, inbound: InboundStream, meta: CallMeta) -> OutboundStream {
         self.call_ending(inbound, meta, false)
@@ -197,6 +210,7 @@ impl Call {
             headers,
             config: self.inner.config.clone(),
             metrics: Some(self.inner.stats.clone()),
+            stateful: None,
         }
     }
 }

@@ -12,7 +12,7 @@ use super::message::{header_text, outbound};
 use super::{
     CALL_DEFAULT_CONTENT_TYPE, Call, Inbound, InboundStream, Outbound, OutboundStream, status,
 };
-use crate::function::InputMessage;
+use crate::function::{CallContext, FunctionError, InputMessage, OutputMessage, Stateful};
 use crate::negotiate::{self, Chosen};
 
 impl Call {
@@ -63,19 +63,31 @@ impl Call {
         };
         let ctx = self.context(headers);
         let index = chosen.as_ref().map_or(0, |c| c.index);
+        let output = self.run(ctx, input, index).await?;
+        let output = output.map_err(|e| self.failed(e))?;
+        Ok(output.map(|out| {
+            let content_type = chosen.map_or_else(|| Arc::from(""), |c| self.content_type(0, &c));
+            outbound(out, content_type, correlation)
+        }))
+    }
+
+    /// Runs the function once with `ctx` and `input`, inline or on a function thread: the one
+    /// path by which every request/reply invocation reaches the library. The outer error is
+    /// the engine's (the pool is full, the caller gave up); the inner one the function's.
+    async fn run(
+        &self,
+        ctx: CallContext,
+        input: Option<InputMessage>,
+        index: usize,
+    ) -> Result<Result<Option<OutputMessage>, FunctionError>, Status> {
         if let Some(workers) = self.inner.function.workers() {
             // In a worker process: the async runtime waits for the reply, no thread blocks.
-            let output = match self.inner.function.check_invoke(input.as_ref()) {
+            return Ok(match self.inner.function.check_invoke(input.as_ref()) {
                 Ok(()) => workers.invoke(&ctx, input.as_ref(), index).await,
                 Err(e) => Err(e),
-            };
-            let output = output.map_err(|e| self.failed(e))?;
-            return Ok(output.map(|out| {
-                let content_type =
-                    chosen.map_or_else(|| Arc::from(""), |c| self.content_type(0, &c));
-                outbound(out, content_type, correlation)
-            }));
+            });
         }
+        let info = self.inner.function.info();
         let function = self.inner.function.clone();
         let inline = self
             .inner
@@ -120,13 +132,25 @@ impl Call {
                 "a call took over 1 ms: the function's calls run on function threads until it is fast again"
             );
         }
-        let output = output.map_err(|e| self.failed(e))?;
-        Ok(output.map(|out| {
-            let content_type = chosen.map_or_else(|| Arc::from(""), |c| self.content_type(0, &c));
-            outbound(out, content_type, correlation)
-        }))
+        Ok(output)
     }
 
+    /// Runs one invocation of a stateful function (`invoker statefun`): `message` is the
+    /// invocation's value, its media type the index of its typename among the function's;
+    /// `stateful` the invocation's StateFun context, whose batch collects what it changes and
+    /// sends. A failure is the status the batch fails with.
+    pub(crate) async fn invoke_stateful(
+        &self,
+        message: InputMessage,
+        stateful: Stateful,
+    ) -> Result<(), Status> {
+        let mut ctx = self.context(Vec::new());
+        ctx.stateful = Some(stateful);
+        match self.run(ctx, Some(message), 0).await? {
+            Ok(_) => Ok(()),
+            Err(e) => Err(self.failed(e)),
+        }
+    }
     /// A request/reply function as an at-most-one stream.
     pub(crate) fn at_most_one(&self, inbound: InboundStream) -> OutboundStream {
         let engine = self.clone();

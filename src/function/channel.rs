@@ -340,6 +340,8 @@ impl Reader {
             inputs,
             outputs,
             uses_context,
+            // Not sent: `invoker statefun` serves in process only.
+            stateful: None,
         })
     }
 }
