@@ -63,6 +63,10 @@ pub enum Command {
     Reload(ReloadArgs),
     /// Measure the invoker against a bare tonic echo server, side by side (see BENCHMARKS.md).
     Bench(BenchArgs),
+    /// Serve a library's stateful functions to an Apache Flink StateFun cluster (its remote
+    /// function endpoint: POST /statefun).
+    #[command(after_help = LOG_HELP)]
+    Statefun(StatefunArgs),
     /// The bare tonic echo server `invoker bench` compares against.
     #[command(hide = true)]
     ReferenceEcho(ReferenceArgs),
@@ -525,6 +529,72 @@ pub struct LimitArgs {
     /// Seconds a keepalive ping's answer may take before the connection is closed.
     #[arg(long, env = "KEEPALIVE_TIMEOUT", default_value = "20", value_parser = parse_positive_seconds, value_name = "SECONDS")]
     pub keepalive_timeout: Duration,
+}
+
+/// `invoker statefun`.
+#[derive(Debug, Args)]
+pub struct StatefunArgs {
+    /// The library: file:///abs/path/libname.so, or a path to it. Every stateful function
+    /// (`#[statefun]`) in it is served, by its StateFun type.
+    #[arg(
+        long = "function-uri",
+        short = 'f',
+        env = "FUNCTION_URI",
+        value_name = "URI"
+    )]
+    pub function_uri: String,
+
+    /// The HTTP port (0 picks a free one, printed at start).
+    #[arg(long, env = "STATEFUN_PORT", default_value_t = 8000)]
+    pub port: u16,
+
+    /// The host or address to bind.
+    #[arg(long, env = "HOST", default_value = "127.0.0.1")]
+    pub host: String,
+
+    /// Seconds that batches in flight may run on after SIGTERM before they end with 503.
+    #[arg(long = "grace-period", env = "GRACE_PERIOD", default_value = "10", value_parser = parse_seconds, value_name = "SECONDS")]
+    pub grace_period: Duration,
+
+    /// A JSON file of user configuration (key/value) for the functions' Context and init hook.
+    #[arg(long, env = "FUNCTION_CONFIG_FILE", value_name = "FILE")]
+    pub config: Option<std::path::PathBuf>,
+
+    /// User configuration as a JSON object; its keys override the --config file's.
+    #[arg(long, env = "FUNCTION_CONFIG", value_name = "JSON")]
+    pub function_config: Option<String>,
+
+    /// The largest request body in bytes (413 past it), and the most one batch may store and
+    /// send (the batch fails past it).
+    #[arg(long, env = "MAX_REQUEST_BYTES", default_value_t = 32 << 20, value_parser = clap::value_parser!(u64).range(1024..=(1 << 31)))]
+    pub max_request_bytes: u64,
+
+    /// Batches in flight at once; past this, a batch is answered 503 (the cluster retries).
+    #[arg(long, env = "MAX_CALLS", value_name = "N", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_calls: u32,
+
+    /// Invocations running in a function at once, each on a function thread (default: 16 per
+    /// CPU).
+    #[arg(long, env = "MAX_CONCURRENCY", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrency: Option<u32>,
+
+    /// Invocations waiting for a function thread (default: 4 per --max-concurrency); past
+    /// this, a batch is answered 503.
+    #[arg(long, env = "MAX_QUEUED", value_name = "N")]
+    pub max_queued: Option<u32>,
+
+    /// Connections open at once; more wait in the listen backlog.
+    #[arg(long, env = "MAX_CONNECTIONS", value_name = "N", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+
+    /// Seconds a connection has to send a request head after it opens or after the previous
+    /// response (so also how long it may idle), before it is closed.
+    #[arg(long, env = "HEADER_TIMEOUT", default_value = "60", value_parser = parse_positive_seconds, value_name = "SECONDS")]
+    pub header_timeout: Duration,
+
+    /// Seconds a request's body may take to arrive (408 past it).
+    #[arg(long, env = "BODY_TIMEOUT", default_value = "30", value_parser = parse_positive_seconds, value_name = "SECONDS")]
+    pub body_timeout: Duration,
 }
 
 /// Parses a positive number of seconds.

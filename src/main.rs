@@ -31,6 +31,7 @@ fn main() -> ExitCode {
         Command::Status(args) => cmd::admin::status(args),
         Command::Reload(args) => cmd::admin::reload(args),
         Command::Bench(args) => cmd::bench::bench(args),
+        Command::Statefun(args) => cmd::statefun::statefun(args),
         Command::ReferenceEcho(args) => cmd::bench::reference_echo(args),
         Command::Worker(args) => cmd::worker::worker(args),
     };

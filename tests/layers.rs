@@ -24,6 +24,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "server::admin",
             "server::metrics",
             "server::openwhisk",
+            "server::statefun",
         ],
     ),
     (

@@ -20,6 +20,7 @@ pub mod openwhisk;
 pub mod riff;
 pub mod socket;
 pub mod socket_file;
+pub mod statefun;
 pub mod wire;
 
 use std::sync::Arc;

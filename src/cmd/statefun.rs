@@ -1,0 +1,107 @@
+//! `invoker statefun`: load the library and run its init hook, then serve every stateful
+//! function in it to a Flink StateFun cluster (`server::statefun`) until SIGTERM and the
+//! drain; then the shutdown hook.
+//!
+//! Each stateful function gets an engine of its own (the request/reply machinery, blocking
+//! policy and counters), all sharing one pool of function threads and one `Stats`. There is
+//! no reload: a StateFun endpoint is replaced by rolling the deployment.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use tokio_util::sync::CancellationToken;
+
+use super::Exit;
+use crate::cli::StatefunArgs;
+use crate::engine::Engine;
+use crate::engine::pool::{Limits, Pool};
+use crate::function::Library;
+use crate::function::uri::FunctionUri;
+use crate::server::drain::Calls;
+use crate::server::statefun::{Functions, StatefunOptions, serve_statefun};
+use crate::stats::Stats;
+
+/// `invoker statefun`.
+pub fn statefun(args: StatefunArgs) -> anyhow::Result<Exit> {
+    super::install_crash_handler();
+    let uri = FunctionUri::parse(&args.function_uri)?;
+    let config = crate::config::load(args.config.as_deref(), args.function_config.as_deref())?;
+    let library = Library::load(&uri.path)?;
+    let pairs: Vec<(String, String)> = config.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    library
+        .init(&pairs)
+        .map_err(|e| anyhow::anyhow!("the init hook of {} failed: {e}", uri.path.display()))?;
+    let stats = Arc::new(Stats::new());
+    let mut limits = match args.max_concurrency {
+        Some(n) => Limits::with_max_running(n as usize),
+        None => Limits::default_for_this_machine(),
+    };
+    if let Some(queued) = args.max_queued {
+        limits.max_queued = queued as usize;
+    }
+    let pool = Arc::new(Pool::new(limits, stats.clone()));
+    let config = Arc::new(config);
+    let instance_id = super::serve::instance_id();
+    let mut functions = Functions::default();
+    for name in library.handlers() {
+        let function = library.function(Some(name))?;
+        let engine = Engine::new(
+            function,
+            &instance_id,
+            config.clone(),
+            stats.clone(),
+            pool.clone(),
+        );
+        functions.add(engine);
+    }
+    if functions.is_empty() {
+        library.shutdown();
+        anyhow::bail!(
+            "{} has no stateful functions (#[invoker_sdk::statefun]): serve its functions with `invoker serve`",
+            uri.path.display()
+        );
+    }
+    tracing::info!(
+        library = %uri.path.display(),
+        sdk = %library.sdk_version(),
+        functions = ?functions.types(),
+        "stateful functions loaded"
+    );
+    let options = StatefunOptions {
+        max_connections: args.max_connections as usize,
+        header_timeout: args.header_timeout,
+        body_timeout: args.body_timeout,
+        max_request_bytes: usize::try_from(args.max_request_bytes).unwrap_or(usize::MAX),
+        grace: args.grace_period,
+    };
+    let terminate = CancellationToken::new();
+    super::serve::watch_for_termination(terminate.clone(), args.grace_period)?;
+    let runtime = crate::engine::runtime().context("cannot start the async runtime")?;
+    let functions = Arc::new(functions);
+    let served = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
+            .await
+            .map_err(|e| {
+                let hint = match e.kind() {
+                    std::io::ErrorKind::AddrInUse => {
+                        "; choose another port with --port or STATEFUN_PORT (0 picks a free one)"
+                    }
+                    _ => "",
+                };
+                anyhow::anyhow!("cannot listen on {}:{}: {e}{hint}", args.host, args.port)
+            })?;
+        let calls = Arc::new(Calls::with_max(args.max_calls as usize));
+        serve_statefun(
+            listener,
+            functions,
+            calls,
+            options,
+            terminate.cancelled_owned(),
+        )
+        .await
+    });
+    runtime.shutdown_timeout(std::time::Duration::from_millis(300));
+    library.shutdown();
+    crate::function::flush_panic_log();
+    served.map(|()| Exit::SUCCESS)
+}
