@@ -411,7 +411,7 @@ fn profile_stores_json_under_its_typename_and_refuses_a_negative_age() {
             "example/profile",
             "p",
             &[("person", Value::Null)],
-            &[person.clone()],
+            std::slice::from_ref(&person),
         ))
         .unwrap();
     assert_eq!(greets(&from), ["Ann is 30"]);

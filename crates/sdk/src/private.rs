@@ -712,6 +712,9 @@ pub unsafe extern "C" fn open_shim<H: Streaming>(
 /// The descriptors, built once from [`FUNCTIONS`]; kept for the life of the library.
 struct Descriptors {
     library: LibraryDescriptor,
+    // Boxed: each descriptor's address is handed out as it is made, before the vector is
+    // complete, so it must not move when the vector grows.
+    #[allow(clippy::vec_box)]
     _stateful: Vec<Box<StatefulDescriptor>>,
     _value_specs: Vec<Vec<ValueSpec>>,
     _pointers: Vec<*const FunctionDescriptor>,
