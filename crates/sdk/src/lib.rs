@@ -172,6 +172,27 @@
 //! With several hooks of a kind in one library, all run, in link order; init stops at the
 //! first error.
 //!
+//! # Stateful functions (Flink StateFun)
+//! [`#[invoker_sdk::statefun]`](macro@statefun) exports a function for Apache Flink Stateful
+//! Functions, served by `invoker statefun`: addressed by type and id, with persisted values
+//! (typed [`ValueSpec`](statefun::ValueSpec)s with expiration), messages to other functions,
+//! delayed messages with cancellation, and egress. See the [`statefun`](mod@statefun) module
+//! for a complete example.
+//!
+//! ```
+//! use invoker_sdk::statefun::{Context, ValueSpec};
+//!
+//! const SEEN: ValueSpec<i32> = ValueSpec::new("seen");
+//!
+//! #[invoker_sdk::statefun(type = "example/greeter", state = [SEEN])]
+//! fn greeter(ctx: &Context, name: String) -> Result<(), String> {
+//!     let seen = ctx.get(&SEEN).map_err(|e| e.to_string())?.unwrap_or(0) + 1;
+//!     ctx.set(&SEEN, &seen);
+//!     ctx.egress("example/greets", &format!("Hello {name}, visit {seen}"));
+//!     Ok(())
+//! }
+//! ```
+//!
 //! # Unsupported signatures
 //! Anything else is a compile error that lists the supported signatures (and, for a payload
 //! type, the supported types: see [`FromPayload`] and [`IntoPayload`]). An exported function is

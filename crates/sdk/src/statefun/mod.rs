@@ -3,7 +3,7 @@
 //! A StateFun function is addressed by its type (`namespace/name`) and an id; the cluster
 //! keeps each address's persisted values, delivers messages to it one at a time, and applies
 //! what the function changed once it returns. A function declares its type and its value
-//! specs with [`#[invoker_sdk::statefun]`](crate::statefun), takes a [`&Context`](Context)
+//! specs with [`#[invoker_sdk::statefun]`](macro@crate::statefun), takes a [`&Context`](Context)
 //! and the message, and reads and writes its state, sends messages (now, or after a delay
 //! that can be cancelled) and sends to egresses through the context.
 //!
