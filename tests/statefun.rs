@@ -400,6 +400,17 @@ fn session_remembers_the_previous_string_and_forgets() {
     assert_eq!(mutations.len(), 1, "{mutations:?}");
     assert_eq!(mutations[0]["mutation_type"], "DELETE");
     assert_eq!(mutations[0]["state_name"], "last");
+    // An empty value sent as has_value false is no value (not an empty string).
+    let empty = json!({"typename": "io.statefun.types/string", "has_value": false});
+    let from = endpoint
+        .batch(&batch(
+            "example/session",
+            "s",
+            &[("last", empty)],
+            &[string("x")],
+        ))
+        .unwrap();
+    assert_eq!(greets(&from), ["previous: none"]);
 }
 
 #[test]
@@ -500,6 +511,17 @@ fn a_panic_is_500_with_its_message_and_no_mutation() {
         .unwrap_err();
     assert_eq!(status, 500);
     assert!(text.contains("'i' is not declared"), "{text}");
+}
+
+#[test]
+fn a_value_read_but_not_written_is_no_mutation() {
+    let probe = probe();
+    let five = json!({"typename": "io.statefun.types/int", "int": 5});
+    let from = probe
+        .batch(&batch("probe/reader", "r", &[("i", five)], &[string("a")]))
+        .unwrap();
+    assert_eq!(egresses(&from), [("probe/read".to_owned(), json!(5))]);
+    assert!(mutations(&from).is_empty(), "{from}");
 }
 
 #[test]
