@@ -7,8 +7,8 @@ pub mod openwhisk;
 pub mod run;
 pub mod scaffold;
 pub mod serve;
-pub mod worker;
 pub mod statefun;
+pub mod worker;
 
 /// A subcommand's exit code, the one type every `cmd` entry point returns: 0, 1, or the gRPC
 /// code a call or reload ended with (`invoker call`, `status`, `reload`, `run`).

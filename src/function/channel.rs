@@ -361,6 +361,7 @@ mod tests {
             }],
             outputs: vec![],
             uses_context: true,
+            stateful: None,
         };
         let frame = Frame::new(to_host::HELLO, 7)
             .info(&info)
