@@ -202,37 +202,16 @@ impl Live {
         isolation: Option<WorkerOptions>,
     ) -> Result<Live, LiveError> {
         if let Some(options) = isolation {
-            let config = Arc::new(config);
-            let workers = start_workers(
-                path,
-                &Select::from(handler),
-                &config,
+            return Live::start_in_workers(
+                worker::Source::File(path.to_path_buf()),
+                Select::from(handler).into(),
                 Named::Uri,
                 instance_id,
-                &options,
-            )?;
-            let current = workers_current(&workers, 1);
-            stats.set_generation(1);
-            let watch = workers.watch();
-            let engine = Engine::new(
-                Function::in_workers(workers),
-                instance_id,
-                config.clone(),
-                stats.clone(),
-                pool.clone(),
-            );
-            return Ok(Live {
-                engine: RwLock::new((engine, current)),
-                libraries: Mutex::new(Vec::new()),
-                reloading: Mutex::new(()),
-                generations: AtomicU64::new(1),
-                instance_id: instance_id.into(),
                 config,
                 stats,
                 pool,
-                isolation: Some(options),
-                worker_sets: Mutex::new(vec![watch]),
-            });
+                options,
+            );
         }
         let library = Library::load(path).map_err(|error| LiveError::Load {
             error,
@@ -248,6 +227,48 @@ impl Live {
             stats,
             pool,
         )
+    }
+
+    /// Starts worker processes (`--isolation process`) on `source`'s library and serves
+    /// `select` of it there; this process never loads the library. `named` says where the
+    /// library and handler were named, for the advice in an error.
+    #[allow(clippy::too_many_arguments)]
+    pub fn start_in_workers(
+        source: worker::Source,
+        select: worker::Select,
+        named: Named,
+        instance_id: &str,
+        config: HashMap<String, String>,
+        stats: Arc<Stats>,
+        pool: Arc<Pool>,
+        options: WorkerOptions,
+    ) -> Result<Live, LiveError> {
+        let config = Arc::new(config);
+        let workers = start_workers(source, select, &config, named, instance_id, &options)?;
+        let current = workers_current(&workers, 1);
+        stats.set_generation(1);
+        stats.watch_workers(options.monitor.subscribe());
+        workers.make_current();
+        let watch = workers.watch();
+        let engine = Engine::new(
+            Function::in_workers(workers),
+            instance_id,
+            config.clone(),
+            stats.clone(),
+            pool.clone(),
+        );
+        Ok(Live {
+            engine: RwLock::new((engine, current)),
+            libraries: Mutex::new(Vec::new()),
+            reloading: Mutex::new(()),
+            generations: AtomicU64::new(1),
+            instance_id: instance_id.into(),
+            config,
+            stats,
+            pool,
+            isolation: Some(options),
+            worker_sets: Mutex::new(vec![watch]),
+        })
     }
 
     /// As [`Live::start`], for a library already loaded (from bytes: OpenWhisk's `/init`);
@@ -296,7 +317,13 @@ impl Live {
 
     /// The worker processes serving new calls, with `--isolation process`.
     pub fn workers(&self) -> Option<WorkerStats> {
-        self.engine().function().workers().map(Workers::stats)
+        self.isolation.as_ref().map(|o| o.monitor.stats())
+    }
+
+    /// With `--isolation process`: the workers' counters, sent again each time a worker of
+    /// the set serving new calls goes up or down (health watches it).
+    pub fn watch_workers(&self) -> Option<tokio::sync::watch::Receiver<WorkerStats>> {
+        self.isolation.as_ref().map(|o| o.monitor.subscribe())
     }
 
     /// The engine for a new call.
@@ -338,8 +365,8 @@ impl Live {
         let (function, current) = match &self.isolation {
             Some(options) => {
                 let workers = start_workers(
-                    path,
-                    &selection,
+                    worker::Source::File(path.to_path_buf()),
+                    (&selection).into(),
                     &self.config,
                     named,
                     &self.instance_id,
@@ -369,7 +396,11 @@ impl Live {
             self.stats.clone(),
             self.pool.clone(),
         );
+        let workers = engine.function().workers().cloned();
         *write(&self.engine) = (engine, current.clone());
+        if let Some(workers) = workers {
+            workers.make_current();
+        }
         self.generations.store(generation, Ordering::Release);
         self.stats.reloaded(generation);
         tracing::info!(
@@ -433,22 +464,18 @@ fn prepare(
     Ok((Arc::new(library), function))
 }
 
-/// Starts worker processes on `path`'s library (`--isolation process`).
+/// Starts worker processes on `source`'s library (`--isolation process`).
 fn start_workers(
-    path: &Path,
-    selection: &Select,
+    source: worker::Source,
+    select: worker::Select,
     config: &HashMap<String, String>,
     named: Named,
     instance_id: &str,
     options: &WorkerOptions,
 ) -> Result<Workers, LiveError> {
     let spec = StartSpec {
-        source: worker::Source::File(path.to_path_buf()),
-        select: match selection {
-            Select::Named(name) => worker::Select::Named(name.clone()),
-            Select::Only => worker::Select::Only,
-            Select::PreferNamed(name) => worker::Select::PreferNamed(name.clone()),
-        },
+        source,
+        select,
         config: config::pairs(config),
         instance_id: instance_id.to_owned(),
         named: match named {
@@ -498,6 +525,22 @@ enum Select {
     Only,
     /// This handler if the library has it, else its only function.
     PreferNamed(String),
+}
+
+impl From<&Select> for worker::Select {
+    fn from(select: &Select) -> worker::Select {
+        match select {
+            Select::Named(name) => worker::Select::Named(name.clone()),
+            Select::Only => worker::Select::Only,
+            Select::PreferNamed(name) => worker::Select::PreferNamed(name.clone()),
+        }
+    }
+}
+
+impl From<Select> for worker::Select {
+    fn from(select: Select) -> worker::Select {
+        (&select).into()
+    }
 }
 
 impl From<Option<&str>> for Select {

@@ -7,8 +7,8 @@
 //! names are kept.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus_client::encoding::text::encode;
@@ -18,6 +18,12 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+
+use crate::function::worker::WorkerStats;
 use crate::function::{FunctionError, MetricSink};
 use crate::sync::lock;
 
@@ -50,6 +56,7 @@ pub struct Stats {
     sent: Counter,
     user_errors: Counter,
     panics: Counter,
+    crashes: Counter,
     calls: Counter,
     reloads: Counter,
     in_flight: Gauge,
@@ -68,6 +75,58 @@ pub struct Stats {
     custom_values: Mutex<BTreeMap<String, f64>>,
     /// Whether a metric was dropped for [`MAX_CUSTOM_METRICS`] (and the warning logged).
     custom_capped: AtomicBool,
+    /// With `--isolation process`: the worker processes' counters (see [`Stats::watch_workers`]).
+    workers: WorkersCollector,
+}
+
+/// Renders the worker processes' counters at each scrape, from what their monitor published.
+#[derive(Debug, Clone, Default)]
+struct WorkersCollector(Arc<Mutex<Option<tokio::sync::watch::Receiver<WorkerStats>>>>);
+
+impl WorkersCollector {
+    fn get(&self) -> Option<WorkerStats> {
+        lock(&self.0).as_ref().map(|rx| rx.borrow().clone())
+    }
+}
+
+impl Collector for WorkersCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(workers) = self.get() else {
+            return Ok(());
+        };
+        let gauge = |encoder: &mut DescriptorEncoder, name, help, value: usize| {
+            let metric = ConstGauge::new(value as i64);
+            metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+        };
+        gauge(
+            &mut encoder,
+            "workers",
+            "Worker processes configured (--workers), with --isolation process",
+            workers.workers,
+        )?;
+        gauge(
+            &mut encoder,
+            "workers_up",
+            "Worker processes up and serving, with --isolation process",
+            workers.up,
+        )?;
+        for (name, help, value) in [
+            (
+                "worker_restarts",
+                "Worker processes restarted after one died",
+                workers.restarts,
+            ),
+            (
+                "worker_crashes",
+                "Worker processes that died while serving (abort, signal, exit, memory limit)",
+                workers.crashes,
+            ),
+        ] {
+            let metric = ConstCounter::new(value);
+            metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)?;
+        }
+        Ok(())
+    }
 }
 
 impl Default for Stats {
@@ -123,6 +182,11 @@ pub struct Snapshot {
     pub user_errors: u64,
     /// Panics in the function.
     pub panics: u64,
+    /// Calls that failed because the worker process running them died (`--isolation
+    /// process`): counted apart from the function's errors and panics.
+    pub crashes: u64,
+    /// With `--isolation process`: the worker processes.
+    pub workers: Option<WorkerStats>,
     /// Calls started.
     pub calls: u64,
     /// Request/reply calls running in the function now.
@@ -149,6 +213,7 @@ impl Stats {
         let sent = Counter::default();
         let user_errors = Counter::default();
         let panics = Counter::default();
+        let crashes = Counter::default();
         let calls = Counter::default();
         let reloads = Counter::default();
         let in_flight = Gauge::default();
@@ -171,6 +236,13 @@ impl Stats {
             user_errors.clone(),
         );
         registry.register("function_panics", "Panics in the function", panics.clone());
+        registry.register(
+            "function_crashes",
+            "Calls failed because the worker process running them died (--isolation process)",
+            crashes.clone(),
+        );
+        let workers = WorkersCollector::default();
+        registry.register_collector(Box::new(workers.clone()));
         registry.register("calls", "Calls started", calls.clone());
         registry.register(
             "reloads",
@@ -214,6 +286,7 @@ impl Stats {
             sent,
             user_errors,
             panics,
+            crashes,
             calls,
             reloads,
             in_flight,
@@ -229,7 +302,14 @@ impl Stats {
             custom,
             custom_values: Mutex::new(BTreeMap::new()),
             custom_capped: AtomicBool::new(false),
+            workers,
         }
+    }
+
+    /// With `--isolation process`: the worker processes' counters, as their monitor publishes
+    /// them, for the status and `/metrics`.
+    pub fn watch_workers(&self, workers: tokio::sync::watch::Receiver<WorkerStats>) {
+        *lock(&self.workers.0) = Some(workers);
     }
 
     /// A call's count of messages received, added to the shared counter in batches.
@@ -283,10 +363,10 @@ impl Stats {
     pub fn function_failed(&self, error: &FunctionError) {
         match error {
             FunctionError::Panicked(_) => self.panics.inc(),
-            FunctionError::Failed(_)
-            | FunctionError::BadInput(_)
-            | FunctionError::Abi(_)
-            | FunctionError::Crashed(_) => self.user_errors.inc(),
+            FunctionError::Crashed(_) => self.crashes.inc(),
+            FunctionError::Failed(_) | FunctionError::BadInput(_) | FunctionError::Abi(_) => {
+                self.user_errors.inc()
+            }
         };
         let unix_millis = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -353,6 +433,8 @@ impl Stats {
             sent: self.sent.get(),
             user_errors: self.user_errors.get(),
             panics: self.panics.get(),
+            crashes: self.crashes.get(),
+            workers: self.workers.get(),
             calls: self.calls.get(),
             running: self.running.get().max(0) as u64,
             queued: self.queued.get().max(0) as u64,

@@ -19,10 +19,14 @@ fn process(workers: &str) -> Vec<(&'static str, String)> {
 }
 
 fn start(handler: &str, extra: &[(&str, &str)]) -> Daemon {
-    let mut env: Vec<(&str, String)> = process("4");
+    start_uri(&uri("probe", Some(handler)), "4", extra)
+}
+
+fn start_uri(function_uri: &str, workers: &str, extra: &[(&str, &str)]) -> Daemon {
+    let mut env: Vec<(&str, String)> = process(workers);
     env.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    Daemon::start_with(&uri("probe", Some(handler)), &env)
+    Daemon::start_with(function_uri, &env)
 }
 
 /// Runs 16 good calls in a loop each while `crash` is called once; counts every good call.
@@ -185,4 +189,133 @@ async fn request_reply_and_streaming_work_in_process_mode() {
     let mut client = daemon.client().await;
     let out = call(&mut client, vec![msg("a", &[]), msg("b", &[])]).await;
     assert_eq!(out.texts(), ["a", "b"], "{out:?}");
+}
+
+/// GET http://addr/metrics; returns the body.
+fn get_metrics(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+        .split_once("\r\n\r\n")
+        .expect("an HTTP response")
+        .1
+        .to_owned()
+}
+
+/// The value of the sample `name` (without labels) in Prometheus text.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[tokio::test]
+async fn status_metrics_and_health_follow_the_workers() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+
+    let dir = common::scratch("isolation", "status");
+    let socket = dir.join("admin.sock");
+    // One worker: while it restarts, none is up.
+    let daemon = start_uri(
+        &uri("probe", Some("crash_on")),
+        "1",
+        &[
+            ("ADMIN_SOCKET", socket.to_str().unwrap()),
+            ("METRICS_PORT", "0"),
+        ],
+    );
+    let status = common::status(&socket);
+    assert_eq!(status["isolation"], "process", "{status}");
+    assert_eq!(status["workers"]["configured"], 1, "{status}");
+    assert_eq!(status["workers"]["up"], 1, "{status}");
+    assert_eq!(status["workers"]["restarts"], 0, "{status}");
+    assert_eq!(status["workers"]["last_crash"], serde_json::Value::Null);
+
+    let mut health = HealthClient::new(daemon.channel().await);
+    let mut watched = health
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = watched.message().await.unwrap().unwrap();
+    assert_eq!(first.status(), ServingStatus::Serving);
+
+    let mut client = daemon.client().await;
+    let crashed = call(&mut client, vec![msg("abort", &[])]).await;
+    assert_eq!(crashed.code(), Code::Unavailable, "{crashed:?}");
+    // No worker is up until the restart: NOT_SERVING, then SERVING again.
+    let seen = tokio::time::timeout(common::HANG, async {
+        let mut seen = Vec::new();
+        while let Some(reply) = watched.message().await.unwrap() {
+            seen.push(reply.status());
+            if reply.status() == ServingStatus::Serving {
+                return seen;
+            }
+        }
+        seen
+    })
+    .await
+    .expect("health never came back");
+    assert_eq!(
+        seen,
+        [ServingStatus::NotServing, ServingStatus::Serving],
+        "{}",
+        daemon.stderr()
+    );
+    assert_eq!(
+        call(&mut client, vec![msg("ok", &[])]).await.texts(),
+        ["ok"]
+    );
+
+    let status = common::status(&socket);
+    let workers = &status["workers"];
+    assert_eq!(workers["up"], 1, "{status}");
+    assert_eq!(workers["restarts"], 1, "{status}");
+    assert_eq!(workers["crashes"], 1, "{status}");
+    assert!(
+        workers["last_crash"].as_str().unwrap().contains("SIGABRT"),
+        "{status}"
+    );
+    assert!(workers["last_crash_unix_millis"].as_u64().unwrap() > 1_700_000_000_000);
+    // A crash is counted as such, not as the function's error.
+    assert_eq!(status["crashes"], 1, "{status}");
+    assert_eq!(status["user_errors"], 0, "{status}");
+    assert_eq!(status["panics"], 0, "{status}");
+
+    let addr = daemon.metrics.clone().expect("the metrics address");
+    let text = tokio::task::spawn_blocking(move || get_metrics(&addr))
+        .await
+        .unwrap();
+    assert_eq!(sample(&text, "invoker_workers"), Some(1.0), "{text}");
+    assert_eq!(sample(&text, "invoker_workers_up"), Some(1.0), "{text}");
+    assert_eq!(
+        sample(&text, "invoker_worker_restarts_total"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "invoker_worker_crashes_total"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "invoker_function_crashes_total"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "invoker_function_errors_total"),
+        Some(0.0),
+        "{text}"
+    );
 }

@@ -73,7 +73,21 @@ pub fn status(args: StatusArgs) -> anyhow::Result<Exit> {
             "recent_errors": errors,
             "custom_metrics": reply.custom_metrics,
             "uptime_seconds": reply.uptime_seconds,
+            "crashes": reply.crashes,
+            "isolation": reply.isolation,
         });
+        let mut json = json;
+        if reply.isolation == "process" {
+            json["workers"] = serde_json::json!({
+                "configured": reply.workers,
+                "up": reply.workers_up,
+                "restarts": reply.worker_restarts,
+                "crashes": reply.worker_crashes,
+                "last_crash": (!reply.last_crash.is_empty()).then_some(&reply.last_crash),
+                "last_crash_unix_millis": (reply.last_crash_unix_millis > 0)
+                    .then_some(reply.last_crash_unix_millis),
+            });
+        }
         println!("{}", serde_json::to_string_pretty(&json)?);
         Ok(Exit::SUCCESS)
     })

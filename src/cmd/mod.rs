@@ -53,6 +53,7 @@ fn worker_options(
         memory_limit: args.worker_memory_limit,
         // This binary, as `invoker worker`.
         program: std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into()),
+        monitor: Default::default(),
     })
 }
 

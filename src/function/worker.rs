@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 
 use super::channel::{self, Frame, Reader, code, to_host, to_worker};
 use super::{
@@ -64,6 +64,8 @@ pub struct WorkerOptions {
     pub memory_limit: Option<u64>,
     /// The program to run as `PROGRAM worker`: this binary.
     pub program: PathBuf,
+    /// Where the sets started with these options publish their availability and counters.
+    pub monitor: Arc<Monitor>,
 }
 
 /// Where the library comes from.
@@ -161,7 +163,9 @@ pub enum StartError {
 /// The kinds a worker's refusal can have, by their number on the channel.
 pub const REFUSED_KINDS: [&str; 4] = ["bad-library", "not-found", "bad-request", "internal"];
 
-/// Counters of a worker set, for the status and `/metrics`.
+/// Counters of the worker processes, for the status, `/metrics` and health: `workers` and
+/// `up` are those of the set serving new calls; the others count over every set started
+/// with the same [`Monitor`] (every reload).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WorkerStats {
     /// Workers configured.
@@ -170,9 +174,78 @@ pub struct WorkerStats {
     pub up: usize,
     /// Restarts after a worker died.
     pub restarts: u64,
+    /// Workers that died while serving (crashes, whatever their cause).
+    pub crashes: u64,
     /// The last crash's cause, if a worker ever died.
     pub last_crash: Option<String>,
+    /// When it was, in milliseconds since the Unix epoch (0 if never).
+    pub last_crash_unix_millis: u64,
 }
+
+/// Where worker sets publish their counters: one per served function (a `Live`), shared by
+/// every set it starts, of which the set serving new calls (the last made current) is the one
+/// whose `up` is published. Health watches [`Monitor::subscribe`]; the status and `/metrics`
+/// read it.
+#[derive(Debug)]
+pub struct Monitor {
+    published: watch::Sender<WorkerStats>,
+    /// The id of the set serving new calls.
+    current: AtomicU64,
+    restarts: AtomicU64,
+    crashes: AtomicU64,
+    last_crash: Mutex<(Option<String>, u64)>,
+}
+
+impl Default for Monitor {
+    fn default() -> Self {
+        Monitor {
+            published: watch::channel(WorkerStats::default()).0,
+            current: AtomicU64::new(0),
+            restarts: AtomicU64::new(0),
+            crashes: AtomicU64::new(0),
+            last_crash: Mutex::new((None, 0)),
+        }
+    }
+}
+
+impl Monitor {
+    /// The counters now, sent again whenever a worker of the serving set goes up or down.
+    pub fn subscribe(&self) -> watch::Receiver<WorkerStats> {
+        self.published.subscribe()
+    }
+
+    /// The counters now.
+    pub fn stats(&self) -> WorkerStats {
+        self.published.borrow().clone()
+    }
+
+    fn crashed(&self, cause: &str) {
+        self.crashes.fetch_add(1, Ordering::Relaxed);
+        let millis = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        *lock(&self.last_crash) = (Some(cause.to_owned()), millis);
+    }
+
+    /// Publishes `set`'s counters if it is the one serving new calls.
+    fn publish(&self, set: &Set) {
+        if self.current.load(Ordering::Acquire) != set.id {
+            return;
+        }
+        let (last_crash, last_crash_unix_millis) = lock(&self.last_crash).clone();
+        self.published.send_replace(WorkerStats {
+            workers: set.options.workers.max(1),
+            up: set.up.load(Ordering::Acquire),
+            restarts: self.restarts.load(Ordering::Relaxed),
+            crashes: self.crashes.load(Ordering::Relaxed),
+            last_crash,
+            last_crash_unix_millis,
+        });
+    }
+}
+
+/// Numbers worker sets, for [`Monitor::current`].
+static SET_IDS: AtomicU64 = AtomicU64::new(1);
 
 /// The channel runtime: the workers' reading and writing tasks run here, apart from the
 /// serving runtime (which may not exist yet when the function is loaded at start).
@@ -212,6 +285,7 @@ impl Drop for Handle {
 
 #[derive(Debug)]
 struct Set {
+    id: u64,
     spec: StartSpec,
     options: WorkerOptions,
     hello: Hello,
@@ -221,8 +295,6 @@ struct Set {
     /// The worker in each slot while it is up.
     slots: Mutex<Vec<Option<Arc<Worker>>>>,
     up: AtomicUsize,
-    restarts: AtomicU64,
-    last_crash: Mutex<Option<String>>,
     closed: AtomicBool,
     next_stream: AtomicUsize,
 }
@@ -334,6 +406,7 @@ impl Workers {
         }
         let hello = started[0].hello.clone();
         let set = Arc::new(Set {
+            id: SET_IDS.fetch_add(1, Ordering::Relaxed),
             spec,
             options,
             hello,
@@ -341,8 +414,6 @@ impl Workers {
             ready: Semaphore::new(0),
             slots: Mutex::new(vec![None; n]),
             up: AtomicUsize::new(0),
-            restarts: AtomicU64::new(0),
-            last_crash: Mutex::new(None),
             closed: AtomicBool::new(false),
             next_stream: AtomicUsize::new(0),
         });
@@ -368,6 +439,14 @@ impl Workers {
     /// Counters for the status and `/metrics`.
     pub fn stats(&self) -> WorkerStats {
         self.handle.0.stats()
+    }
+
+    /// Makes this set the one whose availability its [`Monitor`] publishes: the set serving
+    /// new calls (at start, and once a reload has switched to it).
+    pub fn make_current(&self) {
+        let set = &self.handle.0;
+        set.options.monitor.current.store(set.id, Ordering::Release);
+        set.options.monitor.publish(set);
     }
 
     /// A handle on the set that does not keep it open (for the status and the final shutdown).
@@ -491,17 +570,22 @@ fn deadline_millis(ctx: &CallContext) -> i64 {
 
 impl Set {
     fn stats(&self) -> WorkerStats {
+        let monitor = &self.options.monitor;
+        let (last_crash, last_crash_unix_millis) = lock(&monitor.last_crash).clone();
         WorkerStats {
             workers: self.options.workers.max(1),
             up: self.up.load(Ordering::Acquire),
-            restarts: self.restarts.load(Ordering::Relaxed),
-            last_crash: lock(&self.last_crash).clone(),
+            restarts: monitor.restarts.load(Ordering::Relaxed),
+            crashes: monitor.crashes.load(Ordering::Relaxed),
+            last_crash,
+            last_crash_unix_millis,
         }
     }
 
     /// A worker is up: it takes calls.
     fn serving(&self, worker: &Arc<Worker>) {
         self.up.fetch_add(1, Ordering::AcqRel);
+        self.options.monitor.publish(self);
         if let Some(slot) = lock(&self.slots).get_mut(worker.slot) {
             *slot = Some(worker.clone());
         }
@@ -772,6 +856,9 @@ async fn run_slot(set: Arc<Set>, first: Started) {
         if let Some(s) = lock(&set.slots).get_mut(slot) {
             *s = None;
         }
+        if set.closed.load(Ordering::Acquire) {
+            set.options.monitor.publish(&set);
+        }
         let cause = match ended {
             Ok(()) => cause_of(&worker, started.exited).await,
             Err(e) => {
@@ -793,7 +880,8 @@ async fn run_slot(set: Arc<Set>, first: Started) {
         if set.closed.load(Ordering::Acquire) {
             return;
         }
-        *lock(&set.last_crash) = Some(message.clone());
+        set.options.monitor.crashed(&message);
+        set.options.monitor.publish(&set);
         if since.elapsed() >= HEALTHY_FOR {
             backoff = FIRST_BACKOFF;
         }
@@ -811,7 +899,8 @@ async fn run_slot(set: Arc<Set>, first: Started) {
             match spawn_worker(slot, &set.spec, &set.options).await {
                 Ok(s) => break s,
                 Err(e) => {
-                    *lock(&set.last_crash) = Some(e.to_string());
+                    set.options.monitor.crashed(&e.to_string());
+                    set.options.monitor.publish(&set);
                     tracing::error!(
                         slot,
                         restart_in_ms = backoff.as_millis() as u64,
@@ -820,7 +909,7 @@ async fn run_slot(set: Arc<Set>, first: Started) {
                 }
             }
         };
-        set.restarts.fetch_add(1, Ordering::Relaxed);
+        set.options.monitor.restarts.fetch_add(1, Ordering::Relaxed);
         tracing::info!(slot, pid = started.worker.pid, "worker process restarted");
         set.serving(&started.worker);
     }

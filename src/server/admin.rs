@@ -92,6 +92,7 @@ impl Admin for AdminService {
     ) -> Result<Response<StatusReply>, Status> {
         let current = self.live.current();
         let stats = self.live.stats().snapshot();
+        let workers = stats.workers.clone().unwrap_or_default();
         let state = if self.calls.is_draining() {
             "DRAINING"
         } else {
@@ -116,6 +117,19 @@ impl Admin for AdminService {
             calls_rejected: stats.rejected,
             max_concurrency: stats.limits.0 as u64,
             max_queued: stats.limits.1 as u64,
+            isolation: if stats.workers.is_some() {
+                "process"
+            } else {
+                "in-process"
+            }
+            .to_owned(),
+            workers: workers.workers as u64,
+            workers_up: workers.up as u64,
+            worker_restarts: workers.restarts,
+            worker_crashes: workers.crashes,
+            last_crash: workers.last_crash.clone().unwrap_or_default(),
+            last_crash_unix_millis: workers.last_crash_unix_millis,
+            crashes: stats.crashes,
             average_call_millis: stats.average_call.as_secs_f64() * 1e3,
             recent_errors: stats
                 .recent_errors

@@ -169,6 +169,9 @@ pub async fn serve_on(
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
+    if let Some(workers) = live.watch_workers() {
+        tokio::spawn(follow_workers(workers, health.clone(), calls.clone()));
+    }
     let function = live.current().function;
     let call_service = MessageFunctionServer::new(CallService::new(live.clone(), calls.clone()));
     let riff_service = RiffServer::new(RiffService::new(live, calls.clone()));
@@ -252,6 +255,58 @@ pub async fn serve_on(
         () = linger => tracing::warn!("closing connections that did not close after the drain"),
     }
     Ok(())
+}
+
+/// With `--isolation process`: health follows the worker processes, SERVING while at least
+/// one is up and NOT_SERVING while none is (all crashed and waiting for their restart), until
+/// the drain (which turns it NOT_SERVING for good).
+async fn follow_workers(
+    mut workers: tokio::sync::watch::Receiver<crate::function::worker::WorkerStats>,
+    health: tonic_health::server::HealthReporter,
+    calls: Arc<Calls>,
+) {
+    let mut serving = true;
+    loop {
+        let up = workers.borrow_and_update().up > 0;
+        if calls.is_draining() {
+            return;
+        }
+        if up != serving {
+            serving = up;
+            let status = match up {
+                true => tonic_health::ServingStatus::Serving,
+                false => tonic_health::ServingStatus::NotServing,
+            };
+            if up {
+                tracing::info!("a worker process is up again: health is SERVING");
+            } else {
+                tracing::warn!("no worker process is up: health is NOT_SERVING until one restarts");
+            }
+            for service in [
+                "",
+                <MessageFunctionServer<CallService> as tonic::server::NamedService>::NAME,
+                <RiffServer<RiffService> as tonic::server::NamedService>::NAME,
+            ] {
+                health.set_service_status(service, status).await;
+            }
+            if up && calls.is_draining() {
+                // The drain began meanwhile: it has the last word.
+                for service in [
+                    "",
+                    <MessageFunctionServer<CallService> as tonic::server::NamedService>::NAME,
+                    <RiffServer<RiffService> as tonic::server::NamedService>::NAME,
+                ] {
+                    health
+                        .set_service_status(service, tonic_health::ServingStatus::NotServing)
+                        .await;
+                }
+                return;
+            }
+        }
+        if workers.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// How long connections may stay open after the drain (kept short: the process ends within
