@@ -603,3 +603,54 @@ fn function_uri_preloads_the_action_and_sigterm_drains_and_runs_the_shutdown_hoo
         ow.stderr()
     );
 }
+
+/// `--isolation process`: `/init`'s code runs in worker processes (the runtime's own process
+/// never maps it); a crashing activation is `502` `Invoker: Function Crashed` and fails only
+/// itself: the activations running beside it answer, and the runtime serves on.
+#[test]
+fn in_process_mode_a_crash_fails_only_its_activation() {
+    let ow = Runtime::start(&["--isolation", "process", "--workers", "2"], &[]);
+    let library = std::fs::read(lib("probe")).unwrap();
+    ow.init(&library, "crash_on_json", json!({})).expect(200);
+    assert_eq!(ow.run(json!({})).expect(200), json!({"ok": true}));
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", ow.child.id())).unwrap();
+    assert!(
+        !maps.contains("memfd:"),
+        "the runtime's process loaded the code:\n{maps}"
+    );
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let good: Vec<_> = (0..8)
+        .map(|_| {
+            let (addr, stop) = (ow.addr.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let (mut ok, mut failed) = (0, Vec::new());
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) || ok == 0 {
+                    let answer = post(&addr, "/run", json!({"value": {}}).to_string().as_bytes());
+                    match answer.status {
+                        200 if answer.json() == json!({"ok": true}) => ok += 1,
+                        _ => failed.push(format!("{} {}", answer.status, answer.body)),
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let e = ow.run(json!({"crash": "abort"})).error(502);
+    assert!(e.starts_with("Invoker: Function Crashed"), "{e}");
+    assert!(e.contains("SIGABRT"), "{e}");
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut total = 0;
+    for thread in good {
+        let (ok, failed) = thread.join().unwrap();
+        assert!(failed.is_empty(), "good activations failed: {failed:?}");
+        total += ok;
+    }
+    assert!(total >= 8, "{total}");
+    // The worker is back; the runtime still serves.
+    for _ in 0..4 {
+        assert_eq!(ow.run(json!({})).expect(200), json!({"ok": true}));
+    }
+}

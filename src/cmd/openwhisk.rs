@@ -26,6 +26,7 @@ pub fn openwhisk(args: OpenWhiskArgs) -> anyhow::Result<Exit> {
     let limits = &args.limits;
     let pool = Arc::new(Pool::new(PoolLimits::from_args(limits), stats.clone()));
     let instance_id = instance_id();
+    let isolation = super::worker_options(&args.isolation);
     let preloaded = match args.function_uri.as_deref().filter(|u| !u.is_empty()) {
         None => None,
         Some(uri) => {
@@ -37,7 +38,7 @@ pub fn openwhisk(args: OpenWhiskArgs) -> anyhow::Result<Exit> {
                 config.clone(),
                 stats.clone(),
                 pool.clone(),
-                super::worker_options(&args.isolation),
+                isolation.clone(),
             )?;
             let current = live.current();
             tracing::info!(
@@ -58,6 +59,7 @@ pub fn openwhisk(args: OpenWhiskArgs) -> anyhow::Result<Exit> {
         config,
         stats,
         pool,
+        isolation,
     };
     let calls = Arc::new(Calls::with_max(limits.max_calls as usize));
     let runtime = Arc::new(Runtime::new(settings, calls, preloaded));

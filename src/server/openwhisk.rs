@@ -38,6 +38,7 @@ use tonic::Code;
 use super::drain::Calls;
 use crate::engine::pool::Pool;
 use crate::engine::{CallMeta, Inbound};
+use crate::function::worker::{self, WorkerOptions};
 use crate::function::{Library, Text};
 use crate::live::{Live, Named};
 use crate::stats::Stats;
@@ -85,6 +86,9 @@ pub struct Settings {
     pub stats: Arc<Stats>,
     /// The function threads.
     pub pool: Arc<Pool>,
+    /// With `--isolation process`: the worker processes each `/init`'s code runs in (this
+    /// process then never loads it).
+    pub isolation: Option<WorkerOptions>,
 }
 
 /// The action runtime: the function, once it is loaded, and the activations in flight.
@@ -237,19 +241,40 @@ impl Runtime {
         handler: &str,
         config: HashMap<String, String>,
     ) -> anyhow::Result<Arc<Live>> {
-        let (name, library) = match is_zip(code) {
+        let (name, bytes) = match is_zip(code) {
             true => {
                 let (name, bytes) = library_from_zip(code).map_err(anyhow::Error::msg)?;
-                let name = PathBuf::from(name);
-                let library = Library::load_bytes(&name, &bytes)?;
-                (name, library)
+                (PathBuf::from(name), std::borrow::Cow::Owned(bytes))
             }
-            false => {
-                let name = PathBuf::from("the /init code");
-                let library = Library::load_bytes(&name, code)?;
-                (name, library)
-            }
+            false => (
+                PathBuf::from("the /init code"),
+                std::borrow::Cow::Borrowed(code),
+            ),
         };
+        if let Some(options) = &self.settings.isolation {
+            // The workers load the code; this process never does. OpenWhisk's default `main`
+            // means the library's only function unless it has one called `main`.
+            let select = match handler {
+                "main" => worker::Select::PreferNamed(handler.to_owned()),
+                _ => worker::Select::Named(handler.to_owned()),
+            };
+            let source = worker::Source::Bytes {
+                name,
+                bytes: Arc::from(bytes.into_owned()),
+            };
+            let live = Live::start_in_workers(
+                source,
+                select,
+                Named::Init,
+                &self.settings.instance_id,
+                config,
+                self.settings.stats.clone(),
+                self.settings.pool.clone(),
+                options.clone(),
+            )?;
+            return Ok(Arc::new(live));
+        }
+        let library = Library::load_bytes(&name, &bytes)?;
         // OpenWhisk sends `main` when the action names no handler: then the library's only
         // function, unless it has one called `main`.
         let handler =
@@ -374,6 +399,13 @@ impl Runtime {
                         if status.message().starts_with("Invoker: Bad Input Signal") =>
                     {
                         StatusCode::OK
+                    }
+                    // With --isolation process, the worker running this activation died: a
+                    // developer error like a panic (502), and only this activation fails.
+                    Code::Unavailable
+                        if status.message().starts_with("Invoker: Function Crashed") =>
+                    {
+                        StatusCode::BAD_GATEWAY
                     }
                     Code::Unavailable | Code::ResourceExhausted => StatusCode::SERVICE_UNAVAILABLE,
                     // A panic, the deadline, a function that cannot speak JSON.
