@@ -319,3 +319,199 @@ async fn status_metrics_and_health_follow_the_workers() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn reload_under_load_in_process_mode_fails_no_call() {
+    let dir = common::scratch("isolation", "reload");
+    let socket = dir.join("admin.sock");
+    let daemon = start_uri(
+        &uri("probe", Some("crash_on")),
+        "2",
+        &[("ADMIN_SOCKET", socket.to_str().unwrap())],
+    );
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for _ in 0..16 {
+        let mut client = daemon.client().await;
+        let stop = stop.clone();
+        clients.push(tokio::spawn(async move {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let out = call(&mut client, vec![msg("ok", &[])]).await;
+                match (out.code(), out.texts().as_slice()) {
+                    (Code::Ok, [one]) if one == "ok" => ok += 1,
+                    _ => failed.push(format!("{out:?}")),
+                }
+            }
+            (ok, failed)
+        }));
+    }
+    let library = common::lib("probe");
+    for generation in 2..=6u64 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        if generation % 2 == 0 {
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(daemon.child.id() as i32),
+                nix::sys::signal::Signal::SIGHUP,
+            )
+            .unwrap();
+        } else {
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_invoker"))
+                .args(["reload", "--admin-socket", socket.to_str().unwrap()])
+                .arg(&library)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{out:?}");
+        }
+        let socket = socket.clone();
+        tokio::time::timeout(common::HANG, async move {
+            loop {
+                let socket = socket.clone();
+                let status = tokio::task::spawn_blocking(move || common::status(&socket))
+                    .await
+                    .unwrap();
+                if status["generation"].as_u64() == Some(generation) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("the reload never happened");
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut total = 0;
+    for client in clients {
+        let (ok, failed) = client.await.unwrap();
+        assert!(
+            failed.is_empty(),
+            "calls failed during reloads: {failed:?}\n{}",
+            daemon.stderr()
+        );
+        total += ok;
+    }
+    let status = common::status(&socket);
+    assert_eq!(status["generation"], 6, "{status}");
+    // The old workers were drained (they exited when their calls were done), not crashed.
+    assert_eq!(status["workers"]["crashes"], 0, "{status}");
+    assert_eq!(status["crashes"], 0, "{status}");
+    assert!(total >= 16, "{total}");
+    eprintln!("{total} calls over 5 reloads, 0 failed");
+}
+
+mod invoke {
+    use std::collections::BTreeMap;
+
+    use bytes::Bytes;
+    use invoker::proto::streaming::riff_client::RiffClient;
+    use invoker::proto::streaming::{
+        InputFrame, InputSignal, OutputFrame, StartFrame, input_signal, output_signal,
+    };
+    use tonic::Code;
+
+    use super::common::{self, Daemon, uri};
+
+    fn start(expected: &[&str]) -> InputSignal {
+        InputSignal {
+            frame: Some(input_signal::Frame::Start(StartFrame {
+                expected_content_types: expected.iter().map(|s| s.to_string()).collect(),
+                input_names: vec![],
+                output_names: vec![],
+            })),
+        }
+    }
+
+    fn text(payload: &str) -> InputSignal {
+        InputSignal {
+            frame: Some(input_signal::Frame::Data(InputFrame {
+                payload: Bytes::copy_from_slice(payload.as_bytes()),
+                content_type: "text/plain".to_owned(),
+                headers: BTreeMap::new(),
+                arg_index: 0,
+            })),
+        }
+    }
+
+    /// Sends `signals`, half-closes, and collects (resultIndex, payload, content type) of
+    /// each frame and the status.
+    async fn invoke(daemon: &Daemon, signals: Vec<InputSignal>) -> (Vec<OutputFrame>, Code) {
+        let mut client = RiffClient::connect(format!("http://{}", daemon.addr))
+            .await
+            .unwrap();
+        let called = async move {
+            let mut replies = match client.invoke(futures_util::stream::iter(signals)).await {
+                Ok(response) => response.into_inner(),
+                Err(status) => return (vec![], status.code()),
+            };
+            let mut frames = Vec::new();
+            loop {
+                match replies.message().await {
+                    Ok(Some(signal)) => match signal.frame {
+                        Some(output_signal::Frame::Data(frame)) => frames.push(frame),
+                        None => panic!("an OutputSignal without a frame"),
+                    },
+                    Ok(None) => return (frames, Code::Ok),
+                    Err(status) => return (frames, status.code()),
+                }
+            }
+        };
+        tokio::time::timeout(common::HANG, called)
+            .await
+            .expect("the call hung")
+    }
+
+    fn results(frames: &[OutputFrame]) -> Vec<(i32, String)> {
+        frames
+            .iter()
+            .map(|f| {
+                (
+                    f.result_index,
+                    String::from_utf8_lossy(&f.payload).into_owned(),
+                )
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn invoke_works_in_process_mode() {
+        // Request/reply, mapped over every frame.
+        let daemon = super::start_uri(&uri("greeter", Some("hello")), "2", &[]);
+        let (frames, code) = invoke(
+            &daemon,
+            vec![start(&["text/plain"]), text("a"), text("b"), text("c")],
+        )
+        .await;
+        assert_eq!(code, Code::Ok, "{frames:?}");
+        assert_eq!(
+            results(&frames),
+            [
+                (0, "Hello a".into()),
+                (0, "Hello b".into()),
+                (0, "Hello c".into())
+            ]
+        );
+        // Streaming, with two outputs each of its own type.
+        let daemon = super::start_uri(&uri("streams", Some("partition")), "2", &[]);
+        let mut signals = vec![start(&["application/json", "text/plain"])];
+        signals.extend((1..=6).map(|i| text(&i.to_string())));
+        let (frames, code) = invoke(&daemon, signals).await;
+        assert_eq!(code, Code::Ok, "{frames:?}\n{}", daemon.stderr());
+        let of = |index: i32| -> Vec<(String, String)> {
+            frames
+                .iter()
+                .filter(|f| f.result_index == index)
+                .map(|f| {
+                    (
+                        String::from_utf8_lossy(&f.payload).into_owned(),
+                        f.content_type.clone(),
+                    )
+                })
+                .collect()
+        };
+        let json = |n: &str| (n.to_owned(), "application/json".to_owned());
+        let plain = |n: &str| (n.to_owned(), "text/plain".to_owned());
+        assert_eq!(of(0), [json("2"), json("4"), json("6")]);
+        assert_eq!(of(1), [plain("1"), plain("3"), plain("5")]);
+    }
+}
