@@ -515,3 +515,17 @@ mod invoke {
         assert_eq!(of(1), [plain("1"), plain("3"), plain("5")]);
     }
 }
+
+#[test]
+fn a_memory_limit_below_what_a_worker_needs_is_refused() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_invoker"))
+        .args(["serve", "--isolation", "process"])
+        .args(["--worker-memory-limit", &(32u64 << 20).to_string()])
+        .env("FUNCTION_URI", uri("probe", Some("crash_on")))
+        .env("GRPC_PORT", "0")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&(64u64 << 20).to_string()), "{err}");
+}
