@@ -251,9 +251,10 @@ pub struct BenchArgs {
 
     /// Run only one group of figures, to profile it: request-reply, streaming, large,
     /// memory (resident memory around a burst of idle streams), startup, socket (the invoker's
-    /// Unix socket against its TCP port) or openwhisk (OpenWhisk's /run of greet against the
-    /// same greet over gRPC Call).
-    #[arg(long, value_parser = ["request-reply", "streaming", "large", "memory", "startup", "socket", "openwhisk"])]
+    /// Unix socket against its TCP port), openwhisk (OpenWhisk's /run of greet against the
+    /// same greet over gRPC Call) or isolation (the invoker with --isolation process and 2
+    /// workers against the same invoker in process).
+    #[arg(long, value_parser = ["request-reply", "streaming", "large", "memory", "startup", "socket", "openwhisk", "isolation"])]
     pub only: Option<String>,
 
     /// The invoker binary (or a script that execs one) to measure against this binary's

@@ -51,6 +51,10 @@ fn the_benchmark_runs_and_reports_every_figure() {
                 "burst: resident 10 s after",
                 "socket: request/reply, 1 in flight",
                 "socket:   p99 latency, 1 in flight",
+                "isolation: request/reply, 64",
+                "isolation: streaming, 8",
+                "isolation: memory/idle stream",
+                "isolation: exec to first reply",
             ][..],
         ),
         (

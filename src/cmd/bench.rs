@@ -137,13 +137,18 @@ impl Server {
         Ok(ticks as f64 / 100.0)
     }
 
+    /// Resident memory of the server and its children (the worker processes of
+    /// `--isolation process`; other servers have none).
     fn rss_kib(&self) -> anyhow::Result<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?))?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .context("no VmRSS")
+        let pid = self.pid()?;
+        let children =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        let mut total = rss_of(pid)?;
+        for child in children.split_whitespace().filter_map(|c| c.parse().ok()) {
+            // A worker that ended meanwhile has nothing resident.
+            total += rss_of(child).unwrap_or(0);
+        }
+        Ok(total)
     }
 
     async fn channel(&self) -> anyhow::Result<Channel> {
@@ -152,6 +157,16 @@ impl Server {
             .connect()
             .await?)
     }
+}
+
+/// A process's resident memory (VmRSS), in KiB.
+fn rss_of(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmRSS")
 }
 
 /// A channel to the invoker's Unix socket at `path`.
@@ -438,8 +453,12 @@ async fn burst_memory(server: &Server, burst: &Burst) -> anyhow::Result<[u64; 4]
 }
 
 /// Time from spawning the process to the first reply.
-async fn first_reply(setup: &Setup, side: Side) -> anyhow::Result<Duration> {
-    let (server, started) = setup.start(side, "librot13.so", "encode")?;
+async fn first_reply(
+    setup: &Setup,
+    side: Side,
+    env: &[(&str, String)],
+) -> anyhow::Result<Duration> {
+    let (server, started) = setup.start_with(side, "librot13.so", "encode", env)?;
     loop {
         if let Ok(channel) = server.channel().await {
             let mut client = MessageFunctionClient::new(channel);
@@ -604,6 +623,9 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<Exit> {
     // same run): calls/s and p99 at 1 in flight; [socket, tcp] each.
     let mut socket_figures = [[f64::NAN; 2]; 3];
     let mut openwhisk = openwhisk::OpenWhiskBench::new();
+    // The invoker with --isolation process (2 workers) against the same invoker in process
+    // (same run): [process, in-process] each, in the order of ISOLATION_FIGURES.
+    let mut isolation_figures = [[f64::NAN; 2]; ISOLATION_FIGURES.len()];
     let run = |group: &str| args.only.as_deref().is_none_or(|only| only == group);
     runtime.block_on(async {
         for round in 0..rounds {
@@ -689,7 +711,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<Exit> {
                 }
 
                 if run("startup") {
-                    let first = first_reply(&setup, side).await?;
+                    let first = first_reply(&setup, side, &[]).await?;
                     figures[9].keep_best(side, first.as_secs_f64() * 1e3);
                 }
 
@@ -722,6 +744,27 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<Exit> {
                 // the reference's.
                 if run("openwhisk") {
                     openwhisk.round(&setup, side, duration).await?;
+                }
+
+                if run("isolation") && side == Side::Invoker && setup.external.is_none() {
+                    let process = [
+                        ("ISOLATION", "process".to_owned()),
+                        ("WORKERS", "2".to_owned()),
+                    ];
+                    for (i, env) in [&process[..], &[]].into_iter().enumerate() {
+                        let readings =
+                            isolation(&setup, env, duration, min_messages, idle_streams).await?;
+                        for ((best, value), (_, _, higher)) in isolation_figures
+                            .iter_mut()
+                            .map(|pair| &mut pair[i])
+                            .zip(readings)
+                            .zip(ISOLATION_FIGURES)
+                        {
+                            if best.is_nan() || (value > *best) == higher {
+                                *best = value;
+                            }
+                        }
+                    }
                 }
             }
         }
@@ -764,8 +807,80 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<Exit> {
             );
         }
     }
+    if !isolation_figures[0][0].is_nan() {
+        println!();
+        println!(
+            "{:<30} {:>14} {:>14} {:>8}  unit",
+            "the invoker with", "process (2)", "in-process", "ratio"
+        );
+        for ((name, unit, _), [process, in_process]) in
+            ISOLATION_FIGURES.into_iter().zip(isolation_figures)
+        {
+            let ratio = process / in_process;
+            let ratio = if ratio.is_finite() {
+                format!("{ratio:.2}")
+            } else {
+                "n/a".to_owned()
+            };
+            println!("{name:<30} {process:>14.1} {in_process:>14.1} {ratio:>8}  {unit}");
+        }
+    }
     if run("openwhisk") {
         openwhisk.print();
     }
     Ok(Exit::SUCCESS)
+}
+
+/// The figures of `--only isolation`: name, unit, whether higher is better.
+const ISOLATION_FIGURES: [(&str, &str, bool); 8] = [
+    ("isolation: request/reply, 1", "calls/s", true),
+    ("isolation:   p99 latency, 1", "µs", false),
+    ("isolation: request/reply, 64", "calls/s", true),
+    ("isolation:   p99 latency, 64", "µs", false),
+    ("isolation: streaming, 1 stream", "msgs/s", true),
+    ("isolation: streaming, 8", "msgs/s", true),
+    ("isolation: memory/idle stream", "KiB", false),
+    ("isolation: exec to first reply", "ms", false),
+];
+
+/// One reading of each of [`ISOLATION_FIGURES`] for the invoker started with `env`
+/// (`ISOLATION=process WORKERS=2`, or nothing: in process). Memory counts the workers too.
+async fn isolation(
+    setup: &Setup,
+    env: &[(&str, String)],
+    duration: Duration,
+    min_messages: usize,
+    idle_streams: usize,
+) -> anyhow::Result<[f64; ISOLATION_FIGURES.len()]> {
+    let (server, _) = setup.start_with(Side::Invoker, "librot13.so", "encode", env)?;
+    let channel = server.channel().await?;
+    let (rate_1, _, p99_1) = request_reply(channel.clone(), 1, duration).await?;
+    let (rate_64, _, p99_64) = request_reply(channel, 64, duration).await?;
+    drop(server);
+    let (server, _) = setup.start_with(Side::Invoker, "libstreams.so", "running_average", env)?;
+    let channel = server.channel().await?;
+    let numbers = b"2.5".to_vec();
+    let one = streaming(
+        channel.clone(),
+        1,
+        duration,
+        min_messages,
+        numbers.clone(),
+        "text/plain",
+    )
+    .await?;
+    let eight = streaming(channel, 8, duration, min_messages, numbers, "text/plain").await?;
+    let memory = idle_memory(&server, idle_streams).await?;
+    drop(server);
+    let first = first_reply(setup, Side::Invoker, env).await?;
+    Ok([
+        rate_1,
+        p99_1.as_secs_f64() * 1e6,
+        rate_64,
+        p99_64.as_secs_f64() * 1e6,
+        one,
+        eight,
+        memory,
+        first.as_secs_f64() * 1e3,
+    ])
 }
