@@ -46,12 +46,14 @@ impl Inbound {
 }
 
 /// The first value of a header, by case-insensitive name.
+#[inline]
 pub fn header<'a>(headers: &'a [(Text, Text)], name: &str) -> Option<&'a str> {
     header_text(headers, name).map(|v| &**v)
 }
 
 /// The first value of a header, by case-insensitive name, as text to keep (a clone of it is
 /// not a copy when it is short).
+#[inline]
 pub(crate) fn header_text<'a>(headers: &'a [(Text, Text)], name: &str) -> Option<&'a Text> {
     headers
         .iter()
@@ -71,6 +73,7 @@ pub struct Outbound {
 }
 
 /// A function's output as an outbound message, with the call's correlationId echoed.
+#[inline]
 pub(crate) fn outbound(
     out: OutputMessage,
     content_type: Arc<str>,
