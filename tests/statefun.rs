@@ -21,7 +21,9 @@ fn python() -> &'static (PathBuf, PathBuf) {
     static COMPILED: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
     COMPILED.get_or_init(|| {
         let python = common::tools::python(&["grpc_tools", "google.protobuf"]);
-        let out = std::env::temp_dir().join(format!("invoker-statefun-{}", std::process::id()));
+        // Under target/ (cargo's directory for integration tests' files), not $TMPDIR: a static
+        // is never dropped, so nothing would remove it from there. Regenerated on every run.
+        let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("statefun-py");
         std::fs::create_dir_all(&out).unwrap();
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
         let status = Command::new(&python)
