@@ -191,6 +191,57 @@ async fn request_reply_and_streaming_work_in_process_mode() {
     assert_eq!(out.texts(), ["a", "b"], "{out:?}");
 }
 
+#[tokio::test]
+async fn inputs_sent_ahead_to_a_worker_and_never_read_fail_the_call_as_in_process() {
+    // The host forwards a window of inputs ahead of the worker's function: those it never
+    // reads are reported back, and the call ends as in process, not OK.
+    let daemon = start("take_two", &[]);
+    let mut client = daemon.client().await;
+    for _ in 0..3 {
+        let out = call(
+            &mut client,
+            vec![msg("a", &[]), msg("b", &[]), msg("c", &[]), msg("d", &[])],
+        )
+        .await;
+        assert_eq!(out.texts(), ["a", "b"], "{out:?}");
+        assert_eq!(out.code(), Code::FailedPrecondition, "{out:?}");
+        // Exactly what it reads: OK.
+        let out = call(&mut client, vec![msg("a", &[]), msg("b", &[])]).await;
+        assert_eq!(out.texts(), ["a", "b"], "{out:?}");
+        assert_eq!(out.code(), Code::Ok, "{out:?}");
+    }
+}
+
+#[tokio::test]
+async fn the_first_accept_chooses_the_output_type_of_a_stream_in_a_worker() {
+    // The deciding input is held back one poll by the engine; the worker must hear of the new
+    // output type before it is forwarded that input, every time.
+    let daemon = start_uri(&uri("streams", Some("running_average")), "2", &[]);
+    let mut client = daemon.client().await;
+    for _ in 0..20 {
+        let out = call(
+            &mut client,
+            vec![
+                msg("1", &[("Accept", "application/json")]),
+                msg("2", &[("Accept", "text/plain")]),
+            ],
+        )
+        .await;
+        assert_eq!(out.texts(), ["1.0", "1.5"], "{out:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_long_stream_crosses_the_channel_in_order() {
+    // Many more inputs than the window, in order, each answered.
+    let daemon = start("counted", &[]);
+    let mut client = daemon.client().await;
+    let words: Vec<String> = (0..2000).map(|i| i.to_string()).collect();
+    let out = call(&mut client, words.iter().map(|w| msg(w, &[])).collect()).await;
+    assert_eq!(out.code(), Code::Ok, "{:?}", out.status);
+    assert_eq!(out.texts(), words);
+}
+
 /// GET http://addr/metrics; returns the body.
 fn get_metrics(addr: &str) -> String {
     use std::io::{Read, Write};

@@ -3,8 +3,9 @@
 //! start frame names with the same loader as in process, picks the function, runs the init
 //! hook, says hello, and then serves calls: request/reply calls one at a time on a call
 //! thread (the reader thread stays free to read cancellations), streams as tasks on a small
-//! runtime, each output sent only against the host's credits and each input asked for only
-//! when the function polls for one. It exits when the serving process closes the channel or
+//! runtime, each output sent only against the host's credits; the host forwards a window of
+//! inputs ahead (`channel::INPUT_WINDOW`), and credits go back (`TAKEN`) as the function takes
+//! them, every half window or when it waits for more. It exits when the serving process closes the channel or
 //! asks it to (after the shutdown hook), and dies with the serving process
 //! (`PR_SET_PDEATHSIG`). A crash in the library kills this process alone: the fatal-signal
 //! handler logs the signal, function and call, and exits with 128 + the signal.
@@ -20,7 +21,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 
 use super::Exit;
 use crate::cli::WorkerArgs;
@@ -541,8 +542,15 @@ impl StreamCtl {
                     _ => None,
                 };
                 let mut queue = lock(queue);
-                queue.wanted = false;
+                if queue.released {
+                    // Taken by no one: the host counts it unread from the release's total.
+                    return Ok(());
+                }
                 match message {
+                    Some(message) if queue.items.len() >= channel::INPUT_WINDOW as usize => {
+                        drop(message);
+                        return Err(channel::Malformed("inputs past the window"));
+                    }
                     Some(message) => queue.items.push_back(message),
                     None => queue.ended = true,
                 }
@@ -583,23 +591,40 @@ impl StreamCtl {
     }
 }
 
-/// Inputs the host sent for one input port and the function has not taken yet.
+/// Inputs the host sent for one input port and the function has not taken yet: at most
+/// `channel::INPUT_WINDOW`.
 #[derive(Default)]
 struct InQueue {
     items: std::collections::VecDeque<InputMessage>,
     ended: bool,
-    /// A `WANT` is outstanding.
-    wanted: bool,
+    /// Taken by the function in all.
+    taken: u64,
+    /// Taken and not yet reported to the host (its credits to return).
+    unreported: u32,
+    /// The function released the port: what still comes is dropped.
+    released: bool,
     waker: Option<Waker>,
 }
 
-/// An input stream of a streaming function in a worker: asks the host for one message each
-/// time the function polls with nothing here.
+/// An input stream of a streaming function in a worker: takes what the host forwarded, and
+/// returns the host's credits every half window, or at once when the function waits.
 struct RemoteInput {
     queue: Arc<Mutex<InQueue>>,
     port: usize,
     call: u64,
     writer: Arc<Writer>,
+}
+
+impl RemoteInput {
+    fn report(&self, queue: std::sync::MutexGuard<'_, InQueue>, n: u32) {
+        drop(queue);
+        self.writer.write(
+            &Frame::new(to_host::TAKEN, self.call)
+                .u32(self.port as u32)
+                .u32(n)
+                .finish(),
+        );
+    }
 }
 
 impl futures_util::Stream for RemoteInput {
@@ -608,16 +633,21 @@ impl futures_util::Stream for RemoteInput {
     fn poll_next(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let mut queue = lock(&self.queue);
         if let Some(message) = queue.items.pop_front() {
+            queue.taken += 1;
+            queue.unreported += 1;
+            if queue.unreported >= channel::INPUT_WINDOW / 2 {
+                let n = std::mem::take(&mut queue.unreported);
+                self.report(queue, n);
+            }
             return Poll::Ready(Some(message));
         }
         if queue.ended {
             return Poll::Ready(None);
         }
         queue.waker = Some(cx.waker().clone());
-        if !queue.wanted {
-            queue.wanted = true;
-            drop(queue);
-            self.writer.write(&want(self.call, self.port, 1));
+        if queue.unreported > 0 {
+            let n = std::mem::take(&mut queue.unreported);
+            self.report(queue, n);
         }
         Poll::Pending
     }
@@ -625,14 +655,19 @@ impl futures_util::Stream for RemoteInput {
 
 impl Drop for RemoteInput {
     fn drop(&mut self) {
-        // The function released its input: so must the host.
-        self.writer.write(&want(self.call, self.port, 0));
+        // The function released its input: so must the host; what it forwarded past `taken`
+        // was never read.
+        let taken = {
+            let mut queue = lock(&self.queue);
+            queue.released = true;
+            queue.items.clear();
+            queue.taken
+        };
+        self.writer.write(
+            &Frame::new(to_host::RELEASED, self.call)
+                .u32(self.port as u32)
+                .u64(taken)
+                .finish(),
+        );
     }
-}
-
-fn want(call: u64, port: usize, n: u32) -> Bytes {
-    Frame::new(to_host::WANT, call)
-        .u32(port as u32)
-        .u32(n)
-        .finish()
 }

@@ -15,7 +15,7 @@ use super::message::outbound;
 use super::{
     CALL_DEFAULT_CONTENT_TYPE, Call, Inbound, InboundStream, Outbound, OutboundStream, status,
 };
-use crate::function::{BoxInput, FunctionError, Headers, InputMessage, OutputStream};
+use crate::function::{BoxInput, CallMeta, FunctionError, Headers, InputMessage, OutputStream};
 use crate::negotiate::{self, Chosen};
 use crate::stats::Stats;
 use crate::sync::lock;
@@ -60,6 +60,7 @@ impl Call {
             ends_with_output,
             content_type: None,
             rest: None,
+            meta: self.meta.clone(),
         };
         match input {
             Some(input) if info.uses_context => {
@@ -298,6 +299,8 @@ struct CallOutput {
     content_type: Option<Arc<str>>,
     /// After the function's output ended: the inbound side, until the client half-closes.
     rest: Option<InboundStream>,
+    /// The call, which a worker process's function marks when it leaves inputs unread.
+    meta: CallMeta,
 }
 
 impl CallOutput {
@@ -348,6 +351,10 @@ impl CallOutput {
     fn output_ended(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Outbound, Status>>> {
         // Releasing the function releases its input, which leaves the inbound side behind.
         self.output = None;
+        if self.meta.input_left_unread() {
+            // A worker's function left messages it was sent ahead unread: as `Unread` below.
+            return self.finish(Some(Err(status::unread())));
+        }
         let rest = match self.supplier_inbound.take() {
             Some(_) if self.ends_with_output => None,
             Some(inbound) => Some(inbound),

@@ -17,6 +17,17 @@ use super::{FunctionError, FunctionInfo, Headers, PortInfo, Shape, Text};
 /// fronts (gRPC's message limit, `/run`'s 16 MiB).
 pub const MAX_FRAME: usize = 80 << 20;
 
+/// How many inputs of a stream's port the host forwards ahead of the worker's function
+/// taking them: the worker's queue for a port holds at most this many (a host that sends more
+/// is a malformed channel).
+pub const INPUT_WINDOW: u32 = 32;
+
+/// The host forwards a port's next input only while those forwarded and not yet taken add up
+/// to less than this many payload bytes (one at least, whatever its size): with
+/// [`INPUT_WINDOW`], what a stream's inputs can hold in a worker is about this plus one
+/// message.
+pub const INPUT_WINDOW_BYTES: usize = 1 << 20;
+
 /// Frame kinds, host to worker.
 pub mod to_worker {
     /// Load a library, pick a function, run the init hook; the worker answers `HELLO` or
@@ -56,8 +67,12 @@ pub mod to_host {
     pub const OUTPUT: u8 = 69;
     /// A stream's output port ended (or failed: then it carries the error).
     pub const OUTPUT_END: u8 = 70;
-    /// The function wants `n` more inputs on a port.
-    pub const WANT: u8 = 71;
+    /// The function took `n` more inputs of a port: the host may forward `n` more (its
+    /// credits for the port's [`INPUT_WINDOW`](super::INPUT_WINDOW)).
+    pub const TAKEN: u8 = 71;
+    /// The function released an input port, having taken `n: u64` inputs of it in all: the
+    /// host releases the call's input, and any it forwarded past `n` were never read.
+    pub const RELEASED: u8 = 72;
 }
 
 /// Result codes of `REPLY`, `OPENED` and `OUTPUT_END`.

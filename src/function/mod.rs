@@ -286,6 +286,8 @@ struct CallState {
     id: u64,
     deadline: Option<Instant>,
     cancelled: AtomicBool,
+    /// A worker's function released an input with messages forwarded to it and never read.
+    unread: AtomicBool,
     span: OnceLock<tracing::Span>,
 }
 
@@ -297,6 +299,7 @@ impl CallMeta {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             deadline: timeout.and_then(|t| Instant::now().checked_add(t)),
             cancelled: AtomicBool::new(false),
+            unread: AtomicBool::new(false),
             span: OnceLock::new(),
         }))
     }
@@ -308,6 +311,7 @@ impl CallMeta {
             id,
             deadline,
             cancelled: AtomicBool::new(false),
+            unread: AtomicBool::new(false),
             span: OnceLock::new(),
         }))
     }
@@ -331,6 +335,19 @@ impl CallMeta {
     /// Whether the call has been cancelled.
     pub fn is_cancelled(&self) -> bool {
         self.0.cancelled.load(Ordering::Acquire)
+    }
+
+    /// Marks that the function released an input leaving messages it never read: in process
+    /// those stay with the transport (and the engine refuses them), but a worker process is
+    /// sent messages ahead of its function's reads, so it reports them back and the engine
+    /// ends the call as it would have in process.
+    pub fn left_input_unread(&self) {
+        self.0.unread.store(true, Ordering::Release);
+    }
+
+    /// Whether [`CallMeta::left_input_unread`] was called.
+    pub fn input_left_unread(&self) -> bool {
+        self.0.unread.load(Ordering::Acquire)
     }
 
     /// The call's span, `call` with its `id`, made the first time something is logged in the

@@ -14,9 +14,11 @@
 //! workers round-robin and may share one.
 //!
 //! Bounds: frames queued for a worker are one `INVOKE` (a worker runs one request/reply call at
-//! a time), `CANCEL`s, and per stream the inputs the worker asked for (`WANT`) and the credits
-//! the host granted; outputs the worker sends are at most the credits granted, [`WINDOW`] per
-//! output port. A frame is at most `channel::MAX_FRAME`.
+//! a time), `CANCEL`s, and per stream the credits the host granted and the inputs it forwarded
+//! ahead: per input port at most `channel::INPUT_WINDOW` (32) not yet taken by the function,
+//! and past `channel::INPUT_WINDOW_BYTES` (1 MiB) of them no more; outputs the worker sends
+//! are at most the credits granted, [`WINDOW`] per output port. A frame is at most
+//! `channel::MAX_FRAME`.
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
@@ -928,6 +930,11 @@ async fn read_loop(
         {
             dispatch(set, worker, kind, call, &mut r).map_err(|e| e.to_string())?;
         }
+        // Frames share the buffer while their payloads live: room for a big read, else
+        // `read_buf` would grow it a few bytes at a time.
+        if buf.capacity() - buf.len() < 16 * 1024 {
+            buf.reserve(64 * 1024);
+        }
         match reader.read_buf(&mut buf).await {
             Ok(0) => return Ok(()),
             Ok(_) => {}
@@ -975,7 +982,11 @@ fn dispatch(
                 sink.custom_metric(&name, value);
             }
         }
-        to_host::OPENED | to_host::OUTPUT | to_host::OUTPUT_END | to_host::WANT => {
+        to_host::OPENED
+        | to_host::OUTPUT
+        | to_host::OUTPUT_END
+        | to_host::TAKEN
+        | to_host::RELEASED => {
             let shared = match lock(&worker.pending).get(&call) {
                 Some(Pending::Stream(shared)) => Some(shared.clone()),
                 _ => None,

@@ -1,25 +1,32 @@
 //! A streaming call in a worker, the host's side: the engine polls [`RemoteOutput`]s as it
 //! polls a library's output streams, and each poll both takes the outputs the worker sent and
-//! feeds the worker the inputs it asked for. No task and no buffer beyond the credits: the
-//! worker sends an output only against a credit, granted as the engine takes outputs (1 at
-//! first, so the output type can still be chosen by the first Accept, then up to
-//! [`WINDOW`]); an input is read from the call only when the worker's function asks for one
-//! (`WANT`), one at a time, as the function would pull it in process.
+//! forwards the call's inputs ahead to the worker. No task: the worker sends an output only
+//! against a credit, granted as the engine takes outputs (1 at first, so the output type can
+//! still be chosen by the first Accept, then up to [`WINDOW`]); inputs are read from the call
+//! and forwarded, in one write per poll, while fewer than `channel::INPUT_WINDOW` (and
+//! `INPUT_WINDOW_BYTES`) are forwarded and not yet taken by the worker's function, which
+//! returns credits (`TAKEN`) as it takes them. When the function releases an input the worker
+//! says how many it took in all; any forwarded past that were never read, and the call ends
+//! as in process (`CallMeta::left_input_unread`).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
+use bytes::BytesMut;
+
 use super::{Frame, MetricSink, Pending, WINDOW, Worker, Workers, code, to_host, to_worker};
-use crate::function::channel::{Malformed, Reader};
+use crate::function::channel::{INPUT_WINDOW, INPUT_WINDOW_BYTES, Malformed, Reader};
 use crate::function::{
-    BoxInput, CallContext, FunctionError, InputMessage, OutputMessage, OutputStream,
+    BoxInput, CallContext, CallMeta, FunctionError, InputMessage, OutputMessage, OutputStream,
 };
 use crate::sync::lock;
 
 /// What a stream's outputs and the worker's reader share.
 pub(crate) struct Shared {
     pub(super) metrics: Option<Arc<dyn MetricSink>>,
+    /// The call, marked if the function leaves forwarded inputs unread.
+    call: CallMeta,
     state: Mutex<State>,
 }
 
@@ -29,10 +36,38 @@ struct State {
     outputs: Vec<Port>,
     /// The host's input streams; `None` once the function released one or it ended.
     inputs: Vec<Option<BoxInput>>,
-    /// Inputs the worker's function waits for.
-    wants: Vec<bool>,
+    /// What each input port has forwarded to the worker.
+    forwarded: Vec<Forwarded>,
     /// Outputs still held by the engine.
     open_outputs: usize,
+}
+
+/// An input port's inputs forwarded to the worker and not yet taken by its function.
+#[derive(Default)]
+struct Forwarded {
+    /// Their sizes, oldest first.
+    sizes: VecDeque<usize>,
+    /// Their total size.
+    bytes: usize,
+    /// How many were forwarded in all.
+    sent: u64,
+}
+
+impl Forwarded {
+    /// Whether the window has room for one more.
+    fn room(&self) -> bool {
+        self.sizes.is_empty()
+            || (self.sizes.len() < INPUT_WINDOW as usize && self.bytes < INPUT_WINDOW_BYTES)
+    }
+
+    fn taken(&mut self, n: u32) {
+        for _ in 0..n {
+            match self.sizes.pop_front() {
+                Some(size) => self.bytes -= size,
+                None => break,
+            }
+        }
+    }
 }
 
 #[derive(Default)]
@@ -109,22 +144,32 @@ impl Shared {
                 p.ended = Some(error);
                 wake = p.waker.take();
             }
-            to_host::WANT => {
+            to_host::TAKEN => {
                 let port = r.u32()? as usize;
                 let n = r.u32()?;
-                if port >= state.inputs.len() {
-                    return Err(Malformed("no such input"));
-                }
-                if n == 0 {
-                    // The function released the input: so does the host, now.
-                    state.wants[port] = false;
-                    let input = state.inputs[port].take();
-                    drop(state);
-                    drop(input);
-                    return Ok(());
-                }
-                state.wants[port] = true;
+                let forwarded = state
+                    .forwarded
+                    .get_mut(port)
+                    .ok_or(Malformed("no such input"))?;
+                forwarded.taken(n);
                 wake_all = true;
+            }
+            to_host::RELEASED => {
+                let port = r.u32()? as usize;
+                let taken = r.u64()?;
+                let forwarded = state
+                    .forwarded
+                    .get_mut(port)
+                    .ok_or(Malformed("no such input"))?;
+                if forwarded.sent > taken {
+                    self.call.left_input_unread();
+                }
+                *forwarded = Forwarded::default();
+                // The function released the input: so does the host, now.
+                let input = state.inputs.get_mut(port).and_then(Option::take);
+                drop(state);
+                drop(input);
+                return Ok(());
             }
             _ => return Err(Malformed("unknown stream frame")),
         }
@@ -168,11 +213,12 @@ pub(super) fn open(
     let inputs_len = inputs.len();
     let shared = Arc::new(Shared {
         metrics: ctx.metrics.clone(),
+        call: ctx.call.clone(),
         state: Mutex::new(State {
             failed: None,
             outputs: (0..outputs_len).map(|_| Port::default()).collect(),
             inputs: inputs.into_iter().map(Some).collect(),
-            wants: vec![false; inputs_len],
+            forwarded: (0..inputs_len).map(|_| Forwarded::default()).collect(),
             open_outputs: outputs_len,
         }),
     });
@@ -226,38 +272,50 @@ impl RemoteOutput {
             port.reported = true;
             return Poll::Ready(Some(Err(error.clone())));
         }
-        // Feed the worker the inputs its function waits for.
-        for (index, input) in state.inputs.iter_mut().enumerate() {
-            if !state.wants[index] {
-                continue;
-            }
-            let Some(stream) = input.as_mut() else {
-                continue;
-            };
-            match stream.as_mut().poll_next(cx) {
-                Poll::Ready(Some(message)) => {
-                    state.wants[index] = false;
-                    self.worker.send(input_frame(self.call, index, &message));
-                }
-                Poll::Ready(None) => {
-                    state.wants[index] = false;
-                    *input = None;
-                    self.worker.send(
-                        Frame::new(to_worker::INPUT_END, self.call)
-                            .u32(index as u32)
-                            .finish(),
-                    );
-                }
-                Poll::Pending => {}
-            }
-        }
+        // The output type changed (an input's Accept decided it, and the engine held that
+        // input back one poll): the worker hears it before it is forwarded that input.
+        let mut batch = BytesMut::new();
         let port = &mut state.outputs[self.port];
         let media_type = media_type as u32;
         if port.media_type.is_some_and(|t| t != media_type) {
             port.media_type = Some(media_type);
-            self.worker
-                .send(credit(self.call, self.port, 0, media_type));
+            batch.extend_from_slice(&credit(self.call, self.port, 0, media_type));
         }
+        // Forward the call's inputs ahead, as far as the window allows, in one write.
+        for (index, (input, forwarded)) in state
+            .inputs
+            .iter_mut()
+            .zip(state.forwarded.iter_mut())
+            .enumerate()
+        {
+            while forwarded.room() {
+                let Some(stream) = input.as_mut() else {
+                    break;
+                };
+                match stream.as_mut().poll_next(cx) {
+                    Poll::Ready(Some(message)) => {
+                        let frame = input_frame(self.call, index, &message);
+                        forwarded.sizes.push_back(frame.len());
+                        forwarded.bytes += frame.len();
+                        forwarded.sent += 1;
+                        batch.extend_from_slice(&frame);
+                    }
+                    Poll::Ready(None) => {
+                        *input = None;
+                        batch.extend_from_slice(
+                            &Frame::new(to_worker::INPUT_END, self.call)
+                                .u32(index as u32)
+                                .finish(),
+                        );
+                    }
+                    Poll::Pending => break,
+                }
+            }
+        }
+        if !batch.is_empty() {
+            self.worker.send(batch.freeze());
+        }
+        let port = &mut state.outputs[self.port];
         if let Some(message) = port.queue.pop_front() {
             port.flowing = true;
             let held = port.granted as usize + port.queue.len();
