@@ -102,7 +102,7 @@ pub enum Isolation {
 /// the function's own memory comes on top. A debug build needs about 64 MiB alone.
 pub const MIN_WORKER_MEMORY_LIMIT: u64 = 64 << 20;
 
-/// Crash containment (`--isolation process`), shared by `serve` and `openwhisk`.
+/// Crash containment (`--isolation process`), shared by `serve`, `openwhisk` and `statefun`.
 #[derive(Debug, Clone, Args)]
 pub struct IsolationArgs {
     /// Where the function runs: in the serving process, or in worker processes that a crash
@@ -606,6 +606,9 @@ pub struct StatefunArgs {
     /// Seconds a request's body may take to arrive (408 past it).
     #[arg(long, env = "BODY_TIMEOUT", default_value = "30", value_parser = parse_positive_seconds, value_name = "SECONDS")]
     pub body_timeout: Duration,
+
+    #[command(flatten)]
+    pub isolation: IsolationArgs,
 }
 
 /// Parses a positive number of seconds.

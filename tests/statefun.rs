@@ -248,7 +248,10 @@ fn mutations(from: &Value) -> Vec<Value> {
 
 #[test]
 fn missing_state_asks_for_exactly_the_missing_specs_and_runs_nothing() {
-    let endpoint = endpoint();
+    missing_state(&endpoint());
+}
+
+fn missing_state(endpoint: &Endpoint) {
     let from = endpoint
         .batch(&batch("example/greeter", "ann", &[], &[string("Ann")]))
         .unwrap();
@@ -281,7 +284,10 @@ fn missing_state_asks_for_exactly_the_missing_specs_and_runs_nothing() {
 
 #[test]
 fn a_batch_runs_in_order_each_invocation_seeing_the_state_the_previous_left() {
-    let endpoint = endpoint();
+    in_order(&endpoint());
+}
+
+fn in_order(endpoint: &Endpoint) {
     // Both forms of an empty value: no state_value, and has_value false.
     let empty_forms = [
         Value::Null,
@@ -344,7 +350,10 @@ fn relay_sends_to_the_greeter() {
 
 #[test]
 fn reminder_sends_a_delayed_message_with_a_token_and_cancels_it() {
-    let endpoint = endpoint();
+    reminder(&endpoint());
+}
+
+fn reminder(endpoint: &Endpoint) {
     let from = endpoint
         .batch(&batch(
             "example/reminder",
@@ -605,7 +614,10 @@ fn every_built_in_type_is_statefuns_wrapper_and_the_caller_is_known() {
 
 #[test]
 fn a_batch_that_sends_past_the_bound_fails() {
-    let probe = probe();
+    past_the_bound(&probe());
+}
+
+fn past_the_bound(probe: &Endpoint) {
     let n = json!({"typename": "io.statefun.types/long", "long": 100});
     let (status, text) = probe
         .batch(&batch("probe/flood", "f", &[], &[n]))
@@ -614,6 +626,55 @@ fn a_batch_that_sends_past_the_bound_fails() {
     assert!(text.contains("bound on one response"), "{text}");
     let (status, _, _) = probe.post_to("/statefun", &vec![0u8; 70_000]);
     assert_eq!(status, 413);
+}
+
+/// `--isolation process`: each invocation carries its batch's state to a worker process and
+/// brings back what it changed and sent.
+mod in_workers {
+    use super::*;
+
+    fn start(library: &str, extra: &[&str]) -> Endpoint {
+        let mut args = vec!["--isolation", "process", "--workers", "2"];
+        args.extend_from_slice(extra);
+        Endpoint::start(library, &args)
+    }
+
+    #[test]
+    fn stateful_batches_run_in_worker_processes_as_in_process() {
+        let endpoint = start("statefun", &[]);
+        in_order(&endpoint);
+        missing_state(&endpoint);
+        reminder(&endpoint);
+        past_the_bound(&start("stateful-probe", &["--max-request-bytes", "65536"]));
+    }
+
+    #[test]
+    fn an_abort_fails_only_its_batch_and_the_endpoint_keeps_serving() {
+        let probe = start("stateful-probe", &[]);
+        let five = json!({"typename": "io.statefun.types/int", "int": 5});
+        for _ in 0..2 {
+            let (status, text) = probe
+                .batch(&batch(
+                    "probe/aborts",
+                    "x",
+                    &[("i", Value::Null)],
+                    &[string("a")],
+                ))
+                .unwrap_err();
+            assert_eq!(status, 500, "{text}");
+            assert!(text.contains("Invoker: Function Crashed"), "{text}");
+            // The next batch is served (by the other worker, or the one restarted).
+            let from = probe
+                .batch(&batch(
+                    "probe/reader",
+                    "r",
+                    &[("i", five.clone())],
+                    &[string("a")],
+                ))
+                .unwrap();
+            assert_eq!(egresses(&from), [("probe/read".to_owned(), json!(5))]);
+        }
+    }
 }
 
 #[tokio::test]

@@ -5,6 +5,11 @@
 //! Each stateful function gets an engine of its own (the request/reply machinery, blocking
 //! policy and counters), all sharing one pool of function threads and one `Stats`. There is
 //! no reload: a StateFun endpoint is replaced by rolling the deployment.
+//!
+//! With `--isolation process` this process never loads the library: each stateful function
+//! gets a set of `--workers` worker processes of its own (the first set, started on the
+//! library's first stateful function, names the others in its hello), and each invocation
+//! carries its batch's state to a worker and brings back what it changed and sent.
 
 use std::sync::Arc;
 
@@ -15,8 +20,9 @@ use super::Exit;
 use crate::cli::StatefunArgs;
 use crate::engine::Engine;
 use crate::engine::pool::{Limits, Pool};
-use crate::function::Library;
 use crate::function::uri::FunctionUri;
+use crate::function::worker::{Select, Source, StartSpec, Workers, WorkersWatch};
+use crate::function::{Function, Library};
 use crate::server::drain::Calls;
 use crate::server::statefun::{Functions, StatefunOptions, serve_statefun};
 use crate::stats::Stats;
@@ -26,11 +32,61 @@ pub fn statefun(args: StatefunArgs) -> anyhow::Result<Exit> {
     super::install_crash_handler();
     let uri = FunctionUri::parse(&args.function_uri)?;
     let config = crate::config::load(args.config.as_deref(), args.function_config.as_deref())?;
-    let library = Library::load(&uri.path)?;
     let pairs: Vec<(String, String)> = config.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    library
-        .init(&pairs)
-        .map_err(|e| anyhow::anyhow!("the init hook of {} failed: {e}", uri.path.display()))?;
+    let instance_id = super::serve::instance_id();
+    // In process: the library; in worker processes: their sets, to shut down at the end.
+    let mut library = None;
+    let mut worker_sets: Vec<WorkersWatch> = Vec::new();
+    let (sdk, functions_found): (String, Vec<Function>) =
+        match super::worker_options(&args.isolation) {
+            None => {
+                let loaded = Library::load(&uri.path)?;
+                loaded.init(&pairs).map_err(|e| {
+                    anyhow::anyhow!("the init hook of {} failed: {e}", uri.path.display())
+                })?;
+                let found = loaded
+                    .handlers()
+                    .into_iter()
+                    .map(|name| loaded.function(Some(name)))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let sdk = loaded.sdk_version().to_owned();
+                library = Some(loaded);
+                (sdk, found)
+            }
+            Some(options) => {
+                let start = |select: Select| {
+                    let spec = StartSpec {
+                        source: Source::File(uri.path.clone()),
+                        select,
+                        config: pairs.clone(),
+                        instance_id: instance_id.clone(),
+                        named: 0,
+                    };
+                    // A monitor per function: each set's workers are counted apart.
+                    let options = crate::function::worker::WorkerOptions {
+                        monitor: Default::default(),
+                        ..options.clone()
+                    };
+                    Workers::start(spec, options).inspect(Workers::make_current)
+                };
+                let first = start(Select::FirstStateful)?;
+                let hello = first.hello().clone();
+                let mut sets = vec![first];
+                for name in &hello.stateful_handlers {
+                    if *name != hello.info.name {
+                        sets.push(start(Select::Named(name.clone()))?);
+                    }
+                }
+                worker_sets = sets.iter().map(Workers::watch).collect();
+                tracing::info!(
+                    workers = options.workers,
+                    memory_limit = options.memory_limit,
+                    "the stateful functions run in worker processes"
+                );
+                let found = sets.into_iter().map(Function::in_workers).collect();
+                (hello.sdk_version, found)
+            }
+        };
     let stats = Arc::new(Stats::new());
     let mut limits = match args.max_concurrency {
         Some(n) => Limits::with_max_running(n as usize),
@@ -41,10 +97,8 @@ pub fn statefun(args: StatefunArgs) -> anyhow::Result<Exit> {
     }
     let pool = Arc::new(Pool::new(limits, stats.clone()));
     let config = Arc::new(config);
-    let instance_id = super::serve::instance_id();
     let mut functions = Functions::default();
-    for name in library.handlers() {
-        let function = library.function(Some(name))?;
+    for function in functions_found {
         let engine = Engine::new(
             function,
             &instance_id,
@@ -55,7 +109,9 @@ pub fn statefun(args: StatefunArgs) -> anyhow::Result<Exit> {
         functions.add(engine);
     }
     if functions.is_empty() {
-        library.shutdown();
+        if let Some(library) = &library {
+            library.shutdown();
+        }
         anyhow::bail!(
             "{} has no stateful functions (#[invoker_sdk::statefun]): serve its functions with `invoker serve`",
             uri.path.display()
@@ -63,7 +119,7 @@ pub fn statefun(args: StatefunArgs) -> anyhow::Result<Exit> {
     }
     tracing::info!(
         library = %uri.path.display(),
-        sdk = %library.sdk_version(),
+        sdk = %sdk,
         functions = ?functions.types(),
         "stateful functions loaded"
     );
@@ -101,7 +157,13 @@ pub fn statefun(args: StatefunArgs) -> anyhow::Result<Exit> {
         .await
     });
     runtime.shutdown_timeout(std::time::Duration::from_millis(300));
-    library.shutdown();
+    if let Some(library) = &library {
+        library.shutdown();
+    }
+    // Each worker runs the shutdown hook and exits.
+    for set in &worker_sets {
+        set.shutdown(std::time::Duration::from_secs(5));
+    }
     crate::function::flush_panic_log();
     served.map(|()| Exit::SUCCESS)
 }

@@ -28,6 +28,7 @@ use crate::cli::WorkerArgs;
 use crate::function::channel::{self, Frame, Reader, code, to_host, to_worker};
 use crate::function::{
     BoxInput, CallContext, CallMeta, Function, InputMessage, Library, MetricSink, OutputStream,
+    Stateful,
 };
 use crate::live::{LiveError, Named};
 use crate::sync::lock;
@@ -81,14 +82,25 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<Exit> {
         Err(e) => anyhow::bail!("{e}"),
     };
     let (package, version) = library.package().unwrap_or(("", ""));
-    writer.write(
-        &Frame::new(to_host::HELLO, 0)
-            .str(library.sdk_version())
-            .str(package)
-            .str(version)
-            .info(function.info())
-            .finish(),
-    );
+    let stateful: Vec<&str> = library
+        .handlers()
+        .into_iter()
+        .filter(|name| {
+            library
+                .function(Some(name))
+                .is_ok_and(|f| f.info().stateful.is_some())
+        })
+        .collect();
+    let mut hello = Frame::new(to_host::HELLO, 0)
+        .str(library.sdk_version())
+        .str(package)
+        .str(version)
+        .info(function.info())
+        .u32(stateful.len() as u32);
+    for name in stateful {
+        hello = hello.str(name);
+    }
+    writer.write(&hello.finish());
     let worker = Arc::new(Serving {
         function,
         instance_id: instance_id.into(),
@@ -134,6 +146,14 @@ fn load(r: &mut Reader) -> Result<Result<Loaded, LiveError>, channel::Malformed>
     let function = match select {
         0 => library.function(Some(&name)),
         2 if library.handlers().contains(&name.as_str()) => library.function(Some(&name)),
+        3 => {
+            let first = library.handlers().into_iter().find(|name| {
+                library
+                    .function(Some(name))
+                    .is_ok_and(|f| f.info().stateful.is_some())
+            });
+            library.function(first)
+        }
         _ => library.function(None),
     };
     let function = match function {
@@ -216,6 +236,8 @@ struct Invoke {
     call: CallMeta,
     media_type: usize,
     input: Option<InputMessage>,
+    /// A StateFun invocation's context: its batch as the host had it.
+    stateful: Option<Stateful>,
 }
 
 impl Serving {
@@ -254,6 +276,17 @@ impl Serving {
                             }
                         }),
                     };
+                    let stateful = match r.u8()? {
+                        0 => None,
+                        _ => {
+                            let (self_address, caller, batch) = r.batch_in()?;
+                            Some(Stateful {
+                                self_address,
+                                caller,
+                                batch: Arc::new(Mutex::new(batch)),
+                            })
+                        }
+                    };
                     let meta = CallMeta::with_id(call, deadline);
                     lock(&self.calls).insert(call, meta.clone());
                     self.active.fetch_add(1, Ordering::AcqRel);
@@ -261,6 +294,7 @@ impl Serving {
                         call: meta,
                         media_type,
                         input,
+                        stateful,
                     });
                 }
                 to_worker::CANCEL => {
@@ -311,8 +345,7 @@ impl Serving {
             call,
             headers,
             config: self.config.clone(),
-            // StateFun's state callbacks do not cross the channel: `invoker statefun` serves
-            // in process only.
+            // Set by a StateFun invocation (`invoke`).
             stateful: None,
         }
     }
@@ -323,7 +356,8 @@ impl Serving {
             (Some(input), true) => input.headers.clone(),
             _ => Vec::new(),
         };
-        let ctx = self.context(job.call, headers);
+        let mut ctx = self.context(job.call, headers);
+        ctx.stateful = job.stateful;
         let result = self
             .function
             .invoke(&ctx, job.input.as_ref(), job.media_type);
@@ -333,6 +367,11 @@ impl Serving {
             Ok(Some(out)) => frame.u8(code::OK).headers(&out.headers).bytes(&out.payload),
             Ok(None) => frame.u8(code::EMPTY),
             Err(e) => frame.error(e),
+        };
+        // What a StateFun invocation changed and sent goes back with its reply.
+        let frame = match &ctx.stateful {
+            None => frame.u8(0),
+            Some(stateful) => frame.u8(1).batch_out(&lock(&stateful.batch)),
         };
         self.writer.write(&frame.finish());
         self.active.fetch_sub(1, Ordering::AcqRel);

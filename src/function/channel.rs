@@ -10,7 +10,10 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
-use super::{FunctionError, FunctionInfo, Headers, PortInfo, Shape, Text};
+use super::{
+    Address, Batch, Cell, Expiration, FunctionError, FunctionInfo, Headers, PortInfo, Sent, Shape,
+    StatefulInfo, Text, TypedValue, ValueSpecInfo,
+};
 
 /// The largest frame either side sends or accepts: an OpenWhisk `/init` carries a library of up
 /// to 64 MiB in the worker's start frame; call payloads are bounded far below this by the
@@ -196,6 +199,104 @@ impl Frame {
                 }
             }
         }
+        match &info.stateful {
+            None => self.u8(0),
+            Some(stateful) => {
+                self = self
+                    .u8(1)
+                    .str(&stateful.function_type)
+                    .u32(stateful.message_types.len() as u32);
+                for t in &stateful.message_types {
+                    self = self.str(t);
+                }
+                self = self.u32(stateful.values.len() as u32);
+                for value in &stateful.values {
+                    let (mode, millis) = match value.expiration {
+                        Expiration::Never => (0, 0),
+                        Expiration::AfterWrite(ms) => (1, ms),
+                        Expiration::AfterInvoke(ms) => (2, ms),
+                    };
+                    self = self
+                        .str(&value.name)
+                        .str(&value.typename)
+                        .u8(mode)
+                        .u64(millis);
+                }
+                self
+            }
+        }
+    }
+
+    /// Appends an address.
+    pub fn address(self, address: &Address) -> Frame {
+        self.str(&address.function_type).str(&address.id)
+    }
+
+    fn value(self, value: &Option<Bytes>) -> Frame {
+        match value {
+            None => self.u8(0),
+            Some(bytes) => self.u8(1).bytes(bytes),
+        }
+    }
+
+    fn typed(self, value: &TypedValue) -> Frame {
+        self.str(&value.typename).bytes(&value.value)
+    }
+
+    /// Appends a StateFun invocation's batch as it stands before the invocation: its addresses,
+    /// the values of its cells (by position), and its byte count and limit.
+    pub fn batch_in(
+        mut self,
+        self_address: &Address,
+        caller: Option<&Address>,
+        batch: &Batch,
+    ) -> Frame {
+        self = self.address(self_address);
+        self = match caller {
+            None => self.u8(0),
+            Some(caller) => self.u8(1).address(caller),
+        };
+        self = self
+            .u64(batch.bytes as u64)
+            .u64(batch.limit as u64)
+            .u32(batch.cells.len() as u32);
+        for cell in &batch.cells {
+            self = self.str(&cell.name).value(&cell.value);
+        }
+        self
+    }
+
+    /// Appends what one invocation did to its batch: the cells it changed (by position), what
+    /// it sent, and the batch's byte count after it. `batch` began as [`Frame::batch_in`]'s
+    /// with every cell unchanged.
+    pub fn batch_out(mut self, batch: &Batch) -> Frame {
+        self = self.u64(batch.bytes as u64);
+        let changed = batch.cells.iter().filter(|c| c.changed).count();
+        self = self.u32(changed as u32);
+        for (index, cell) in batch.cells.iter().enumerate() {
+            if cell.changed {
+                self = self.u32(index as u32).value(&cell.value);
+            }
+        }
+        self = self.u32(batch.sent.len() as u32);
+        for sent in &batch.sent {
+            self = match sent {
+                Sent::Message { target, value } => self.u8(0).address(target).typed(value),
+                Sent::Delayed {
+                    target,
+                    value,
+                    delay_millis,
+                    cancellation_token,
+                } => self
+                    .u8(1)
+                    .address(target)
+                    .typed(value)
+                    .u64(*delay_millis)
+                    .str(cancellation_token),
+                Sent::Cancel { cancellation_token } => self.u8(2).str(cancellation_token),
+                Sent::Egress { egress, value } => self.u8(3).str(egress).typed(value),
+            };
+        }
         self
     }
 
@@ -349,15 +450,148 @@ impl Reader {
             }
         }
         let [inputs, outputs] = ports;
+        let stateful = match self.u8()? {
+            0 => None,
+            _ => {
+                let function_type = self.str()?;
+                let n = self.u32()? as usize;
+                self.need(n.saturating_mul(4))?;
+                let message_types = (0..n).map(|_| self.str()).collect::<Result<_, _>>()?;
+                let n = self.u32()? as usize;
+                self.need(n.saturating_mul(17))?;
+                let mut values = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let name = self.str()?;
+                    let typename = self.str()?;
+                    let mode = self.u8()?;
+                    let millis = self.u64()?;
+                    let expiration = match mode {
+                        0 => Expiration::Never,
+                        1 => Expiration::AfterWrite(millis),
+                        2 => Expiration::AfterInvoke(millis),
+                        _ => return Err(Malformed("unknown expiration")),
+                    };
+                    values.push(ValueSpecInfo {
+                        name,
+                        typename,
+                        expiration,
+                    });
+                }
+                Some(StatefulInfo {
+                    function_type,
+                    message_types,
+                    values,
+                })
+            }
+        };
         Ok(FunctionInfo {
             name,
             shape,
             inputs,
             outputs,
             uses_context,
-            // Not sent: `invoker statefun` serves in process only.
-            stateful: None,
+            stateful,
         })
+    }
+
+    /// An address.
+    pub fn address(&mut self) -> Result<Address, Malformed> {
+        Ok(Address {
+            function_type: self.str()?,
+            id: self.str()?,
+        })
+    }
+
+    fn value(&mut self) -> Result<Option<Bytes>, Malformed> {
+        match self.u8()? {
+            0 => Ok(None),
+            _ => Ok(Some(self.bytes()?)),
+        }
+    }
+
+    fn typed(&mut self) -> Result<TypedValue, Malformed> {
+        Ok(TypedValue {
+            typename: self.str()?,
+            value: self.bytes()?,
+        })
+    }
+
+    /// A batch written by [`Frame::batch_in`]: the addresses, and the batch with every cell
+    /// unchanged and nothing sent.
+    pub fn batch_in(&mut self) -> Result<(Address, Option<Address>, Batch), Malformed> {
+        let self_address = self.address()?;
+        let caller = match self.u8()? {
+            0 => None,
+            _ => Some(self.address()?),
+        };
+        let bytes = self.u64()? as usize;
+        let limit = self.u64()? as usize;
+        let n = self.u32()? as usize;
+        self.need(n.saturating_mul(5))?;
+        let mut cells = Vec::with_capacity(n);
+        for _ in 0..n {
+            cells.push(Cell {
+                name: self.str()?,
+                value: self.value()?,
+                changed: false,
+            });
+        }
+        let batch = Batch {
+            cells,
+            sent: Vec::new(),
+            bytes,
+            limit,
+        };
+        Ok((self_address, caller, batch))
+    }
+
+    /// Applies what [`Frame::batch_out`] wrote to the batch the invocation ran in.
+    pub fn batch_out(&mut self, batch: &mut Batch) -> Result<(), Malformed> {
+        let bytes = self.u64()? as usize;
+        let n = self.u32()? as usize;
+        self.need(n.saturating_mul(5))?;
+        let mut changed = Vec::with_capacity(n);
+        for _ in 0..n {
+            let index = self.u32()? as usize;
+            if index >= batch.cells.len() {
+                return Err(Malformed("no such state cell"));
+            }
+            changed.push((index, self.value()?));
+        }
+        let n = self.u32()? as usize;
+        self.need(n)?;
+        let mut sent = Vec::with_capacity(n);
+        for _ in 0..n {
+            sent.push(match self.u8()? {
+                0 => Sent::Message {
+                    target: self.address()?,
+                    value: self.typed()?,
+                },
+                1 => Sent::Delayed {
+                    target: self.address()?,
+                    value: self.typed()?,
+                    delay_millis: self.u64()?,
+                    cancellation_token: self.str()?,
+                },
+                2 => Sent::Cancel {
+                    cancellation_token: self.str()?,
+                },
+                3 => Sent::Egress {
+                    egress: self.str()?,
+                    value: self.typed()?,
+                },
+                _ => return Err(Malformed("unknown message sent")),
+            });
+        }
+        // Read whole before anything applies.
+        for (index, value) in changed {
+            let cell = &mut batch.cells[index];
+            cell.value = value;
+            cell.changed = true;
+        }
+        batch.sent.extend(sent);
+        batch.bytes = bytes;
+        Ok(())
     }
 }
 
@@ -401,6 +635,102 @@ mod tests {
         );
         assert!(r.u8().is_err());
         assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn a_stateful_description_and_a_batch_cross_both_ways() {
+        let info = FunctionInfo {
+            name: "greeter".into(),
+            shape: Shape::RequestReply,
+            inputs: vec![],
+            outputs: vec![],
+            uses_context: true,
+            stateful: Some(StatefulInfo {
+                function_type: "example/greeter".into(),
+                message_types: vec!["io.statefun.types/string".into()],
+                values: vec![
+                    ValueSpecInfo {
+                        name: "seen".into(),
+                        typename: "io.statefun.types/int".into(),
+                        expiration: Expiration::AfterInvoke(5),
+                    },
+                    ValueSpecInfo {
+                        name: "gone".into(),
+                        typename: "example/Blob".into(),
+                        expiration: Expiration::Never,
+                    },
+                ],
+            }),
+        };
+        let me = Address {
+            function_type: "example/greeter".into(),
+            id: "ann".into(),
+        };
+        let host = Batch {
+            cells: vec![
+                Cell {
+                    name: "seen".into(),
+                    value: None,
+                    changed: false,
+                },
+                Cell {
+                    name: "gone".into(),
+                    value: Some(Bytes::from_static(b"x")),
+                    changed: true,
+                },
+            ],
+            sent: vec![],
+            bytes: 1,
+            limit: 100,
+        };
+        let frame = Frame::new(to_worker::INVOKE, 1)
+            .info(&info)
+            .batch_in(&me, None, &host)
+            .finish();
+        let mut buf = BytesMut::from(&frame[..]);
+        let (_, _, mut r) = next_frame(&mut buf).unwrap().unwrap();
+        assert_eq!(r.info().unwrap(), info);
+        let (address, caller, mut worker) = r.batch_in().unwrap();
+        assert_eq!((address, caller), (me.clone(), None));
+        assert_eq!((worker.bytes, worker.limit), (1, 100));
+        assert!(worker.cells.iter().all(|c| !c.changed));
+        // The invocation writes one cell and sends two messages.
+        worker.cells[0].value = Some(Bytes::from_static(b"1"));
+        worker.cells[0].changed = true;
+        let value = TypedValue {
+            typename: "io.statefun.types/string".into(),
+            value: Bytes::from_static(b"hi"),
+        };
+        worker.sent = vec![
+            Sent::Delayed {
+                target: me.clone(),
+                value: value.clone(),
+                delay_millis: 60_000,
+                cancellation_token: "t".into(),
+            },
+            Sent::Egress {
+                egress: "example/out".into(),
+                value,
+            },
+        ];
+        worker.bytes = 9;
+        let frame = Frame::new(to_host::REPLY, 1).batch_out(&worker).finish();
+        let mut buf = BytesMut::from(&frame[..]);
+        let (_, _, mut r) = next_frame(&mut buf).unwrap().unwrap();
+        let mut host = host;
+        r.batch_out(&mut host).unwrap();
+        assert_eq!(host.cells[0].value.as_deref(), Some(&b"1"[..]));
+        assert!(host.cells[0].changed && host.cells[1].changed);
+        assert_eq!(host.sent, worker.sent);
+        assert_eq!(host.bytes, 9);
+        // A cell the host does not have is malformed, and nothing applies.
+        let mut bad = Frame::new(to_host::REPLY, 1).u64(0).u32(1).u32(7).u8(0);
+        bad = bad.u32(0);
+        let frame = bad.finish();
+        let mut buf = BytesMut::from(&frame[..]);
+        let (_, _, mut r) = next_frame(&mut buf).unwrap().unwrap();
+        assert!(r.batch_out(&mut host).is_err());
+        assert_eq!(host.bytes, 9);
     }
 
     #[test]

@@ -103,6 +103,9 @@ pub enum Select {
     Only,
     /// This handler if the library has it, else its only function.
     PreferNamed(String),
+    /// The library's first stateful (StateFun) function, else its only function: what
+    /// `invoker statefun` starts with, to learn the others from the hello.
+    FirstStateful,
 }
 
 /// What a worker is started with: the library, the function, the user configuration.
@@ -130,6 +133,8 @@ pub struct Hello {
     pub sdk_version: String,
     /// The function crate's package name and version, if known.
     pub package: Option<(String, String)>,
+    /// The names of the library's stateful (StateFun) functions, for `invoker statefun`.
+    pub stateful_handlers: Vec<String>,
 }
 
 /// Why workers could not start.
@@ -306,6 +311,8 @@ enum Pending {
     Reply {
         done: oneshot::Sender<Result<Option<OutputMessage>, FunctionError>>,
         metrics: Option<Arc<dyn MetricSink>>,
+        /// A StateFun invocation's batch, which the reply's changes apply to.
+        batch: Option<Arc<Mutex<super::Batch>>>,
     },
     Stream(Arc<stream::Shared>),
 }
@@ -474,6 +481,7 @@ impl Workers {
             Pending::Reply {
                 done,
                 metrics: ctx.metrics.clone(),
+                batch: ctx.stateful.as_ref().map(|s| s.batch.clone()),
             },
         );
         let mut frame = Frame::new(to_worker::INVOKE, call)
@@ -486,6 +494,16 @@ impl Workers {
                 .headers(&m.headers)
                 .bytes(&m.payload),
             None => frame.u8(0),
+        };
+        // A StateFun invocation carries its batch's state in, and its reply the changes out:
+        // one round trip, however many state and messaging callbacks the function makes.
+        frame = match &ctx.stateful {
+            None => frame.u8(0),
+            Some(stateful) => frame.u8(1).batch_in(
+                &stateful.self_address,
+                stateful.caller.as_ref(),
+                &lock(&stateful.batch),
+            ),
         };
         worker.send(frame.finish());
         let mut guard = CancelOnDrop {
@@ -699,6 +717,7 @@ async fn spawn_worker(
         Select::Named(name) => frame.u8(0).str(name),
         Select::Only => frame.u8(1).str(""),
         Select::PreferNamed(name) => frame.u8(2).str(name),
+        Select::FirstStateful => frame.u8(3).str(""),
     };
     worker.send(
         frame
@@ -770,10 +789,15 @@ fn read_hello(r: &mut Reader) -> Result<Hello, channel::Malformed> {
     let name = r.str()?;
     let version = r.str()?;
     let info = r.info()?;
+    let n = r.u32()? as usize;
+    let stateful_handlers = (0..n.min(4096))
+        .map(|_| r.str())
+        .collect::<Result<_, _>>()?;
     Ok(Hello {
         info,
         sdk_version,
         package: (!name.is_empty()).then_some((name, version)),
+        stateful_handlers,
     })
 }
 
@@ -962,7 +986,10 @@ fn dispatch(
                 other => Err(r.error(other)?),
             };
             let pending = lock(&worker.pending).remove(&call);
-            if let Some(Pending::Reply { done, .. }) = pending {
+            if let Some(Pending::Reply { done, batch, .. }) = pending {
+                if let (1, Some(batch)) = (r.u8()?, batch) {
+                    r.batch_out(&mut lock(&batch))?;
+                }
                 let _ = done.send(result);
             }
             // Whether or not the caller still waits, the worker is free again.

@@ -462,8 +462,11 @@ impl Endpoint {
         match outcome.next().await {
             Some(Ok(())) => {}
             Some(Err(status)) => {
+                // A worker process that crashed (`--isolation process`) failed the function:
+                // 500, as an error or panic; 503 is the endpoint's own (drain, overload).
+                let crashed = status.message().starts_with("Invoker: Function Crashed");
                 let code = match status.code() {
-                    tonic::Code::Unavailable | tonic::Code::ResourceExhausted => {
+                    tonic::Code::Unavailable | tonic::Code::ResourceExhausted if !crashed => {
                         StatusCode::SERVICE_UNAVAILABLE
                     }
                     _ => StatusCode::INTERNAL_SERVER_ERROR,
