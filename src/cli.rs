@@ -157,6 +157,19 @@ pub struct RunArgs {
     /// User configuration as a JSON object.
     #[arg(long, env = "FUNCTION_CONFIG", value_name = "JSON")]
     pub function_config: Option<String>,
+
+    /// On a StateFun library (the in-memory StateFun): what delays and expirations are
+    /// multiplied by, a positive number (0.001 makes a minute 60 ms), for tests.
+    #[arg(long, env = "STATEFUN_TIME_SCALE", value_name = "FACTOR", value_parser = time_scale)]
+    pub time_scale: Option<f64>,
+}
+
+/// A positive, finite factor.
+fn time_scale(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(f) if f.is_finite() && f > 0.0 => Ok(f),
+        _ => Err(format!("'{s}' is not a positive number")),
+    }
 }
 
 /// `invoker init`.

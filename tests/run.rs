@@ -244,3 +244,167 @@ fn run_reports_a_bad_function_clearly() {
     );
     assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
 }
+
+// ---------------------------------------------------------------------------------------------
+// A StateFun library: the in-memory StateFun (SPEC §10, "Embedded default")
+
+/// `invoker run` on libstatefun.so with `args`, stdin `input`: (egress lines, stderr, code).
+fn statefun_run(args: &[&str], input: &str) -> (Vec<serde_json::Value>, String, Option<i32>) {
+    let library = lib("statefun");
+    let mut all = vec!["run", "-f", library.to_str().unwrap()];
+    all.extend_from_slice(args);
+    let out = bounded(&all, input);
+    let lines = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect();
+    (lines, stderr(&out), out.status.code())
+}
+
+/// The values of egress lines to example/greets.
+fn greets(lines: &[serde_json::Value]) -> Vec<&str> {
+    lines
+        .iter()
+        .map(|l| {
+            assert_eq!(l["egress"], "example/greets", "{l}");
+            assert_eq!(l["type"], "io.statefun.types/string", "{l}");
+            l["value"].as_str().unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn run_statefun_delivers_messages_between_functions() {
+    let input = [
+        r#"{"to": "example/relay/r", "value": "Ada"}"#,
+        r#"{"to": "example/greeter/Ada", "value": "Ada"}"#,
+        "",
+        r#"{"to": "example/greeter/Bob", "value": "Bob", "type": "io.statefun.types/string"}"#,
+        r#"{"to": "example/relay/r", "value": "Ada"}"#,
+    ]
+    .join("\n");
+    let (lines, stderr, code) = statefun_run(&[], &input);
+    // relay → greeter Ada: the greeter's state is per address and kept for the run.
+    assert_eq!(
+        greets(&lines),
+        [
+            "Hello Ada, visit 1",
+            "Hello Ada, visit 2",
+            "Hello Bob, visit 1",
+            "Hello Ada, visit 3"
+        ]
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+}
+
+#[test]
+fn run_statefun_delivers_a_delayed_message_after_its_scaled_delay() {
+    // The reminder's 60 s, scaled to 60 ms; the run waits for it after the input ends.
+    let started = std::time::Instant::now();
+    let (lines, stderr, code) = statefun_run(
+        &["--time-scale", "0.001"],
+        r#"{"to": "example/reminder/r1", "value": "set"}"#,
+    );
+    assert_eq!(greets(&lines), ["ping for r1"]);
+    assert!(started.elapsed() >= std::time::Duration::from_millis(60));
+    assert_eq!(code, Some(0), "{stderr}");
+}
+
+#[test]
+fn run_statefun_never_delivers_a_cancelled_message() {
+    // Scaled to 3 s: cancelled, nothing is pending, and the run ends without waiting.
+    let started = std::time::Instant::now();
+    let input = [
+        r#"{"to": "example/reminder/r1", "value": "set"}"#,
+        r#"{"to": "example/reminder/r2", "value": "set"}"#,
+        r#"{"to": "example/reminder/r1", "value": "cancel"}"#,
+        r#"{"to": "example/reminder/r2", "value": "cancel"}"#,
+    ]
+    .join("\n");
+    let (lines, stderr, code) = statefun_run(&["--time-scale", "0.05"], &input);
+    assert!(lines.is_empty(), "{lines:?}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_millis(2500),
+        "the run waited for a cancelled message"
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+}
+
+#[test]
+fn run_statefun_expires_state_after_invoke() {
+    // The session's 300 s after its last invocation, scaled to 1.5 s.
+    let library = lib("statefun");
+    let mut child = invoker()
+        .args([
+            "run",
+            "-f",
+            library.to_str().unwrap(),
+            "--time-scale",
+            "0.005",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    let mut output = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut say = |s: &str| {
+        writeln!(input, r#"{{"to": "example/session/s", "value": "{s}"}}"#).unwrap();
+        input.flush().unwrap();
+        let line: serde_json::Value =
+            serde_json::from_str(&output.next().expect("an egress line").unwrap()).unwrap();
+        line["value"].as_str().unwrap().to_owned()
+    };
+    assert_eq!(say("one"), "previous: none");
+    assert_eq!(say("two"), "previous: one");
+    std::thread::sleep(std::time::Duration::from_millis(2000));
+    assert_eq!(say("three"), "previous: none", "expired 1.5 s after 'two'");
+    assert_eq!(say("forget"), "forgotten");
+    assert_eq!(say("four"), "previous: none");
+    drop(input);
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}
+
+#[test]
+fn run_statefun_reports_a_failed_invocation_and_goes_on() {
+    let input = [
+        r#"{"to": "example/profile/p", "value": {"name": "Al", "age": -1}}"#,
+        r#"{"to": "example/profile/p", "value": {"name": "Al", "age": 3}}"#,
+        r#"{"to": "example/nope/x", "value": "a"}"#,
+        r#"{"to": "example/greeter/x", "value": 7}"#,
+        r#"{"to": "example/greeter/Ada", "value": "Ada"}"#,
+    ]
+    .join("\n");
+    let (lines, stderr, code) = statefun_run(&[], &input);
+    assert_eq!(greets(&lines), ["Al is 3", "Hello Ada, visit 1"]);
+    let stderr: Vec<&str> = stderr.lines().collect();
+    assert_eq!(stderr.len(), 3, "{stderr:?}");
+    assert_eq!(
+        stderr[0],
+        "invoker: line 1: example/profile/p: Unknown: negative age"
+    );
+    assert!(
+        stderr[1].starts_with("invoker: line 3 skipped: \"example/nope/x\" is not"),
+        "{stderr:?}"
+    );
+    assert!(
+        stderr[2].starts_with("invoker: line 4 skipped: say which typename"),
+        "{stderr:?}"
+    );
+    assert_eq!(code, Some(2), "the first failure's code: UNKNOWN");
+}
+
+#[test]
+fn run_statefun_prints_kafka_records() {
+    let library = lib("stateful-probe");
+    let out = bounded(
+        &["run", "-f", library.to_str().unwrap()],
+        r#"{"to": "probe/kafka/k1", "value": "hi"}"#,
+    );
+    let line: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(line["egress"], "probe/kafka");
+    assert_eq!(line["topic"], "greetings");
+    assert_eq!(line["key"], "k1");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}

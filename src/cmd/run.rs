@@ -6,6 +6,9 @@
 //! what a gRPC caller would get: a request/reply function is one call per line, a streaming
 //! function one call over all the lines (its outputs appear as the lines arrive), and a
 //! supplier runs until it ends or Ctrl-C.
+//!
+//! A StateFun library (one with a stateful function, and no handler or a stateful one named)
+//! runs as an in-memory StateFun instead (`statefun`).
 
 use std::io::Write as _;
 use std::sync::Arc;
@@ -17,13 +20,16 @@ use futures_util::{Stream, StreamExt};
 use tokio::io::AsyncBufReadExt;
 use tonic::Status;
 
+mod statefun;
+
 use super::Exit;
 use crate::cli::RunArgs;
 use crate::engine::pool::{Limits as PoolLimits, Pool};
 use crate::engine::{CallMeta, Engine, Inbound, Outbound};
+use crate::function::Library;
 use crate::function::Shape;
 use crate::function::uri::FunctionUri;
-use crate::live::Live;
+use crate::live::{Live, LiveError, Named};
 use crate::stats::Stats;
 
 /// `invoker run`: the exit code is 0, or the gRPC code of the first call that failed (3 for a
@@ -32,10 +38,25 @@ pub fn run(args: RunArgs) -> anyhow::Result<Exit> {
     super::install_crash_handler();
     let uri = FunctionUri::parse(&args.function_uri)?;
     let config = crate::config::load(args.config.as_deref(), args.function_config.as_deref())?;
+    let library = Library::load(&uri.path).map_err(|error| LiveError::Load {
+        error,
+        named: Named::Uri,
+    })?;
+    if statefun::serves(&library, uri.handler.as_deref()) {
+        return statefun::run(library, &uri, config, &args);
+    }
+    if args.time_scale.is_some() {
+        anyhow::bail!(
+            "--time-scale is for a StateFun library (the in-memory StateFun); {} has no stateful function",
+            uri.path.display()
+        );
+    }
     let stats = Arc::new(Stats::new());
-    let live = Live::start(
+    let live = Live::start_loaded(
+        library,
         &uri.path,
         uri.handler.as_deref(),
+        Named::Uri,
         &format!("local-{}", std::process::id()),
         config,
         stats.clone(),

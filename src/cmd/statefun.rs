@@ -27,6 +27,44 @@ use crate::server::drain::Calls;
 use crate::server::statefun::{Functions, StatefunOptions, serve_statefun};
 use crate::stats::Stats;
 
+/// Every stateful function of `library`, each with an engine of its own (sharing `pool` and
+/// `stats`); empty when it has none. `invoker run` on a StateFun library uses it too.
+pub(super) fn stateful_functions(
+    library: &Library,
+    config: Arc<std::collections::HashMap<String, String>>,
+    stats: &Arc<Stats>,
+    pool: &Arc<Pool>,
+) -> anyhow::Result<Functions> {
+    let found = library
+        .handlers()
+        .into_iter()
+        .map(|name| library.function(Some(name)))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(engines(found, config, stats, pool))
+}
+
+/// An engine for each stateful function among `found` (sharing `pool` and `stats`).
+fn engines(
+    found: Vec<Function>,
+    config: Arc<std::collections::HashMap<String, String>>,
+    stats: &Arc<Stats>,
+    pool: &Arc<Pool>,
+) -> Functions {
+    let instance_id = super::serve::instance_id();
+    let mut functions = Functions::default();
+    for function in found {
+        let engine = Engine::new(
+            function,
+            &instance_id,
+            config.clone(),
+            stats.clone(),
+            pool.clone(),
+        );
+        functions.add(engine);
+    }
+    functions
+}
+
 /// `invoker statefun`.
 pub fn statefun(args: StatefunArgs) -> anyhow::Result<Exit> {
     super::install_crash_handler();
@@ -96,18 +134,7 @@ pub fn statefun(args: StatefunArgs) -> anyhow::Result<Exit> {
         limits.max_queued = queued as usize;
     }
     let pool = Arc::new(Pool::new(limits, stats.clone()));
-    let config = Arc::new(config);
-    let mut functions = Functions::default();
-    for function in functions_found {
-        let engine = Engine::new(
-            function,
-            &instance_id,
-            config.clone(),
-            stats.clone(),
-            pool.clone(),
-        );
-        functions.add(engine);
-    }
+    let functions = engines(functions_found, Arc::new(config), &stats, &pool);
     if functions.is_empty() {
         if let Some(library) = &library {
             library.shutdown();

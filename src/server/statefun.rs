@@ -41,6 +41,8 @@ use crate::proto::statefun::reqreply::{
     to_function,
 };
 
+pub mod local;
+
 /// The path the cluster posts to (any path below it too, for a `urlPathTemplate` with
 /// `{function.name}`).
 pub const PATH: &str = "/statefun";
