@@ -724,3 +724,96 @@ async fn a_stateful_function_called_over_grpc_says_to_use_invoker_statefun() {
         "{status:?}"
     );
 }
+
+/// Writes a POST of `body` to /statefun on a kept-alive `stream` and reads its answer: the
+/// status and the body.
+fn post_kept_alive(stream: &mut TcpStream, body: &[u8]) -> (u16, Vec<u8>) {
+    write!(
+        stream,
+        "POST /statefun HTTP/1.1\r\nHost: test\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    stream.write_all(body).unwrap();
+    let mut response = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(split) = response.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&response[..split]).into_owned();
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (name, value) = l.split_once(':')?;
+                    name.eq_ignore_ascii_case("content-length")
+                        .then(|| value.trim().parse().unwrap())
+                })
+                .expect("a Content-Length");
+            if response.len() >= split + 4 + length {
+                let status = head[9..12].parse().unwrap();
+                return (status, response[split + 4..split + 4 + length].to_vec());
+            }
+        }
+        let n = stream.read(&mut chunk).unwrap();
+        assert!(n > 0, "the connection closed before an answer");
+        response.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[test]
+fn sigterm_lets_a_batch_in_flight_finish_refuses_new_ones_and_exits_0() {
+    let mut probe = Endpoint::start("stateful-probe", &["--grace-period", "10"]);
+    let connect = || {
+        let stream = TcpStream::connect(&probe.addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        stream
+    };
+    let slow = to_function(&batch(
+        "probe/sleepy",
+        "s",
+        &[],
+        &[json!({"typename": "io.statefun.types/long", "long": 1500})],
+    ));
+    let next = to_function(&batch("probe/kafka", "k", &[], &[string("hi")]));
+    // A connection kept alive across the signal, proven open by a first batch.
+    let mut kept = connect();
+    assert_eq!(post_kept_alive(&mut kept, &next).0, 200);
+    let mut in_flight = connect();
+    let slow_batch = std::thread::spawn(move || post_kept_alive(&mut in_flight, &slow));
+    std::thread::sleep(Duration::from_millis(500));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(probe.child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    // Draining: a new batch is refused, and the listener is closed.
+    let (status, text) = post_kept_alive(&mut kept, &next);
+    assert_eq!(status, 503, "{}", String::from_utf8_lossy(&text));
+    assert!(
+        TcpStream::connect(&probe.addr).is_err(),
+        "a draining endpoint still accepts connections"
+    );
+    // The batch in flight finishes with its answer.
+    let (status, body) = slow_batch.join().unwrap();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let from = from_function(&body);
+    assert_eq!(
+        egresses(&from),
+        [("probe/slept".to_owned(), json!("slept"))]
+    );
+    // Then the process exits 0.
+    let started = std::time::Instant::now();
+    let code = loop {
+        if let Some(status) = probe.child.try_wait().unwrap() {
+            break status.code();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "invoker statefun did not exit after the drain"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(code, Some(0));
+}
