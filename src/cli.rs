@@ -265,9 +265,10 @@ pub struct BenchArgs {
     /// Run only one group of figures, to profile it: request-reply, streaming, large,
     /// memory (resident memory around a burst of idle streams), startup, socket (the invoker's
     /// Unix socket against its TCP port), openwhisk (OpenWhisk's /run of greet against the
-    /// same greet over gRPC Call) or isolation (the invoker with --isolation process and 2
-    /// workers against the same invoker in process).
-    #[arg(long, value_parser = ["request-reply", "streaming", "large", "memory", "startup", "socket", "openwhisk", "isolation"])]
+    /// same greet over gRPC Call), isolation (the invoker with --isolation process and 2
+    /// workers against the same invoker in process) or statefun (batches of 1 and 100 to
+    /// invoker statefun's example/greeter against gRPC Calls of a function of the same work).
+    #[arg(long, value_parser = ["request-reply", "streaming", "large", "memory", "startup", "socket", "openwhisk", "isolation", "statefun"])]
     pub only: Option<String>,
 
     /// The invoker binary (or a script that execs one) to measure against this binary's

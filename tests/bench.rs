@@ -11,6 +11,8 @@ fn the_benchmark_runs_and_reports_every_figure() {
     let lib_dir = common::lib("rot13").parent().unwrap().to_path_buf();
     assert_eq!(common::lib("streams").parent(), Some(&*lib_dir));
     assert_eq!(common::lib("openwhisk").parent(), Some(&*lib_dir));
+    assert_eq!(common::lib("statefun").parent(), Some(&*lib_dir));
+    assert_eq!(common::lib("greeter").parent(), Some(&*lib_dir));
     let out = Command::new(env!("CARGO_BIN_EXE_invoker"))
         .args(["bench", "--smoke", "--lib-dir"])
         .arg(&lib_dir)
@@ -22,18 +24,22 @@ fn the_benchmark_runs_and_reports_every_figure() {
         String::from_utf8_lossy(&out.stderr)
     );
     let report = String::from_utf8_lossy(&out.stdout);
-    // The OpenWhisk group's table comes last: OpenWhisk's /run of greet beside the same greet
-    // over gRPC Call.
-    let (main, openwhisk) = report
+    // The OpenWhisk group's table comes after the main one: OpenWhisk's /run of greet beside
+    // the same greet over gRPC Call; the StateFun group's last: batches to invoker statefun
+    // beside gRPC Calls of a function of the same work.
+    let (main, rest) = report
         .split_once("openwhisk /run vs gRPC Call")
         .unwrap_or_else(|| panic!("no OpenWhisk table in:\n{report}"));
-    let header: Vec<&str> = openwhisk
-        .lines()
-        .next()
-        .unwrap()
-        .split_whitespace()
-        .collect();
-    assert_eq!(header, ["openwhisk", "grpc", "call", "ratio", "unit"]);
+    let (openwhisk, statefun) = rest
+        .split_once("statefun vs gRPC Call")
+        .unwrap_or_else(|| panic!("no StateFun table in:\n{report}"));
+    for (table, columns) in [
+        (openwhisk, ["openwhisk", "grpc", "call", "ratio", "unit"]),
+        (statefun, ["statefun", "grpc", "call", "ratio", "unit"]),
+    ] {
+        let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+        assert_eq!(header, columns);
+    }
     for (table, figures) in [
         (
             main,
@@ -68,6 +74,16 @@ fn the_benchmark_runs_and_reports_every_figure() {
                 "  p99 latency, 32 in flight",
                 "server CPU per call, 32",
                 "exec to first answer",
+            ][..],
+        ),
+        (
+            statefun,
+            &[
+                "greeter, batches of 1",
+                "  p50 latency, batches of 1",
+                "server CPU per inv, batch 1",
+                "greeter, batches of 100",
+                "server CPU per inv, batch 100",
             ][..],
         ),
     ] {

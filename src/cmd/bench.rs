@@ -20,6 +20,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status, Streaming};
 
 mod openwhisk;
+mod statefun;
 
 use super::Exit;
 use crate::cli::{BenchArgs, ReferenceArgs};
@@ -543,14 +544,25 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<Exit> {
             lib_dir.join(openwhisk::LIBRARY).display()
         );
     }
+    for lib in [statefun::LIBRARY, statefun::REFERENCE.0] {
+        if args.server.is_none()
+            && args.only.as_deref().is_none_or(|only| only == "statefun")
+            && !lib_dir.join(lib).is_file()
+        {
+            bail!(
+                "{} is missing: build the examples (cargo build --release) or pass --lib-dir",
+                lib_dir.join(lib).display()
+            );
+        }
+    }
     if args.server.is_some()
         && matches!(
             args.only.as_deref(),
-            Some("startup" | "memory" | "openwhisk")
+            Some("startup" | "memory" | "openwhisk" | "statefun")
         )
     {
         bail!(
-            "--server measures a running server: startup, memory and openwhisk need servers started by the bench"
+            "--server measures a running server: startup, memory, openwhisk and statefun need servers started by the bench"
         );
     }
     // With --server there is one side, reported in the invoker's column.
@@ -626,6 +638,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<Exit> {
     // The invoker with --isolation process (2 workers) against the same invoker in process
     // (same run): [process, in-process] each, in the order of ISOLATION_FIGURES.
     let mut isolation_figures = [[f64::NAN; 2]; ISOLATION_FIGURES.len()];
+    let mut statefun = statefun::StatefunBench::new();
     let run = |group: &str| args.only.as_deref().is_none_or(|only| only == group);
     runtime.block_on(async {
         for round in 0..rounds {
@@ -766,6 +779,12 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<Exit> {
                         }
                     }
                 }
+
+                // Batches to `invoker statefun` in the invoker's column, gRPC Calls of a
+                // function of the same work in the reference's.
+                if run("statefun") {
+                    statefun.round(&setup, side, duration).await?;
+                }
             }
         }
         Ok::<_, anyhow::Error>(())
@@ -827,6 +846,9 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<Exit> {
     }
     if run("openwhisk") {
         openwhisk.print();
+    }
+    if run("statefun") {
+        statefun.print();
     }
     Ok(Exit::SUCCESS)
 }

@@ -300,13 +300,13 @@ impl Client {
 }
 
 /// An HTTP/1.1 keep-alive connection: one request at a time, answers read by Content-Length.
-struct Connection {
+pub(super) struct Connection {
     stream: TcpStream,
     /// What has been read and not yet consumed.
     buffer: Vec<u8>,
 }
 
-async fn connect(addr: &str) -> anyhow::Result<Connection> {
+pub(super) async fn connect(addr: &str) -> anyhow::Result<Connection> {
     let stream = TcpStream::connect(addr)
         .await
         .with_context(|| format!("cannot connect to {addr}"))?;
@@ -339,7 +339,7 @@ impl Connection {
     }
 
     /// Writes `request` and reads one answer.
-    async fn exchange(&mut self, request: &[u8]) -> anyhow::Result<(u16, Vec<u8>)> {
+    pub(super) async fn exchange(&mut self, request: &[u8]) -> anyhow::Result<(u16, Vec<u8>)> {
         self.stream.write_all(request).await?;
         let head_end = loop {
             if let Some(at) = self.buffer.windows(4).position(|w| w == b"\r\n\r\n") {
