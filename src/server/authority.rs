@@ -106,6 +106,14 @@ pub struct Rewriter {
     decoder: Decoder<'static>,
     /// The block written again (kept for its allocation).
     encoded: Vec<u8>,
+    /// The first header block's frames as the client sent them, until it is decoded.
+    raw: Vec<u8>,
+    /// Whether the first header block has been decoded.
+    first_done: bool,
+    /// Whether the connection passes through untouched: its first header block had an
+    /// authority h2 takes, so h2's dynamic table was fed the client's own block and follows
+    /// the client's from then on.
+    passthrough: bool,
 }
 
 impl std::fmt::Debug for Rewriter {
@@ -138,13 +146,26 @@ impl Rewriter {
             open: None,
             decoder,
             encoded: Vec::new(),
+            raw: Vec::new(),
+            first_done: false,
+            passthrough: false,
         }
+    }
+
+    /// Whether everything from here on passes through untouched (see `passthrough`): the
+    /// caller may then hand h2 the client's bytes without feeding them here.
+    pub fn passes_through(&self) -> bool {
+        self.passthrough
     }
 
     /// Takes the next bytes the client sent; appends to `out` what h2 is to read. What `out`
     /// gains is bounded: `input` itself, or one header block written again.
     pub fn feed(&mut self, mut input: &[u8], out: &mut BytesMut) -> Result<(), Malformed> {
         while !input.is_empty() {
+            if self.passthrough {
+                out.put_slice(input);
+                return Ok(());
+            }
             if self.preface_left > 0 {
                 let n = self.preface_left.min(input.len());
                 out.put_slice(&input[..n]);
@@ -219,6 +240,9 @@ impl Rewriter {
                         end_stream: flags & END_STREAM != 0,
                     });
                 }
+                if !self.first_done {
+                    self.raw.extend_from_slice(&h);
+                }
                 self.payload.clear();
                 if len == 0 {
                     self.end_frame(kind, flags, out)
@@ -247,6 +271,9 @@ impl Rewriter {
     /// A HEADERS or CONTINUATION frame's payload is complete.
     fn end_frame(&mut self, kind: u8, flags: u8, out: &mut BytesMut) -> Result<(), Malformed> {
         self.state = State::Header;
+        if !self.first_done {
+            self.raw.extend_from_slice(&self.payload);
+        }
         let mut fragment = &self.payload[..];
         if kind == HEADERS {
             let mut pad = 0;
@@ -285,6 +312,7 @@ impl Rewriter {
         encoded.clear();
         let mut list_size = 0usize;
         let mut too_large = false;
+        let mut mended = false;
         self.decoder
             .decode_with_cb(&self.block, |name, value| {
                 list_size = list_size.saturating_add(name.len() + value.len() + 32);
@@ -293,6 +321,7 @@ impl Rewriter {
                     return;
                 }
                 let value: &[u8] = if &*name == b":authority" && !valid_authority(&value) {
+                    mended = true;
                     b"localhost"
                 } else {
                     &value
@@ -302,6 +331,18 @@ impl Rewriter {
             .map_err(|e| malformed(format!("a header block HPACK cannot decode: {e}")))?;
         if too_large {
             return Err(malformed(format!("a header list over {MAX_LIST} bytes")));
+        }
+        if !self.first_done {
+            self.first_done = true;
+            let raw = std::mem::take(&mut self.raw);
+            if !mended {
+                // A client that sends an authority h2 takes (tonic, grpc-go, grpcurl,
+                // Kubernetes all send `localhost`): h2 gets its own bytes, and the rest of the
+                // connection passes through without being parsed.
+                out.put_slice(&raw);
+                self.passthrough = true;
+                return Ok(());
+            }
         }
         let mut chunks = encoded.chunks(MAX_FRAME).peekable();
         let mut first = true;
@@ -447,16 +488,29 @@ mod tests {
     }
 
     #[test]
-    fn a_valid_authority_is_kept_and_the_dynamic_table_is_followed() {
+    fn a_valid_first_authority_passes_the_connection_through() {
         let mut encoder = loona_hpack::Encoder::new();
         let mut input = PREFACE.to_vec();
-        // The second block refers to the first's entries in the client's dynamic table.
-        for (stream, authority) in [
-            (1, "localhost:10382"),
-            (3, "/raw/path.sock"),
-            (5, "/raw/path.sock"),
-        ] {
-            let headers = request_headers(authority);
+        // The second block refers to the first's entries in the client's dynamic table: h2
+        // gets the client's own bytes, so its table follows the client's.
+        for stream in [1, 3] {
+            let headers = request_headers("localhost:10382");
+            let block = encoder.encode(headers.iter().map(|(n, v)| (&n[..], &v[..])));
+            input.extend(frame(HEADERS, END_HEADERS | END_STREAM, stream, &block));
+        }
+        input.extend(frame(0x0, END_STREAM, 3, b"\0\0\0\0\x01z"));
+        for step in [1, 3, 1000] {
+            assert_eq!(run(&input, step).unwrap(), input);
+        }
+    }
+
+    #[test]
+    fn an_invalid_first_authority_is_mended_in_every_block() {
+        let mut encoder = loona_hpack::Encoder::new();
+        let mut input = PREFACE.to_vec();
+        // Later blocks refer to the first's entries in the client's dynamic table.
+        for stream in [1, 3, 5] {
+            let headers = request_headers("/raw/path.sock");
             let block = encoder.encode(headers.iter().map(|(n, v)| (&n[..], &v[..])));
             input.extend(frame(HEADERS, END_HEADERS | END_STREAM, stream, &block));
         }
@@ -468,7 +522,7 @@ mod tests {
                 decode(payload)[3].1.clone()
             })
             .collect();
-        assert_eq!(authorities, ["localhost:10382", "localhost", "localhost"]);
+        assert_eq!(authorities, ["localhost", "localhost", "localhost"]);
     }
 
     #[test]

@@ -133,6 +133,13 @@ impl UnixIo {
                 self.ready.advance(n);
                 return Poll::Ready(Ok(()));
             }
+            if self.rewriter.passes_through() {
+                // Nothing left to rewrite on this connection: h2 reads the socket directly.
+                let before = buf.filled().len();
+                ready!(Pin::new(&mut self.stream).poll_read(cx, buf))?;
+                *read += buf.filled().len() - before;
+                return Poll::Ready(Ok(()));
+            }
             let mut inbox = ReadBuf::new(&mut self.inbox);
             ready!(Pin::new(&mut self.stream).poll_read(cx, &mut inbox))?;
             let got = inbox.filled();
