@@ -2,8 +2,8 @@
 //! of the channel to the serving process (`function::worker`). It loads the library the
 //! start frame names with the same loader as in process, picks the function, runs the init
 //! hook, says hello, and then serves calls: request/reply calls one at a time on a call
-//! thread (the reader thread stays free to read cancellations), streams as tasks on a small
-//! runtime, each output sent only against the host's credits; the host forwards a window of
+//! thread, streams as tasks on the thread that reads the channel (a frame for a stream wakes
+//! its task with no hand-off to another thread), each output sent only against the host's credits; the host forwards a window of
 //! inputs ahead (`channel::INPUT_WINDOW`), and credits go back (`TAKEN`) as the function takes
 //! them, every half window or when it waits for more. It exits when the serving process closes the channel or
 //! asks it to (after the shutdown hook), and dies with the serving process
@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use bytes::BytesMut;
+use tokio::io::AsyncReadExt;
 
 use super::Exit;
 use crate::cli::WorkerArgs;
@@ -177,11 +178,29 @@ struct Writer(Mutex<UnixStream>);
 
 impl Writer {
     fn write(&self, frame: &[u8]) {
-        if lock(&self.0).write_all(frame).is_err() {
-            // The serving process is gone: nothing left to serve.
-            std::process::exit(0);
+        let socket = lock(&self.0);
+        let mut rest = frame;
+        while !rest.is_empty() {
+            match (&*socket).write(rest) {
+                Ok(n) if n > 0 => rest = &rest[n..],
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                // The socket is non-blocking once the stream thread reads it: wait for room.
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => wait_writable(&socket),
+                // The serving process is gone: nothing left to serve.
+                _ => std::process::exit(0),
+            }
         }
     }
+}
+
+/// Waits until a non-blocking socket can take more.
+fn wait_writable(socket: &UnixStream) {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    // An error or a signal just makes the caller try the write again.
+    let _ = poll(
+        &mut [PollFd::new(socket.as_fd(), PollFlags::POLLOUT)],
+        PollTimeout::NONE,
+    );
 }
 
 struct FrameReader {
@@ -241,7 +260,7 @@ struct Invoke {
 }
 
 impl Serving {
-    fn serve(self: &Arc<Self>, mut reader: FrameReader) -> anyhow::Result<Exit> {
+    fn serve(self: &Arc<Self>, reader: FrameReader) -> anyhow::Result<Exit> {
         let (calls, queued) = std::sync::mpsc::channel::<Invoke>();
         let on_thread = self.clone();
         std::thread::Builder::new()
@@ -252,13 +271,47 @@ impl Serving {
                 }
             })
             .context("cannot start the call thread")?;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
+        // One thread reads the channel and runs the streams: a frame for a stream wakes its
+        // task on the same thread, with no hand-off.
+        let runtime = tokio::runtime::Builder::new_current_thread()
             .thread_name("invoker-stream")
-            .enable_time()
+            .enable_all()
             .build()
             .context("cannot start the worker's runtime")?;
-        while let Some((kind, call, mut r)) = reader.next()? {
+        let FrameReader { socket, mut buf } = reader;
+        socket
+            .set_nonblocking(true)
+            .context("the worker's channel")?;
+        runtime.block_on(async {
+            let mut socket =
+                tokio::net::UnixStream::from_std(socket).context("the worker's channel")?;
+            loop {
+                while let Some((kind, call, r)) = channel::next_frame(&mut buf)? {
+                    self.frame(&calls, kind, call, r)?;
+                }
+                if buf.capacity() - buf.len() < 16 * 1024 {
+                    buf.reserve(64 * 1024);
+                }
+                match socket.read_buf(&mut buf).await {
+                    // The serving process closed the channel: it is gone or going.
+                    Ok(0) => return Ok(Exit::SUCCESS),
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e).context("reading the worker's channel"),
+                }
+            }
+        })
+    }
+
+    /// Handles one frame from the serving process (on the stream thread).
+    fn frame(
+        self: &Arc<Self>,
+        calls: &std::sync::mpsc::Sender<Invoke>,
+        kind: u8,
+        call: u64,
+        mut r: Reader,
+    ) -> anyhow::Result<()> {
+        {
             match kind {
                 to_worker::INVOKE => {
                     let deadline = deadline(r.i64()?);
@@ -306,7 +359,7 @@ impl Serving {
                     let deadline = deadline(r.i64()?);
                     let headers = r.headers()?;
                     let inputs = r.u32()? as usize;
-                    self.open(&runtime, call, deadline, headers, inputs);
+                    self.open(call, deadline, headers, inputs);
                 }
                 to_worker::INPUT | to_worker::INPUT_END | to_worker::CREDIT | to_worker::CLOSE => {
                     let ctl = lock(&self.streams).get(&call).cloned();
@@ -321,8 +374,7 @@ impl Serving {
                 _ => anyhow::bail!("unknown frame kind {kind} on the worker's channel"),
             }
         }
-        // The serving process closed the channel: it is gone or going.
-        Ok(Exit::SUCCESS)
+        Ok(())
     }
 
     /// Exits (after the shutdown hook) once asked to and nothing is in progress.
@@ -380,7 +432,6 @@ impl Serving {
 
     fn open(
         self: &Arc<Self>,
-        runtime: &tokio::runtime::Runtime,
         call: u64,
         deadline: Option<Instant>,
         headers: crate::function::Headers,
@@ -428,7 +479,7 @@ impl Serving {
             }
         };
         let serving = self.clone();
-        runtime.spawn(async move {
+        tokio::spawn(async move {
             let mut outputs: Vec<Option<OutputStream>> = outputs.into_iter().map(Some).collect();
             std::future::poll_fn(|cx| serving.pump(call, &ctl, &mut outputs, cx)).await;
             drop(outputs);
@@ -544,7 +595,7 @@ impl MetricSink for Metrics {
     }
 }
 
-/// A stream's control state, written by the reader thread, read by the stream's task.
+/// A stream's control state, written as frames arrive, read by the stream's task.
 struct StreamCtl {
     meta: CallMeta,
     inputs: Vec<Arc<Mutex<InQueue>>>,

@@ -7,8 +7,9 @@
 //! Who owns what: a [`Workers`] set owns its worker processes and their channels. Each worker
 //! has one task on the channel runtime (`io`) that spawns it, reads its frames and dispatches
 //! them to the calls waiting for them (a map of call id to [`Pending`]), and on its death fails
-//! those calls and starts the next worker in its slot; a second task writes the frames queued
-//! for it, batching whatever is queued into one `write`. A request/reply call takes an idle
+//! those calls and starts the next worker in its slot. Frames to a worker are written by the
+//! task that sends them (a non-blocking `write`); what the socket cannot take at once waits in
+//! a backlog that a second task flushes. A request/reply call takes an idle
 //! worker (waiting for one if all are busy: at most N such calls run at once) and gives it back
 //! when the reply arrives, so a crash loses that call alone. Streams are spread over the
 //! workers round-robin and may share one.
@@ -21,6 +22,7 @@
 //! `channel::MAX_FRAME`.
 
 use std::collections::HashMap;
+use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::os::unix::process::ExitStatusExt;
@@ -31,9 +33,10 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use tokio::io::AsyncReadExt;
 use tokio::net::UnixStream;
-use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio::sync::{Semaphore, oneshot, watch};
 
 use super::channel::{self, Frame, Reader, code, to_host, to_worker};
 use super::{
@@ -322,7 +325,7 @@ struct Worker {
     slot: usize,
     pid: u32,
     pidfd: Option<OwnedFd>,
-    out: mpsc::UnboundedSender<Bytes>,
+    out: Arc<Out>,
     pending: Mutex<HashMap<u64, Pending>>,
     alive: AtomicBool,
 }
@@ -336,10 +339,77 @@ impl std::fmt::Debug for Worker {
     }
 }
 
+/// A worker's end of the channel, for writing. Frames are written straight from the task
+/// that sends them (a non-blocking `write`, no hand-off to another thread); only what the
+/// socket cannot take at once waits in `backlog`, which the channel runtime's writer task
+/// flushes when the socket has room. While a backlog is waiting every frame joins it, so
+/// frames keep their order.
+#[derive(Debug)]
+struct Out {
+    /// The socket (non-blocking; the same open file as the reader's).
+    socket: StdUnixStream,
+    state: Mutex<OutState>,
+    /// Tells the writer task a backlog is waiting (or the worker is gone).
+    wake: tokio::sync::Notify,
+}
+
+#[derive(Debug, Default)]
+struct OutState {
+    backlog: BytesMut,
+    /// The worker is gone (its socket failed, or it was dropped): frames go nowhere.
+    closed: bool,
+}
+
+impl Out {
+    fn send(&self, frame: &[u8]) {
+        let mut state = lock(&self.state);
+        if state.closed {
+            // The worker is gone; its death fails what was pending.
+            return;
+        }
+        if !state.backlog.is_empty() {
+            state.backlog.extend_from_slice(frame);
+            return;
+        }
+        let mut rest = frame;
+        while !rest.is_empty() {
+            match (&self.socket).write(rest) {
+                Ok(n) => rest = &rest[n..],
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    state.backlog.extend_from_slice(rest);
+                    drop(state);
+                    self.wake.notify_one();
+                    return;
+                }
+                Err(_) => {
+                    // The reader sees the end and reports the death.
+                    state.closed = true;
+                    return;
+                }
+            }
+        }
+    }
+
+    fn close(&self) {
+        let mut state = lock(&self.state);
+        state.closed = true;
+        state.backlog = BytesMut::new();
+        drop(state);
+        self.wake.notify_one();
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        // Ends the writer task, which holds the socket open.
+        self.out.close();
+    }
+}
+
 impl Worker {
     fn send(&self, frame: Bytes) {
-        // A closed queue means the worker is gone; its death fails what was pending.
-        let _ = self.out.send(frame);
+        self.out.send(&frame);
     }
 
     fn kill(&self) {
@@ -695,10 +765,15 @@ async fn spawn_worker(
         .map_err(|e| spawn_error(e.to_string()))?;
     ours.set_nonblocking(true)
         .map_err(|e| spawn_error(e.to_string()))?;
+    let direct = ours.try_clone().map_err(|e| spawn_error(e.to_string()))?;
     let stream = UnixStream::from_std(ours).map_err(|e| spawn_error(e.to_string()))?;
     let (mut reader, writer) = stream.into_split();
-    let (out, queued) = mpsc::unbounded_channel();
-    tokio::spawn(write_loop(writer, queued));
+    let out = Arc::new(Out {
+        socket: direct,
+        state: Mutex::new(OutState::default()),
+        wake: tokio::sync::Notify::new(),
+    });
+    tokio::spawn(write_loop(writer, out.clone()));
     let worker = Arc::new(Worker {
         slot,
         pid,
@@ -801,29 +876,36 @@ fn read_hello(r: &mut Reader) -> Result<Hello, channel::Malformed> {
     })
 }
 
-/// Writes the frames queued for a worker, each batch of what is queued in one write.
-async fn write_loop(
-    mut writer: tokio::net::unix::OwnedWriteHalf,
-    mut queued: mpsc::UnboundedReceiver<Bytes>,
-) {
-    let mut batch = BytesMut::new();
-    while let Some(first) = queued.recv().await {
-        let result = if queued.is_empty() {
-            writer.write_all(&first).await
-        } else {
-            batch.clear();
-            batch.extend_from_slice(&first);
-            while batch.len() < 256 * 1024 {
-                match queued.try_recv() {
-                    Ok(more) => batch.extend_from_slice(&more),
-                    Err(_) => break,
+/// Flushes a worker's backlog: the frames its socket could not take when they were sent.
+async fn write_loop(writer: tokio::net::unix::OwnedWriteHalf, out: Arc<Out>) {
+    loop {
+        out.wake.notified().await;
+        loop {
+            if writer.writable().await.is_err() {
+                out.close();
+                return;
+            }
+            let mut state = lock(&out.state);
+            if state.closed {
+                return;
+            }
+            if state.backlog.is_empty() {
+                break;
+            }
+            match writer.try_write(&state.backlog) {
+                Ok(n) => {
+                    let _ = state.backlog.split_to(n);
+                }
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    // The worker is gone; its reader sees the end and reports the death.
+                    drop(state);
+                    out.close();
+                    return;
                 }
             }
-            writer.write_all(&batch).await
-        };
-        if result.is_err() {
-            // The worker is gone; its reader sees the end and reports the death.
-            return;
         }
     }
 }

@@ -312,34 +312,34 @@ impl RemoteOutput {
                 }
             }
         }
-        if !batch.is_empty() {
-            self.worker.send(batch.freeze());
-        }
+        // Then the output, with any credit it frees, all in the same write.
         let port = &mut state.outputs[self.port];
-        if let Some(message) = port.queue.pop_front() {
+        let result = if let Some(message) = port.queue.pop_front() {
             port.flowing = true;
             let held = port.granted as usize + port.queue.len();
             if held < WINDOW as usize / 2 {
                 let more = WINDOW - held as u32;
                 port.granted += more;
                 port.media_type = Some(media_type);
-                self.worker
-                    .send(credit(self.call, self.port, more, media_type));
+                batch.extend_from_slice(&credit(self.call, self.port, more, media_type));
             }
-            return Poll::Ready(Some(Ok(message)));
+            Poll::Ready(Some(Ok(message)))
+        } else if let Some(ended) = &mut port.ended {
+            Poll::Ready(ended.take().map(Err))
+        } else {
+            if port.granted == 0 {
+                let more = if port.flowing { WINDOW } else { 1 };
+                port.granted = more;
+                port.media_type = Some(media_type);
+                batch.extend_from_slice(&credit(self.call, self.port, more, media_type));
+            }
+            port.waker = Some(cx.waker().clone());
+            Poll::Pending
+        };
+        if !batch.is_empty() {
+            self.worker.out.send(&batch);
         }
-        if let Some(ended) = &mut port.ended {
-            return Poll::Ready(ended.take().map(Err));
-        }
-        if port.granted == 0 {
-            let more = if port.flowing { WINDOW } else { 1 };
-            port.granted = more;
-            port.media_type = Some(media_type);
-            self.worker
-                .send(credit(self.call, self.port, more, media_type));
-        }
-        port.waker = Some(cx.waker().clone());
-        Poll::Pending
+        result
     }
 }
 
