@@ -16,7 +16,7 @@
 //!
 //! Bounds: frames queued for a worker are one `INVOKE` (a worker runs one request/reply call at
 //! a time), `CANCEL`s, and per stream the credits the host granted and the inputs it forwarded
-//! ahead: per input port at most `channel::INPUT_WINDOW` (32) not yet taken by the function,
+//! ahead: per input port at most `channel::INPUT_WINDOW` (256) not yet taken by the function,
 //! and past `channel::INPUT_WINDOW_BYTES` (1 MiB) of them no more; outputs the worker sends
 //! are at most the credits granted, [`WINDOW`] per output port. A frame is at most
 //! `channel::MAX_FRAME`.
@@ -45,7 +45,9 @@ use super::{
 use crate::sync::lock;
 
 /// How many outputs of a stream's port the worker may send ahead of the caller reading them.
-pub const WINDOW: u32 = 32;
+/// A stream moves at most a window per round trip over the channel: 32 held one stream to
+/// about 0.1x in process (BENCHMARKS.md, "Process mode against in process").
+pub const WINDOW: u32 = 256;
 
 /// How long a worker whose call was cancelled may go on running it before it is killed (and
 /// restarted): a function that never returns would otherwise hold the worker for good.
