@@ -9,13 +9,15 @@
 //! them to the calls waiting for them (a map of call id to [`Pending`]), and on its death fails
 //! those calls and starts the next worker in its slot. Frames to a worker are written by the
 //! task that sends them (a non-blocking `write`); what the socket cannot take at once waits in
-//! a backlog that a second task flushes. A request/reply call takes an idle
-//! worker (waiting for one if all are busy: at most N such calls run at once) and gives it back
-//! when the reply arrives, so a crash loses that call alone. Streams are spread over the
+//! a backlog that a second task flushes. A request/reply call takes a place on
+//! the worker holding fewest ([`DEPTH`] places each, waiting if all are taken) and gives it
+//! back when the reply arrives; a worker runs its calls one at a time in the order sent, so
+//! when it dies the host fails the one it was running and sends the rest elsewhere: a crash
+//! loses that call alone. Streams are spread over the
 //! workers round-robin and may share one.
 //!
-//! Bounds: frames queued for a worker are one `INVOKE` (a worker runs one request/reply call at
-//! a time), `CANCEL`s, and per stream the credits the host granted and the inputs it forwarded
+//! Bounds: frames queued for a worker are at most [`DEPTH`] `INVOKE`s (it runs one at a time,
+//! the others wait in it), `CANCEL`s, and per stream the credits the host granted and the inputs it forwarded
 //! ahead: per input port at most `channel::INPUT_WINDOW` (256) not yet taken by the function,
 //! and past `channel::INPUT_WINDOW_BYTES` (1 MiB) of them no more; outputs the worker sends
 //! are at most the credits granted, [`WINDOW`] per output port. A frame is at most
@@ -48,6 +50,13 @@ use crate::sync::lock;
 /// A stream moves at most a window per round trip over the channel: 32 held one stream to
 /// about 0.1x in process (BENCHMARKS.md, "Process mode against in process").
 pub const WINDOW: u32 = 256;
+
+/// How many request/reply calls a worker may hold at once: the one it runs and the rest
+/// queued behind it, so its call thread goes from one call to the next without waiting for a
+/// round trip. A new call goes to the worker holding fewest. A worker runs its calls in the
+/// order sent, so the host knows which one was running when a worker dies: only that call
+/// fails, and the calls queued behind it, not yet started, go to another worker.
+const DEPTH: usize = 4;
 
 /// How long a worker whose call was cancelled may go on running it before it is killed (and
 /// restarted): a function that never returns would otherwise hold the worker for good.
@@ -301,7 +310,8 @@ struct Set {
     spec: StartSpec,
     options: WorkerOptions,
     hello: Hello,
-    /// Idle workers, for request/reply calls; `ready` has a permit for each.
+    /// A worker for each free request/reply place ([`DEPTH`] per worker); `ready` has a
+    /// permit for each.
     idle: Mutex<Vec<Arc<Worker>>>,
     ready: Semaphore,
     /// The worker in each slot while it is up.
@@ -314,12 +324,19 @@ struct Set {
 /// A call waiting for frames from a worker.
 enum Pending {
     Reply {
-        done: oneshot::Sender<Result<Option<OutputMessage>, FunctionError>>,
+        done: oneshot::Sender<Outcome>,
         metrics: Option<Arc<dyn MetricSink>>,
         /// A StateFun invocation's batch, which the reply's changes apply to.
         batch: Option<Arc<Mutex<super::Batch>>>,
     },
     Stream(Arc<stream::Shared>),
+}
+
+/// How a request/reply call sent to a worker ended.
+enum Outcome {
+    Done(Result<Option<OutputMessage>, FunctionError>),
+    /// The worker died before it started the call: it goes to another worker.
+    NotStarted,
 }
 
 /// One worker process and its channel.
@@ -329,6 +346,8 @@ struct Worker {
     pidfd: Option<OwnedFd>,
     out: Arc<Out>,
     pending: Mutex<HashMap<u64, Pending>>,
+    /// Its request/reply calls not yet answered, in the order sent: it runs the first.
+    calls: Mutex<std::collections::VecDeque<u64>>,
     alive: AtomicBool,
 }
 
@@ -535,8 +554,9 @@ impl Workers {
         WorkersWatch(Arc::downgrade(&self.handle.0))
     }
 
-    /// Calls the request/reply function in a worker. Waits for an idle worker; the call holds
-    /// it until the reply comes. Dropping the future cancels the call (the worker's function
+    /// Calls the request/reply function in a worker. Waits for a place on a worker; the call holds
+    /// it until the reply comes, and goes to another worker if its worker dies before starting
+    /// it. Dropping the future cancels the call (the worker's function
     /// sees it cancelled; a worker still running it [`CANCEL_GRACE`] later is killed).
     pub async fn invoke(
         &self,
@@ -545,52 +565,61 @@ impl Workers {
         media_type: usize,
     ) -> Result<Option<OutputMessage>, FunctionError> {
         let set = &self.handle.0;
-        let worker = set.acquire().await?;
         let call = ctx.call.id();
-        let (done, reply) = oneshot::channel();
-        lock(&worker.pending).insert(
-            call,
-            Pending::Reply {
-                done,
-                metrics: ctx.metrics.clone(),
-                batch: ctx.stateful.as_ref().map(|s| s.batch.clone()),
-            },
-        );
-        let mut frame = Frame::new(to_worker::INVOKE, call)
-            .i64(deadline_millis(ctx))
-            .u32(media_type as u32);
-        frame = match input {
-            Some(m) => frame
-                .u8(1)
-                .u32(m.media_type as u32)
-                .headers(&m.headers)
-                .bytes(&m.payload),
-            None => frame.u8(0),
-        };
-        // A StateFun invocation carries its batch's state in, and its reply the changes out:
-        // one round trip, however many state and messaging callbacks the function makes.
-        frame = match &ctx.stateful {
-            None => frame.u8(0),
-            Some(stateful) => frame.u8(1).batch_in(
-                &stateful.self_address,
-                stateful.caller.as_ref(),
-                &lock(&stateful.batch),
-            ),
-        };
-        worker.send(frame.finish());
-        let mut guard = CancelOnDrop {
-            worker: Some(worker),
-            call,
-        };
-        let result = reply.await;
-        guard.worker = None;
-        match result {
-            Ok(result) => result,
-            // The worker died: its death sent the cause first, so this is not reached in
-            // practice; a dropped sender without a cause is still a crash.
-            Err(_) => Err(FunctionError::Crashed(
-                "the worker process went away".into(),
-            )),
+        loop {
+            let worker = set.acquire().await?;
+            let mut frame = Frame::new(to_worker::INVOKE, call)
+                .i64(deadline_millis(ctx))
+                .u32(media_type as u32);
+            frame = match input {
+                Some(m) => frame
+                    .u8(1)
+                    .u32(m.media_type as u32)
+                    .headers(&m.headers)
+                    .bytes(&m.payload),
+                None => frame.u8(0),
+            };
+            // A StateFun invocation carries its batch's state in, and its reply the changes
+            // out: one round trip, however many state and messaging callbacks the function
+            // makes.
+            frame = match &ctx.stateful {
+                None => frame.u8(0),
+                Some(stateful) => frame.u8(1).batch_in(
+                    &stateful.self_address,
+                    stateful.caller.as_ref(),
+                    &lock(&stateful.batch),
+                ),
+            };
+            let (done, reply) = oneshot::channel();
+            lock(&worker.pending).insert(
+                call,
+                Pending::Reply {
+                    done,
+                    metrics: ctx.metrics.clone(),
+                    batch: ctx.stateful.as_ref().map(|s| s.batch.clone()),
+                },
+            );
+            {
+                // The queue's order is the order on the wire.
+                let mut calls = lock(&worker.calls);
+                calls.push_back(call);
+                worker.send(frame.finish());
+            }
+            let mut guard = CancelOnDrop {
+                worker: Some(worker),
+                call,
+            };
+            let result = reply.await;
+            guard.worker = None;
+            return match result {
+                Ok(Outcome::Done(result)) => result,
+                Ok(Outcome::NotStarted) => continue,
+                // The worker died: its death sent the cause first, so this is not reached in
+                // practice; a dropped sender without a cause is still a crash.
+                Err(_) => Err(FunctionError::Crashed(
+                    "the worker process went away".into(),
+                )),
+            };
         }
     }
 
@@ -642,16 +671,25 @@ impl Drop for CancelOnDrop {
         worker.send(Frame::new(to_worker::CANCEL, self.call).finish());
         let call = self.call;
         io().spawn(async move {
-            tokio::time::sleep(CANCEL_GRACE).await;
-            if worker.alive.load(Ordering::Acquire) && lock(&worker.pending).contains_key(&call) {
-                tracing::warn!(
-                    pid = worker.pid,
-                    call,
-                    "a cancelled call was still running {} s later: killing its worker process",
-                    CANCEL_GRACE.as_secs()
-                );
-                worker.kill();
+            // A call queued behind another starts later: its grace runs from its start.
+            loop {
+                tokio::time::sleep(CANCEL_GRACE).await;
+                if !worker.alive.load(Ordering::Acquire)
+                    || !lock(&worker.pending).contains_key(&call)
+                {
+                    return;
+                }
+                if lock(&worker.calls).front() == Some(&call) {
+                    break;
+                }
             }
+            tracing::warn!(
+                pid = worker.pid,
+                call,
+                "a cancelled call was still running {} s later: killing its worker process",
+                CANCEL_GRACE.as_secs()
+            );
+            worker.kill();
         });
     }
 }
@@ -681,7 +719,9 @@ impl Set {
         if let Some(slot) = lock(&self.slots).get_mut(worker.slot) {
             *slot = Some(worker.clone());
         }
-        self.release(worker.clone());
+        for _ in 0..DEPTH {
+            self.release(worker.clone());
+        }
     }
 
     /// Takes an idle worker, waiting for one.
@@ -693,7 +733,19 @@ impl Set {
                 .await
                 .map_err(|_| FunctionError::Crashed("the worker set was closed".into()))?;
             permit.forget();
-            let worker = lock(&self.idle).pop();
+            // The worker holding fewest calls: an idle one if there is one.
+            let worker = {
+                let mut idle = lock(&self.idle);
+                let best = idle
+                    .iter()
+                    .enumerate()
+                    .min_by_key(|(_, w)| match w.alive.load(Ordering::Acquire) {
+                        true => lock(&w.calls).len(),
+                        false => 0,
+                    })
+                    .map(|(i, _)| i);
+                best.map(|i| idle.swap_remove(i))
+            };
             match worker {
                 Some(worker) if worker.alive.load(Ordering::Acquire) => return Ok(worker),
                 // A worker that died while idle: its permit goes with it.
@@ -782,6 +834,7 @@ async fn spawn_worker(
         pidfd,
         out,
         pending: Mutex::new(HashMap::new()),
+        calls: Mutex::new(std::collections::VecDeque::new()),
         alive: AtomicBool::new(true),
     });
     // The start frame: the library, the function, the configuration.
@@ -977,12 +1030,18 @@ async fn run_slot(set: Arc<Set>, first: Started) {
             }
         };
         let message = format!("worker process {} died: {cause}", worker.pid);
-        let failed: Vec<Pending> = lock(&worker.pending).drain().map(|(_, p)| p).collect();
-        for pending in failed {
+        let failed: Vec<(u64, Pending)> = lock(&worker.pending).drain().collect();
+        // The call it was running is the first it had not answered; those behind it had not
+        // started.
+        let running = lock(&worker.calls).front().copied();
+        for (call, pending) in failed {
             let error = FunctionError::Crashed(message.clone());
             match pending {
+                Pending::Reply { done, .. } if Some(call) == running => {
+                    let _ = done.send(Outcome::Done(Err(error)));
+                }
                 Pending::Reply { done, .. } => {
-                    let _ = done.send(Err(error));
+                    let _ = done.send(Outcome::NotStarted);
                 }
                 Pending::Stream(shared) => shared.fail(error),
             }
@@ -1070,11 +1129,18 @@ fn dispatch(
                 other => Err(r.error(other)?),
             };
             let pending = lock(&worker.pending).remove(&call);
+            {
+                let mut calls = lock(&worker.calls);
+                if calls.front() != Some(&call) {
+                    return Err(channel::Malformed("a reply out of order"));
+                }
+                calls.pop_front();
+            }
             if let Some(Pending::Reply { done, batch, .. }) = pending {
                 if let (1, Some(batch)) = (r.u8()?, batch) {
                     r.batch_out(&mut lock(&batch))?;
                 }
-                let _ = done.send(result);
+                let _ = done.send(Outcome::Done(result));
             }
             // Whether or not the caller still waits, the worker is free again.
             set.release(worker.clone());
