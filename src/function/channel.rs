@@ -24,7 +24,7 @@ pub const MAX_FRAME: usize = 80 << 20;
 /// taking them: the worker's queue for a port holds at most this many (a host that sends more
 /// is a malformed channel). As `worker::WINDOW`, it bounds how much a stream moves per round
 /// trip over the channel.
-pub const INPUT_WINDOW: u32 = 256;
+pub const INPUT_WINDOW: u32 = 1024;
 
 /// The host forwards a port's next input only while those forwarded and not yet taken add up
 /// to less than this many payload bytes (one at least, whatever its size): with

@@ -18,7 +18,7 @@
 //!
 //! Bounds: frames queued for a worker are at most [`DEPTH`] `INVOKE`s (it runs one at a time,
 //! the others wait in it), `CANCEL`s, and per stream the credits the host granted and the inputs it forwarded
-//! ahead: per input port at most `channel::INPUT_WINDOW` (256) not yet taken by the function,
+//! ahead: per input port at most `channel::INPUT_WINDOW` (1024) not yet taken by the function,
 //! and past `channel::INPUT_WINDOW_BYTES` (1 MiB) of them no more; outputs the worker sends
 //! are at most the credits granted, [`WINDOW`] per output port. A frame is at most
 //! `channel::MAX_FRAME`.
@@ -49,14 +49,14 @@ use crate::sync::lock;
 /// How many outputs of a stream's port the worker may send ahead of the caller reading them.
 /// A stream moves at most a window per round trip over the channel: 32 held one stream to
 /// about 0.1x in process (BENCHMARKS.md, "Process mode against in process").
-pub const WINDOW: u32 = 256;
+pub const WINDOW: u32 = 1024;
 
 /// How many request/reply calls a worker may hold at once: the one it runs and the rest
 /// queued behind it, so its call thread goes from one call to the next without waiting for a
 /// round trip. A new call goes to the worker holding fewest. A worker runs its calls in the
 /// order sent, so the host knows which one was running when a worker dies: only that call
 /// fails, and the calls queued behind it, not yet started, go to another worker.
-const DEPTH: usize = 4;
+const DEPTH: usize = 8;
 
 /// How long a worker whose call was cancelled may go on running it before it is killed (and
 /// restarted): a function that never returns would otherwise hold the worker for good.
