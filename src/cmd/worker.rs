@@ -447,6 +447,7 @@ impl Serving {
                 credits: vec![0; outputs],
                 media_types: vec![0; outputs],
                 closed: vec![false; outputs],
+                sent: vec![Default::default(); outputs],
                 waker: None,
             }),
         });
@@ -505,32 +506,40 @@ impl Serving {
         lock(&ctl.state).waker = Some(cx.waker().clone());
         for (port, slot) in outputs.iter_mut().enumerate() {
             while let Some(output) = slot.as_mut() {
-                let (credit, media_type, closed) = {
+                let (credit, media_type, closed, bytes_full) = {
                     let state = lock(&ctl.state);
+                    let (sizes, bytes) = &state.sent[port];
                     (
                         state.credits[port],
                         state.media_types[port],
                         state.closed[port],
+                        // At least one output is always allowed, whatever its size.
+                        !sizes.is_empty() && *bytes >= channel::OUTPUT_WINDOW_BYTES,
                     )
                 };
                 if closed {
                     *slot = None;
                     break;
                 }
-                if credit == 0 {
+                if credit == 0 || bytes_full {
                     break;
                 }
                 match output.poll_next(cx, media_type as usize) {
                     Poll::Pending => break,
                     Poll::Ready(Some(Ok(message))) => {
-                        lock(&ctl.state).credits[port] -= 1;
-                        batch.extend_from_slice(
-                            &Frame::new(to_host::OUTPUT, call)
-                                .u32(port as u32)
-                                .headers(&message.headers)
-                                .bytes(&message.payload)
-                                .finish(),
-                        );
+                        let frame = Frame::new(to_host::OUTPUT, call)
+                            .u32(port as u32)
+                            .headers(&message.headers)
+                            .bytes(&message.payload)
+                            .finish();
+                        {
+                            let mut state = lock(&ctl.state);
+                            state.credits[port] -= 1;
+                            let (sizes, bytes) = &mut state.sent[port];
+                            sizes.push_back(frame.len() as u32);
+                            *bytes += frame.len();
+                        }
+                        batch.extend_from_slice(&frame);
                         if batch.len() >= 64 * 1024 {
                             self.writer.write(&batch);
                             batch.clear();
@@ -606,6 +615,9 @@ struct CtlState {
     credits: Vec<u32>,
     media_types: Vec<u32>,
     closed: Vec<bool>,
+    /// Per output port, the outputs sent and not yet credited back: their sizes, oldest first,
+    /// and their sum, bounded by `channel::OUTPUT_WINDOW_BYTES`.
+    sent: Vec<(std::collections::VecDeque<u32>, usize)>,
     waker: Option<Waker>,
 }
 
@@ -660,6 +672,15 @@ impl StreamCtl {
                     .ok_or(channel::Malformed("no such output"))?;
                 *credit = credit.saturating_add(n);
                 state.media_types[port] = media_type;
+                // A credit returns the oldest outputs the host's caller has taken (the first
+                // grants, before anything was sent, return nothing).
+                let (sizes, bytes) = &mut state.sent[port];
+                for _ in 0..n {
+                    match sizes.pop_front() {
+                        Some(size) => *bytes -= size as usize,
+                        None => break,
+                    }
+                }
             }
             _ => {
                 let mut state = lock(&self.state);

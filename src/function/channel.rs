@@ -32,6 +32,11 @@ pub const INPUT_WINDOW: u32 = 1024;
 /// message.
 pub const INPUT_WINDOW_BYTES: usize = 1 << 20;
 
+/// At most this many bytes of a stream's outputs are sent and not yet taken by the host's
+/// caller, per output port (at least one output whatever its size): the host buffers no more
+/// for a caller that does not read.
+pub const OUTPUT_WINDOW_BYTES: usize = 1 << 20;
+
 /// Frame kinds, host to worker.
 pub mod to_worker {
     /// Load a library, pick a function, run the init hook; the worker answers `HELLO` or

@@ -20,7 +20,8 @@
 //! the others wait in it), `CANCEL`s, and per stream the credits the host granted and the inputs it forwarded
 //! ahead: per input port at most `channel::INPUT_WINDOW` (1024) not yet taken by the function,
 //! and past `channel::INPUT_WINDOW_BYTES` (1 MiB) of them no more; outputs the worker sends
-//! are at most the credits granted, [`WINDOW`] per output port. A frame is at most
+//! are at most the credits granted, [`WINDOW`] per output port, and stop at
+//! `channel::OUTPUT_WINDOW_BYTES` (1 MiB) sent and not credited back. A frame is at most
 //! `channel::MAX_FRAME`.
 
 use std::collections::HashMap;
