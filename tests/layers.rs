@@ -31,6 +31,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         "below the handlers",
         &[
             "server::drain",
+            "server::http",
             "server::listener",
             "server::authority",
             "server::socket",

@@ -107,9 +107,24 @@ impl Calls {
     }
 
     /// Cancels every call still in flight: each ends with UNAVAILABLE (the grace is over).
-    pub(crate) fn cancel_all(&self) {
+    fn cancel_all(&self) {
         self.cancelled.store(true, Ordering::Release);
         self.cancel.cancel();
+    }
+
+    /// The drain's wait, once new calls are refused: the calls in flight run on for at most
+    /// `grace`; those still running then are cancelled (each ends with UNAVAILABLE), and this
+    /// returns when they have ended.
+    pub(crate) async fn run_out(&self, grace: Duration) {
+        if tokio::time::timeout(grace, self.idle()).await.is_err() {
+            tracing::warn!(
+                in_flight = self.in_flight(),
+                grace_seconds = grace.as_secs_f64(),
+                "drain grace period over: cancelling the calls still in flight"
+            );
+            self.cancel_all();
+            self.idle().await;
+        }
     }
 
     /// Completes when no call is in flight.

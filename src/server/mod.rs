@@ -13,6 +13,7 @@ pub mod authority;
 pub mod call;
 pub mod codec;
 pub mod drain;
+pub(crate) mod http;
 pub mod in_process;
 pub mod listener;
 pub mod metrics;
@@ -199,15 +200,7 @@ pub async fn serve_on(
             health
                 .set_service_status("", tonic_health::ServingStatus::NotServing)
                 .await;
-            if tokio::time::timeout(grace, calls.idle()).await.is_err() {
-                tracing::warn!(
-                    in_flight = calls.in_flight(),
-                    grace_seconds = grace.as_secs_f64(),
-                    "drain grace period over: cancelling the calls still in flight"
-                );
-                calls.cancel_all();
-                calls.idle().await;
-            }
+            calls.run_out(grace).await;
             tracing::info!("drained");
             let _ = drained_tx.send(());
         }

@@ -32,10 +32,10 @@ use futures_util::{StreamExt, stream};
 use http_body_util::BodyExt as _;
 use serde::Deserialize;
 use serde_json::Value;
-use tokio_util::sync::CancellationToken;
 use tonic::Code;
 
 use super::drain::Calls;
+use super::http::{Connections, Limits};
 use crate::engine::pool::Pool;
 use crate::engine::{CallMeta, Inbound};
 use crate::function::worker::{self, WorkerOptions};
@@ -688,7 +688,6 @@ pub async fn serve(
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "serving the OpenWhisk action interface");
     println!("listening on {addr}");
-    let closing = CancellationToken::new();
     let calls = runtime.calls.clone();
     let grace = runtime.settings.grace;
     let drain = async move {
@@ -698,98 +697,20 @@ pub async fn serve(
             "shutting down: draining activations in flight"
         );
         calls.start_draining();
-        if tokio::time::timeout(grace, calls.idle()).await.is_err() {
-            tracing::warn!(
-                in_flight = calls.in_flight(),
-                grace_seconds = grace.as_secs_f64(),
-                "drain grace period over: ending the activations still in flight"
-            );
-            calls.cancel_all();
-            calls.idle().await;
-        }
+        calls.run_out(grace).await;
         tracing::info!("drained");
     };
-    let mut connections = tokio::task::JoinSet::new();
+    let limits = Limits {
+        max_connections: runtime.settings.max_connections,
+        header_timeout: runtime.settings.header_timeout,
+    };
+    let mut connections = Connections::default();
     tokio::select! {
-        () = accept(listener, app, &runtime.settings, &closing, &mut connections) => {}
+        () = connections.accept(&listener, app, limits, "OpenWhisk") => {}
         () = drain => {}
     }
-    closing.cancel();
-    let _ = tokio::time::timeout(LINGER, async {
-        while connections.join_next().await.is_some() {}
-    })
-    .await;
+    connections.close(LINGER).await;
     Ok(())
-}
-
-/// Accepts connections, at most `settings.max_connections` open at once, each an HTTP/1
-/// connection with a header read timeout, shut down gracefully when `closing` is cancelled.
-async fn accept(
-    listener: tokio::net::TcpListener,
-    app: axum::Router,
-    settings: &Settings,
-    closing: &CancellationToken,
-    connections: &mut tokio::task::JoinSet<()>,
-) {
-    use tower::ServiceExt as _;
-
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(settings.header_timeout);
-    let slots = Arc::new(tokio::sync::Semaphore::new(settings.max_connections));
-    let mut at_limit = false;
-    loop {
-        let accepted = async {
-            let permit = match slots.clone().try_acquire_owned() {
-                Ok(permit) => permit,
-                Err(_) => {
-                    if !at_limit {
-                        at_limit = true;
-                        tracing::warn!(
-                            max_connections = settings.max_connections,
-                            "connection limit reached: new connections wait until one closes"
-                        );
-                    }
-                    slots.clone().acquire_owned().await?
-                }
-            };
-            let (io, _) = listener.accept().await?;
-            at_limit = false;
-            Ok::<_, anyhow::Error>((io, permit))
-        };
-        let (io, permit) = tokio::select! {
-            Some(_) = connections.join_next() => continue,
-            accepted = accepted => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    tracing::debug!("accept failed: {e}");
-                    // Out of descriptors, say: do not spin.
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let app = app.clone();
-        let service = hyper::service::service_fn(move |request: axum::http::Request<_>| {
-            app.clone().oneshot(request.map(Body::new))
-        });
-        let connection = http.serve_connection(hyper_util::rt::TokioIo::new(io), service);
-        let closing = closing.clone();
-        connections.spawn(async move {
-            let _permit = permit;
-            tokio::pin!(connection);
-            let served = tokio::select! {
-                served = connection.as_mut() => served,
-                () = closing.cancelled() => {
-                    connection.as_mut().graceful_shutdown();
-                    connection.await
-                }
-            };
-            if let Err(e) = served {
-                tracing::debug!("connection closed: {e}");
-            }
-        });
-    }
 }
 
 #[cfg(test)]

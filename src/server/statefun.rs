@@ -19,7 +19,6 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::body::Body;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -27,6 +26,7 @@ use futures_util::StreamExt;
 use prost::Message as _;
 
 use super::drain::Calls;
+use super::http::{Connections, Limits};
 use crate::engine::{CallMeta, Engine};
 use crate::function::{
     Address, Batch, Cell, Expiration, InputMessage, Sent, Stateful, StatefulInfo, TypedValue,
@@ -102,8 +102,6 @@ pub async fn serve_statefun(
     options: StatefunOptions,
     signal: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    use tower::ServiceExt as _;
-
     let state = Arc::new(Endpoint {
         functions,
         calls: calls.clone(),
@@ -119,69 +117,17 @@ pub async fn serve_statefun(
     let app = axum::Router::new()
         .route(PATH, axum::routing::post(handler.clone()))
         .route(&format!("{PATH}/{{*rest}}"), axum::routing::post(handler));
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(options.header_timeout);
-    let slots = Arc::new(tokio::sync::Semaphore::new(options.max_connections));
-    let closing = tokio_util::sync::CancellationToken::new();
-    let mut connections = tokio::task::JoinSet::new();
     let addr = listener.local_addr()?;
     tracing::info!(%addr, functions = ?state.functions.types(), "serving StateFun functions");
     println!("listening on {addr}");
-    tokio::pin!(signal);
-    let mut at_limit = false;
-    loop {
-        let accept = async {
-            let permit = match slots.clone().try_acquire_owned() {
-                Ok(permit) => permit,
-                Err(_) => {
-                    if !at_limit {
-                        at_limit = true;
-                        tracing::warn!(
-                            max_connections = options.max_connections,
-                            "StateFun connection limit reached: new connections wait until one closes"
-                        );
-                    }
-                    slots.clone().acquire_owned().await?
-                }
-            };
-            let (io, _) = listener.accept().await?;
-            at_limit = false;
-            Ok::<_, anyhow::Error>((io, permit))
-        };
-        let (io, permit) = tokio::select! {
-            () = &mut signal => break,
-            Some(_) = connections.join_next() => continue,
-            accepted = accept => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    tracing::debug!("statefun: accept failed: {e}");
-                    // Out of descriptors, say: do not spin.
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let app = app.clone();
-        let service = hyper::service::service_fn(move |request: axum::http::Request<_>| {
-            app.clone().oneshot(request.map(Body::new))
-        });
-        let connection = http.serve_connection(hyper_util::rt::TokioIo::new(io), service);
-        let closing = closing.clone();
-        connections.spawn(async move {
-            let _permit = permit;
-            tokio::pin!(connection);
-            let served = tokio::select! {
-                served = connection.as_mut() => served,
-                () = closing.cancelled() => {
-                    connection.as_mut().graceful_shutdown();
-                    connection.await
-                }
-            };
-            if let Err(e) = served {
-                tracing::debug!("statefun connection closed: {e}");
-            }
-        });
+    let limits = Limits {
+        max_connections: options.max_connections,
+        header_timeout: options.header_timeout,
+    };
+    let mut connections = Connections::default();
+    tokio::select! {
+        () = connections.accept(&listener, app, limits, "StateFun") => {}
+        () = signal => {}
     }
     // The drain: the listener is closed (dropped below), new batches on open connections get
     // 503, batches in flight finish or are ended when the grace period is over.
@@ -191,24 +137,9 @@ pub async fn serve_statefun(
         "shutting down: draining batches in flight"
     );
     calls.start_draining();
-    if tokio::time::timeout(options.grace, calls.idle())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            in_flight = calls.in_flight(),
-            grace_seconds = options.grace.as_secs_f64(),
-            "drain grace period over: ending the batches still in flight"
-        );
-        calls.cancel_all();
-        calls.idle().await;
-    }
+    calls.run_out(options.grace).await;
     tracing::info!("drained");
-    closing.cancel();
-    let _ = tokio::time::timeout(CONNECTION_LINGER, async {
-        while connections.join_next().await.is_some() {}
-    })
-    .await;
+    connections.close(CONNECTION_LINGER).await;
     Ok(())
 }
 
