@@ -150,13 +150,8 @@ pub struct RunArgs {
     #[arg(long)]
     pub ndjson: bool,
 
-    /// A JSON file of user configuration, as for `invoker serve`.
-    #[arg(long, env = "FUNCTION_CONFIG_FILE", value_name = "FILE")]
-    pub config: Option<std::path::PathBuf>,
-
-    /// User configuration as a JSON object.
-    #[arg(long, env = "FUNCTION_CONFIG", value_name = "JSON")]
-    pub function_config: Option<String>,
+    #[command(flatten)]
+    pub config: ConfigArgs,
 
     /// On a StateFun library (the in-memory StateFun): what delays and expirations are
     /// multiplied by, a positive number (0.001 makes a minute 60 ms), for tests.
@@ -387,13 +382,8 @@ pub struct ServeArgs {
     #[arg(long = "grace-period", env = "GRACE_PERIOD", default_value = "10", value_parser = parse_seconds, value_name = "SECONDS")]
     pub grace_period: Duration,
 
-    /// A JSON file of user configuration (key/value) for the function's Context and init hook.
-    #[arg(long, env = "FUNCTION_CONFIG_FILE", value_name = "FILE")]
-    pub config: Option<std::path::PathBuf>,
-
-    /// User configuration as a JSON object; its keys override the --config file's.
-    #[arg(long, env = "FUNCTION_CONFIG", value_name = "JSON")]
-    pub function_config: Option<String>,
+    #[command(flatten)]
+    pub config: ConfigArgs,
 
     /// Serve the admin service (status, reload) on this Unix socket.
     #[arg(long, env = "ADMIN_SOCKET", value_name = "PATH")]
@@ -448,14 +438,8 @@ pub struct OpenWhiskArgs {
     #[arg(long = "grace-period", env = "GRACE_PERIOD", default_value = "10", value_parser = parse_seconds, value_name = "SECONDS")]
     pub grace_period: Duration,
 
-    /// A JSON file of user configuration (key/value) for the function's Context and init hook;
-    /// /init's env adds to it.
-    #[arg(long, env = "FUNCTION_CONFIG_FILE", value_name = "FILE")]
-    pub config: Option<std::path::PathBuf>,
-
-    /// User configuration as a JSON object; its keys override the --config file's.
-    #[arg(long, env = "FUNCTION_CONFIG", value_name = "JSON")]
-    pub function_config: Option<String>,
+    #[command(flatten)]
+    pub config: ConfigArgs,
 
     /// The bounds (on OpenWhisk: --max-calls bounds the activations in flight, and
     /// --idle-timeout how long a connection may wait for a request head or a body).
@@ -510,6 +494,26 @@ impl SocketArgs {
     /// Whether a Unix socket is asked for.
     pub fn requested(&self) -> bool {
         self.path.is_some() || self.socket_dir.is_some()
+    }
+}
+
+/// The function's user configuration (README, "Configuration"), for every command that runs it.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ConfigArgs {
+    /// A JSON file of user configuration (key/value) for the function's Context and init hook
+    /// (on OpenWhisk, /init's env adds to it).
+    #[arg(long, env = "FUNCTION_CONFIG_FILE", value_name = "FILE")]
+    pub config: Option<std::path::PathBuf>,
+
+    /// User configuration as a JSON object; its keys override the --config file's.
+    #[arg(long, env = "FUNCTION_CONFIG", value_name = "JSON")]
+    pub function_config: Option<String>,
+}
+
+impl ConfigArgs {
+    /// The configuration these name, merged (see `config::load`).
+    pub fn load(&self) -> anyhow::Result<std::collections::HashMap<String, String>> {
+        crate::config::load(self.config.as_deref(), self.function_config.as_deref())
     }
 }
 
@@ -581,13 +585,8 @@ pub struct StatefunArgs {
     #[arg(long = "grace-period", env = "GRACE_PERIOD", default_value = "10", value_parser = parse_seconds, value_name = "SECONDS")]
     pub grace_period: Duration,
 
-    /// A JSON file of user configuration (key/value) for the functions' Context and init hook.
-    #[arg(long, env = "FUNCTION_CONFIG_FILE", value_name = "FILE")]
-    pub config: Option<std::path::PathBuf>,
-
-    /// User configuration as a JSON object; its keys override the --config file's.
-    #[arg(long, env = "FUNCTION_CONFIG", value_name = "JSON")]
-    pub function_config: Option<String>,
+    #[command(flatten)]
+    pub config: ConfigArgs,
 
     /// The largest request body in bytes (413 past it), and the most one batch may store and
     /// send (the batch fails past it).

@@ -21,7 +21,7 @@ use crate::stats::Stats;
 pub fn openwhisk(args: OpenWhiskArgs) -> anyhow::Result<Exit> {
     // Before any library is loaded: a crash in its initialisers or init hook is named too.
     super::install_crash_handler();
-    let config = crate::config::load(args.config.as_deref(), args.function_config.as_deref())?;
+    let config = args.config.load()?;
     let stats = Arc::new(Stats::new());
     let limits = &args.limits;
     let pool = Arc::new(Pool::new(PoolLimits::from_args(limits), stats.clone()));

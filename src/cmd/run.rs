@@ -37,7 +37,7 @@ use crate::stats::Stats;
 pub fn run(args: RunArgs) -> anyhow::Result<Exit> {
     super::install_crash_handler();
     let uri = FunctionUri::parse(&args.function_uri)?;
-    let config = crate::config::load(args.config.as_deref(), args.function_config.as_deref())?;
+    let config = args.config.load()?;
     let library = Library::load(&uri.path).map_err(|error| LiveError::Load {
         error,
         named: Named::Uri,

@@ -26,7 +26,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<Exit> {
     super::install_crash_handler();
     let uri = FunctionUri::parse(&args.function_uri)?;
     let socket_spec = SocketSpec::from_args(&args.socket)?;
-    let config = crate::config::load(args.config.as_deref(), args.function_config.as_deref())?;
+    let config = args.config.load()?;
     let stats = Arc::new(Stats::new());
     let pool = Arc::new(Pool::new(
         PoolLimits::from_args(&args.limits),

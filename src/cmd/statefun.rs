@@ -69,7 +69,7 @@ fn engines(
 pub fn statefun(args: StatefunArgs) -> anyhow::Result<Exit> {
     super::install_crash_handler();
     let uri = FunctionUri::parse(&args.function_uri)?;
-    let config = crate::config::load(args.config.as_deref(), args.function_config.as_deref())?;
+    let config = args.config.load()?;
     let pairs: Vec<(String, String)> = config.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     let instance_id = super::serve::instance_id();
     // In process: the library; in worker processes: their sets, to shut down at the end.

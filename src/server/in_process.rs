@@ -47,7 +47,7 @@ impl InProcess {
             );
         }
         let uri = FunctionUri::parse(&args.function_uri)?;
-        let config = crate::config::load(args.config.as_deref(), args.function_config.as_deref())?;
+        let config = args.config.load()?;
         let stats = Arc::new(Stats::new());
         let pool = Arc::new(Pool::new(
             PoolLimits::from_args(&args.limits),
