@@ -700,17 +700,31 @@ async fn a_failing_init_hook_fails_start_up_with_its_message() {
 
 #[tokio::test]
 async fn the_shutdown_hook_runs_after_the_drain() {
-    let dir = scratch("shutdown");
+    shutdown_hook_runs_after_the_drain("shutdown", &[]).await;
+}
+
+/// In process mode each worker runs the hook, after the serving process's drain (the channels
+/// run on the serving runtime, which is gone by then).
+#[tokio::test]
+async fn the_shutdown_hook_runs_after_the_drain_in_worker_processes() {
+    shutdown_hook_runs_after_the_drain(
+        "shutdown-workers",
+        &[("ISOLATION", "process"), ("WORKERS", "2")],
+    )
+    .await;
+}
+
+async fn shutdown_hook_runs_after_the_drain(name: &str, env: &[(&str, &str)]) {
+    let dir = scratch(name);
     let marker = dir.join("shutdown.txt");
     let socket = dir.join("admin.sock");
     let config = serde_json::json!({ "shutdown_file": marker }).to_string();
-    let mut daemon = Daemon::start_with(
-        &uri("context", Some("until_cancelled")),
-        &[
-            ("FUNCTION_CONFIG", config.as_str()),
-            ("ADMIN_SOCKET", socket.to_str().unwrap()),
-        ],
-    );
+    let mut vars = vec![
+        ("FUNCTION_CONFIG", config.as_str()),
+        ("ADMIN_SOCKET", socket.to_str().unwrap()),
+    ];
+    vars.extend_from_slice(env);
+    let mut daemon = Daemon::start_with(&uri("context", Some("until_cancelled")), &vars);
     let mut client = daemon.client().await;
     let in_flight = tokio::spawn(async move { call(&mut client, vec![msg("1500", &[])]).await });
     wait_for_calls_in_flight(&socket, 1).await;

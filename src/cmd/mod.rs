@@ -57,6 +57,16 @@ fn worker_options(
     })
 }
 
+/// The serving runtime (`engine::runtime`), which also serves the worker processes' channels
+/// in process mode (`function::worker::serve_channels_on`): built before any function is
+/// started, so that the workers' channels run on it from their first frame.
+fn serving_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    use anyhow::Context as _;
+    let runtime = crate::engine::runtime().context("cannot start the async runtime")?;
+    crate::function::worker::serve_channels_on(runtime.handle().clone());
+    Ok(runtime)
+}
+
 /// Installs the fatal-signal handler (see `function::install_crash_handler`), its line in the
 /// log's format. A failure is logged: the invoker serves without it.
 fn install_crash_handler() {

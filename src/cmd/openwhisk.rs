@@ -4,7 +4,6 @@
 
 use std::sync::Arc;
 
-use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
 use super::Exit;
@@ -27,6 +26,7 @@ pub fn openwhisk(args: OpenWhiskArgs) -> anyhow::Result<Exit> {
     let pool = Arc::new(Pool::new(PoolLimits::from_args(limits), stats.clone()));
     let instance_id = instance_id();
     let isolation = super::worker_options(&args.isolation);
+    let tokio = super::serving_runtime()?;
     let preloaded = match args.function_uri.as_deref().filter(|u| !u.is_empty()) {
         None => None,
         Some(uri) => {
@@ -65,7 +65,6 @@ pub fn openwhisk(args: OpenWhiskArgs) -> anyhow::Result<Exit> {
     let runtime = Arc::new(Runtime::new(settings, calls, preloaded));
     let terminate = CancellationToken::new();
     watch_for_termination(terminate.clone(), args.grace_period)?;
-    let tokio = crate::engine::runtime().context("cannot start the async runtime")?;
     let served = tokio.block_on(async {
         let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
             .await

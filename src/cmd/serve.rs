@@ -32,6 +32,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<Exit> {
         PoolLimits::from_args(&args.limits),
         stats.clone(),
     ));
+    let runtime = super::serving_runtime()?;
     let live = Arc::new(Live::start_isolated(
         &uri.path,
         uri.handler.as_deref(),
@@ -50,7 +51,6 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<Exit> {
     );
     let terminate = CancellationToken::new();
     watch_for_termination(terminate.clone(), args.grace_period)?;
-    let runtime = crate::engine::runtime().context("cannot start the async runtime")?;
     let served = runtime.block_on(async {
         let calls = Arc::new(Calls::with_max(args.limits.max_calls as usize));
         let stop = CancellationToken::new();

@@ -13,7 +13,6 @@
 
 use std::sync::Arc;
 
-use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
 use super::Exit;
@@ -72,6 +71,7 @@ pub fn statefun(args: StatefunArgs) -> anyhow::Result<Exit> {
     let config = args.config.load()?;
     let pairs: Vec<(String, String)> = config.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     let instance_id = super::serve::instance_id();
+    let runtime = super::serving_runtime()?;
     // In process: the library; in worker processes: their sets, to shut down at the end.
     let mut library = None;
     let mut worker_sets: Vec<WorkersWatch> = Vec::new();
@@ -159,7 +159,6 @@ pub fn statefun(args: StatefunArgs) -> anyhow::Result<Exit> {
     };
     let terminate = CancellationToken::new();
     super::serve::watch_for_termination(terminate.clone(), args.grace_period)?;
-    let runtime = crate::engine::runtime().context("cannot start the async runtime")?;
     let functions = Arc::new(functions);
     let served = runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))

@@ -5,9 +5,10 @@
 //! it is restarted with exponential backoff.
 //!
 //! Who owns what: a [`Workers`] set owns its worker processes and their channels. Each worker
-//! has one task on the channel runtime (`io`) that spawns it, reads its frames and dispatches
-//! them to the calls waiting for them (a map of call id to [`Pending`]), and on its death fails
-//! those calls and starts the next worker in its slot. Frames to a worker are written by the
+//! has one task on the channel runtime (`io`: the serving runtime, see [`serve_channels_on`])
+//! that reads its frames and dispatches them to the calls waiting for them (a map of call id to
+//! [`Pending`]), and on its death fails those calls and starts the next worker in its slot; a
+//! thread of its own spawns the process and waits for it. Frames to a worker are written by the
 //! task that sends them (a non-blocking `write`); what the socket cannot take at once waits in
 //! a backlog that a second task flushes. A request/reply call takes a place on
 //! the worker holding fewest ([`DEPTH`] places each, waiting if all are taken) and gives it
@@ -269,21 +270,38 @@ impl Monitor {
 /// Numbers worker sets, for [`Monitor::current`].
 static SET_IDS: AtomicU64 = AtomicU64::new(1);
 
-/// The channel runtime: the workers' reading and writing tasks run here, apart from the
-/// serving runtime (which may not exist yet when the function is loaded at start).
-fn io() -> &'static tokio::runtime::Runtime {
-    static IO: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    IO.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("invoker-channel")
-            .enable_all()
-            .build()
-            .unwrap_or_else(|e| {
-                // Without it no worker can be reached; this is at start, before any call.
-                eprintln!("invoker: cannot start the worker channel's runtime: {e}");
-                std::process::exit(1)
-            })
+/// Where the channels are served, once chosen: see [`serve_channels_on`].
+static CHANNELS: OnceLock<tokio::runtime::Handle> = OnceLock::new();
+
+/// Serves the workers' channels (each worker's reading task, its backlog's writer, restarts)
+/// on `runtime`, the serving runtime: a reply read there wakes the call waiting for it on the
+/// same runtime, without a hand-off between threads (two wake-ups per call fewer). Call it
+/// before the first worker set starts; once the channels have a runtime this does nothing.
+/// Without it they get a runtime of their own. Process mode runs no function in the serving
+/// process, so nothing blocks the serving runtime's threads.
+pub fn serve_channels_on(runtime: tokio::runtime::Handle) {
+    let _ = CHANNELS.set(runtime);
+}
+
+/// The channel runtime: the serving runtime if [`serve_channels_on`] named it, else one of
+/// its own (which may be needed before any serving runtime exists).
+fn io() -> &'static tokio::runtime::Handle {
+    CHANNELS.get_or_init(|| {
+        static OWN: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+        OWN.get_or_init(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name("invoker-channel")
+                .enable_all()
+                .build()
+                .unwrap_or_else(|e| {
+                    // Without it no worker can be reached; this is at start, before any call.
+                    eprintln!("invoker: cannot start the worker channel's runtime: {e}");
+                    std::process::exit(1)
+                })
+        })
+        .handle()
+        .clone()
     })
 }
 
@@ -350,6 +368,9 @@ struct Worker {
     /// Its request/reply calls not yet answered, in the order sent: it runs the first.
     calls: Mutex<std::collections::VecDeque<u64>>,
     alive: AtomicBool,
+    /// Set once the process has exited (by the thread that waits for it, so even with the
+    /// channel runtime gone, as at the very end).
+    exited: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -454,7 +475,7 @@ impl Worker {
 struct Started {
     worker: Arc<Worker>,
     hello: Hello,
-    reader: tokio::net::unix::OwnedReadHalf,
+    reader: UnixStream,
     buf: BytesMut,
     exited: oneshot::Receiver<ExitStatus>,
 }
@@ -651,7 +672,14 @@ impl WorkersWatch {
         };
         set.close();
         let until = Instant::now() + wait;
-        while set.up.load(Ordering::Acquire) > 0 && Instant::now() < until {
+        // The processes themselves, not `up`: the channel runtime may be gone already.
+        let running = || {
+            lock(&set.slots)
+                .iter()
+                .flatten()
+                .any(|w| !w.exited.load(Ordering::Acquire))
+        };
+        while running() && Instant::now() < until {
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -805,24 +833,53 @@ async fn spawn_worker(
     if let Some(limit) = options.memory_limit {
         command.arg("--memory-limit").arg(limit.to_string());
     }
-    let mut child = command.spawn().map_err(|e| spawn_error(e.to_string()))?;
-    let pid = child.id();
-    let pidfd = rustix::process::Pid::from_raw(pid as i32)
-        .and_then(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok());
+    // Spawned by a thread that lives exactly as long as the worker, waiting for it: the
+    // worker's death signal (`PR_SET_PDEATHSIG`) fires when the thread that spawned it ends,
+    // not the process, so a runtime thread (which ends when the runtime shuts down, before the
+    // workers run their shutdown hook) must not spawn it.
+    let (spawned_tx, spawned) = oneshot::channel();
     let (exit_tx, exited) = oneshot::channel();
+    let gone = Arc::new(AtomicBool::new(false));
+    let gone_at_exit = gone.clone();
     std::thread::Builder::new()
         .name("invoker-wait".into())
         .spawn(move || {
-            if let Ok(status) = child.wait() {
+            let mut child = match command.spawn() {
+                Ok(child) => child,
+                Err(e) => {
+                    let _ = spawned_tx.send(Err(e));
+                    return;
+                }
+            };
+            // The worker's end of the channel, held by the command: only the worker holds it
+            // now, so its death ends the channel.
+            drop(command);
+            let _ = spawned_tx.send(Ok(child.id()));
+            let status = child.wait();
+            gone_at_exit.store(true, Ordering::Release);
+            if let Ok(status) = status {
                 let _ = exit_tx.send(status);
             }
         })
         .map_err(|e| spawn_error(e.to_string()))?;
+    let pid = match spawned.await {
+        Ok(Ok(pid)) => pid,
+        Ok(Err(e)) => return Err(spawn_error(e.to_string())),
+        Err(_) => return Err(spawn_error("the thread that spawns it ended".into())),
+    };
+    let pidfd = rustix::process::Pid::from_raw(pid as i32)
+        .and_then(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok());
     ours.set_nonblocking(true)
         .map_err(|e| spawn_error(e.to_string()))?;
     let direct = ours.try_clone().map_err(|e| spawn_error(e.to_string()))?;
-    let stream = UnixStream::from_std(ours).map_err(|e| spawn_error(e.to_string()))?;
-    let (mut reader, writer) = stream.into_split();
+    // The backlog's writer waits for room on a descriptor of its own: not a write half of the
+    // reader's stream, whose drop (as when the serving runtime shuts down, before the workers
+    // are asked to run their shutdown hook) would shut the socket down for writing.
+    let writer = ours
+        .try_clone()
+        .and_then(UnixStream::from_std)
+        .map_err(|e| spawn_error(e.to_string()))?;
+    let mut reader = UnixStream::from_std(ours).map_err(|e| spawn_error(e.to_string()))?;
     let out = Arc::new(Out {
         socket: direct,
         state: Mutex::new(OutState::default()),
@@ -837,6 +894,7 @@ async fn spawn_worker(
         pending: Mutex::new(HashMap::new()),
         calls: Mutex::new(std::collections::VecDeque::new()),
         alive: AtomicBool::new(true),
+        exited: gone,
     });
     // The start frame: the library, the function, the configuration.
     let mut frame = Frame::new(to_worker::START, 0);
@@ -933,12 +991,13 @@ fn read_hello(r: &mut Reader) -> Result<Hello, channel::Malformed> {
 }
 
 /// Flushes a worker's backlog: the frames its socket could not take when they were sent.
-async fn write_loop(writer: tokio::net::unix::OwnedWriteHalf, out: Arc<Out>) {
+async fn write_loop(writer: UnixStream, out: Arc<Out>) {
     loop {
         out.wake.notified().await;
         loop {
+            // Fails only when the runtime is going (at the very end): direct writes still
+            // work, as the shutdown frames sent after it need.
             if writer.writable().await.is_err() {
-                out.close();
                 return;
             }
             let mut state = lock(&out.state);
@@ -1089,7 +1148,7 @@ async fn run_slot(set: Arc<Set>, first: Started) {
 async fn read_loop(
     set: &Arc<Set>,
     worker: &Arc<Worker>,
-    mut reader: tokio::net::unix::OwnedReadHalf,
+    mut reader: UnixStream,
     mut buf: BytesMut,
 ) -> Result<(), String> {
     loop {
