@@ -191,6 +191,47 @@ async fn request_reply_and_streaming_work_in_process_mode() {
     assert_eq!(out.texts(), ["a", "b"], "{out:?}");
 }
 
+/// A call that blocks in one worker delays no other call while another worker is free: the
+/// calls queued behind it go back to the host and on to the other worker, and no new call
+/// queues behind it. Before, calls queued behind the blocked one as soon as the free worker
+/// held more than it, and waited for it: here, for ever.
+#[tokio::test]
+async fn a_call_that_blocks_delays_no_call_while_another_worker_is_free() {
+    let daemon = start_uri(&uri("probe", Some("sleep_ms")), "2", &[]);
+    let mut client = daemon.client().await;
+    let blocked = tokio::spawn(async move {
+        // Waits for the reply: the call is not cancelled.
+        if let Ok(response) = client
+            .call(tokio_stream::iter(vec![msg("3600000", &[])]))
+            .await
+        {
+            let _ = response.into_inner().message().await;
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Calls of 2 ms, more at once than one worker runs: they pile up on the free worker.
+    let mut good = Vec::new();
+    for _ in 0..32 {
+        let mut client = daemon.client().await;
+        good.push(tokio::spawn(async move {
+            let mut answered = 0;
+            for _ in 0..5 {
+                // `call` fails the test if a call hangs.
+                let out = call(&mut client, vec![msg("2", &[])]).await;
+                assert_eq!(out.code(), Code::Ok, "{out:?}");
+                answered += 1;
+            }
+            answered
+        }));
+    }
+    let mut answered = 0;
+    for task in good {
+        answered += task.await.unwrap();
+    }
+    assert_eq!(answered, 32 * 5, "{}", daemon.stderr());
+    blocked.abort();
+}
+
 #[tokio::test]
 async fn inputs_sent_ahead_to_a_worker_and_never_read_fail_the_call_as_in_process() {
     // The host forwards a window of inputs ahead of the worker's function: those it never

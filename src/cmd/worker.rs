@@ -112,6 +112,9 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<Exit> {
         active: AtomicUsize::new(0),
         shutting_down: AtomicBool::new(false),
         library,
+        queue: Mutex::default(),
+        queued: std::sync::Condvar::new(),
+        watching: AtomicBool::new(false),
     });
     worker.serve(reader)
 }
@@ -248,6 +251,18 @@ struct Serving {
     active: AtomicUsize,
     shutting_down: AtomicBool,
     library: Library,
+    /// Request/reply calls for the call thread, which waits on `queued` for them.
+    queue: Mutex<CallQueue>,
+    queued: std::sync::Condvar,
+    /// Whether a task watches the queue for a call that blocks (`watch_queue`).
+    watching: AtomicBool,
+}
+
+/// The call thread's work: the calls waiting, and since when it has run the one it runs.
+#[derive(Default)]
+struct CallQueue {
+    waiting: std::collections::VecDeque<Invoke>,
+    running: Option<Instant>,
 }
 
 /// A request/reply call for the call thread.
@@ -261,15 +276,10 @@ struct Invoke {
 
 impl Serving {
     fn serve(self: &Arc<Self>, reader: FrameReader) -> anyhow::Result<Exit> {
-        let (calls, queued) = std::sync::mpsc::channel::<Invoke>();
         let on_thread = self.clone();
         std::thread::Builder::new()
             .name("invoker-call".into())
-            .spawn(move || {
-                for job in queued {
-                    on_thread.invoke(job);
-                }
-            })
+            .spawn(move || on_thread.call_thread())
             .context("cannot start the call thread")?;
         // One thread reads the channel and runs the streams: a frame for a stream wakes its
         // task on the same thread, with no hand-off.
@@ -287,7 +297,7 @@ impl Serving {
                 tokio::net::UnixStream::from_std(socket).context("the worker's channel")?;
             loop {
                 while let Some((kind, call, r)) = channel::next_frame(&mut buf)? {
-                    self.frame(&calls, kind, call, r)?;
+                    self.frame(kind, call, r)?;
                 }
                 if buf.capacity() - buf.len() < 16 * 1024 {
                     buf.reserve(64 * 1024);
@@ -304,13 +314,7 @@ impl Serving {
     }
 
     /// Handles one frame from the serving process (on the stream thread).
-    fn frame(
-        self: &Arc<Self>,
-        calls: &std::sync::mpsc::Sender<Invoke>,
-        kind: u8,
-        call: u64,
-        mut r: Reader,
-    ) -> anyhow::Result<()> {
+    fn frame(self: &Arc<Self>, kind: u8, call: u64, mut r: Reader) -> anyhow::Result<()> {
         {
             match kind {
                 to_worker::INVOKE => {
@@ -341,9 +345,7 @@ impl Serving {
                         }
                     };
                     let meta = CallMeta::with_id(call, deadline);
-                    lock(&self.calls).insert(call, meta.clone());
-                    self.active.fetch_add(1, Ordering::AcqRel);
-                    let _ = calls.send(Invoke {
+                    self.enqueue(Invoke {
                         call: meta,
                         media_type,
                         input,
@@ -402,7 +404,104 @@ impl Serving {
         }
     }
 
-    fn invoke(&self, job: Invoke) {
+    /// Takes a request/reply call from the channel: queues it for the call thread, or, if
+    /// the call the thread runs has run past `channel::STALLED` (it blocks), gives it back to
+    /// the host at once, for another worker.
+    fn enqueue(self: &Arc<Self>, job: Invoke) {
+        let id = job.call.id();
+        let mut queue = lock(&self.queue);
+        if queue
+            .running
+            .is_some_and(|since| since.elapsed() >= channel::STALLED)
+        {
+            // Written under the queue's lock: before the running call's reply (see
+            // `call_thread`), so the host never takes this call for the one running.
+            self.writer
+                .write(&Frame::new(to_host::RETURNED, id).finish());
+            return;
+        }
+        lock(&self.calls).insert(id, job.call.clone());
+        self.active.fetch_add(1, Ordering::AcqRel);
+        queue.waiting.push_back(job);
+        let behind = queue.running.is_some() || queue.waiting.len() > 1;
+        drop(queue);
+        self.queued.notify_one();
+        // A call waits behind another: watch for that one blocking.
+        if behind && !self.watching.swap(true, Ordering::AcqRel) {
+            tokio::spawn(self.clone().watch_queue());
+        }
+    }
+
+    /// While calls wait behind the one the call thread runs: if that one runs past
+    /// `channel::STALLED`, gives them all back to the host, which sends them to other workers
+    /// (a call that blocks delays no call queued behind it). Runs on the channel thread.
+    async fn watch_queue(self: Arc<Self>) {
+        loop {
+            let check_at = {
+                let mut queue = lock(&self.queue);
+                if queue.waiting.is_empty() {
+                    self.watching.store(false, Ordering::Release);
+                    return;
+                }
+                match queue.running {
+                    Some(since) if since.elapsed() >= channel::STALLED => {
+                        let given_back: Vec<Invoke> = queue.waiting.drain(..).collect();
+                        let mut frames = BytesMut::new();
+                        for job in &given_back {
+                            frames.extend_from_slice(
+                                &Frame::new(to_host::RETURNED, job.call.id()).finish(),
+                            );
+                        }
+                        // Under the queue's lock, as in `enqueue`.
+                        self.writer.write(&frames);
+                        drop(queue);
+                        let mut calls = lock(&self.calls);
+                        for job in &given_back {
+                            calls.remove(&job.call.id());
+                        }
+                        drop(calls);
+                        self.active.fetch_sub(given_back.len(), Ordering::AcqRel);
+                        self.watching.store(false, Ordering::Release);
+                        self.maybe_exit();
+                        return;
+                    }
+                    Some(since) => since + channel::STALLED,
+                    // The call thread is about to start the first.
+                    None => Instant::now() + channel::STALLED,
+                }
+            };
+            tokio::time::sleep_until(check_at.into()).await;
+        }
+    }
+
+    /// The call thread: runs the queued request/reply calls one at a time, in order.
+    fn call_thread(&self) {
+        loop {
+            let job = {
+                let mut queue = lock(&self.queue);
+                loop {
+                    if let Some(job) = queue.waiting.pop_front() {
+                        queue.running = Some(Instant::now());
+                        break job;
+                    }
+                    queue = self
+                        .queued
+                        .wait(queue)
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                }
+            };
+            let reply = self.invoke(job);
+            // Not running before the reply is written: a call given back while this one ran
+            // is on the channel before its reply (see `enqueue`).
+            lock(&self.queue).running = None;
+            self.writer.write(&reply);
+            self.active.fetch_sub(1, Ordering::AcqRel);
+            self.maybe_exit();
+        }
+    }
+
+    /// Runs one request/reply call; returns its `REPLY` frame.
+    fn invoke(&self, job: Invoke) -> bytes::Bytes {
         let id = job.call.id();
         let headers = match (&job.input, self.function.info().uses_context) {
             (Some(input), true) => input.headers.clone(),
@@ -425,9 +524,7 @@ impl Serving {
             None => frame.u8(0),
             Some(stateful) => frame.u8(1).batch_out(&lock(&stateful.batch)),
         };
-        self.writer.write(&frame.finish());
-        self.active.fetch_sub(1, Ordering::AcqRel);
-        self.maybe_exit();
+        frame.finish()
     }
 
     fn open(

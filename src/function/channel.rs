@@ -20,6 +20,11 @@ use super::{
 /// fronts (gRPC's message limit, `/run`'s 16 MiB).
 pub const MAX_FRAME: usize = 80 << 20;
 
+/// A request/reply call that has run this long in a worker counts as blocking (as in process,
+/// `engine::Blocking::THRESHOLD`): the host queues no more calls behind it, and the worker
+/// gives back those queued behind it (`RETURNED`), for another worker to run.
+pub const STALLED: std::time::Duration = std::time::Duration::from_millis(1);
+
 /// How many inputs of a stream's port the host forwards ahead of the worker's function
 /// taking them: the worker's queue for a port holds at most this many (a host that sends more
 /// is a malformed channel). As `worker::WINDOW`, it bounds how much a stream moves per round
@@ -82,6 +87,10 @@ pub mod to_host {
     /// The function released an input port, having taken `n: u64` inputs of it in all: the
     /// host releases the call's input, and any it forwarded past `n` were never read.
     pub const RELEASED: u8 = 72;
+    /// A request/reply call the worker gives back without having started it, because the
+    /// call it runs has run past [`STALLED`](super::STALLED): the host sends it to another
+    /// worker. Never the call the worker runs, and always before that call's `REPLY`.
+    pub const RETURNED: u8 = 73;
 }
 
 /// Result codes of `REPLY`, `OPENED` and `OUTPUT_END`.

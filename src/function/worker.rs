@@ -40,7 +40,7 @@ use bytes::{Bytes, BytesMut};
 
 use tokio::io::AsyncReadExt;
 use tokio::net::UnixStream;
-use tokio::sync::{Semaphore, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 
 use super::channel::{self, Frame, Reader, code, to_host, to_worker};
 use super::{
@@ -329,10 +329,9 @@ struct Set {
     spec: StartSpec,
     options: WorkerOptions,
     hello: Hello,
-    /// A worker for each free request/reply place ([`DEPTH`] per worker); `ready` has a
-    /// permit for each.
-    idle: Mutex<Vec<Arc<Worker>>>,
-    ready: Semaphore,
+    /// Told when a request/reply place may have come free (a reply, a call given back, a
+    /// worker up): calls waiting in [`Set::acquire`] look again.
+    freed: tokio::sync::Notify,
     /// The worker in each slot while it is up.
     slots: Mutex<Vec<Option<Arc<Worker>>>>,
     up: AtomicUsize,
@@ -365,8 +364,8 @@ struct Worker {
     pidfd: Option<OwnedFd>,
     out: Arc<Out>,
     pending: Mutex<HashMap<u64, Pending>>,
-    /// Its request/reply calls not yet answered, in the order sent: it runs the first.
-    calls: Mutex<std::collections::VecDeque<u64>>,
+    /// Its request/reply calls.
+    calls: Mutex<Calls>,
     alive: AtomicBool,
     /// Set once the process has exited (by the thread that waits for it, so even with the
     /// channel runtime gone, as at the very end).
@@ -471,6 +470,27 @@ impl Worker {
     }
 }
 
+/// A worker's request/reply calls, as the host knows them.
+#[derive(Debug)]
+struct Calls {
+    /// Sent and not answered, in the order sent: it runs the first, the others wait in it.
+    sent: std::collections::VecDeque<u64>,
+    /// Places taken (sent, or about to be), at most [`DEPTH`].
+    held: usize,
+    /// About when the first of `sent` started: when it was sent to a worker holding none, or
+    /// when the reply before it came.
+    front_since: Instant,
+}
+
+impl Calls {
+    /// Whether a new call may go to this worker: it holds none, or fewer than [`DEPTH`] and
+    /// the call it runs has run less than `channel::STALLED` (a call queued behind one that
+    /// blocks would wait for it, however many other workers are free).
+    fn takes_one_more(&self) -> bool {
+        self.held == 0 || (self.held < DEPTH && self.front_since.elapsed() < channel::STALLED)
+    }
+}
+
 /// A worker process started and past its handshake, with what it said.
 struct Started {
     worker: Arc<Worker>,
@@ -532,8 +552,7 @@ impl Workers {
             spec,
             options,
             hello,
-            idle: Mutex::new(Vec::with_capacity(n)),
-            ready: Semaphore::new(0),
+            freed: tokio::sync::Notify::new(),
             slots: Mutex::new(vec![None; n]),
             up: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
@@ -624,7 +643,10 @@ impl Workers {
             {
                 // The queue's order is the order on the wire.
                 let mut calls = lock(&worker.calls);
-                calls.push_back(call);
+                if calls.sent.is_empty() {
+                    calls.front_since = Instant::now();
+                }
+                calls.sent.push_back(call);
                 worker.send(frame.finish());
             }
             let mut guard = CancelOnDrop {
@@ -708,7 +730,7 @@ impl Drop for CancelOnDrop {
                 {
                     return;
                 }
-                if lock(&worker.calls).front() == Some(&call) {
+                if lock(&worker.calls).sent.front() == Some(&call) {
                     break;
                 }
             }
@@ -748,53 +770,64 @@ impl Set {
         if let Some(slot) = lock(&self.slots).get_mut(worker.slot) {
             *slot = Some(worker.clone());
         }
-        for _ in 0..DEPTH {
-            self.release(worker.clone());
-        }
-    }
-
-    /// Takes an idle worker, waiting for one.
-    async fn acquire(&self) -> Result<Arc<Worker>, FunctionError> {
-        loop {
-            let permit = self
-                .ready
-                .acquire()
-                .await
-                .map_err(|_| FunctionError::Crashed("the worker set was closed".into()))?;
-            permit.forget();
-            // The worker holding fewest calls: an idle one if there is one.
-            let worker = {
-                let mut idle = lock(&self.idle);
-                let best = idle
-                    .iter()
-                    .enumerate()
-                    .min_by_key(|(_, w)| match w.alive.load(Ordering::Acquire) {
-                        true => lock(&w.calls).len(),
-                        false => 0,
-                    })
-                    .map(|(i, _)| i);
-                best.map(|i| idle.swap_remove(i))
-            };
-            match worker {
-                Some(worker) if worker.alive.load(Ordering::Acquire) => return Ok(worker),
-                // A worker that died while idle: its permit goes with it.
-                _ => continue,
-            }
-        }
-    }
-
-    /// Gives a worker back for the next request/reply call (or, if the set is closed, tells it
-    /// to exit once it has nothing else to do).
-    fn release(&self, worker: Arc<Worker>) {
-        if !worker.alive.load(Ordering::Acquire) {
-            return;
-        }
         if self.closed.load(Ordering::Acquire) {
+            // Up after the set closed (a restart racing the close): nothing to serve.
             worker.send(Frame::new(to_worker::SHUTDOWN, 0).finish());
             return;
         }
-        lock(&self.idle).push(worker);
-        self.ready.add_permits(1);
+        self.freed.notify_waiters();
+    }
+
+    /// Takes a place on a worker for a request/reply call, waiting for one: on the worker
+    /// holding fewest of those that take one more ([`Calls::takes_one_more`]).
+    async fn acquire(&self) -> Result<Arc<Worker>, FunctionError> {
+        loop {
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            // Registered before looking: a place freed after the look wakes this call.
+            freed.as_mut().enable();
+            if let Some((worker, room_left)) = self.take_place() {
+                if room_left {
+                    // A call woken for one place passes the news on while there is more room
+                    // (a worker just up, or back from a call that blocked, has [`DEPTH`]).
+                    self.freed.notify_one();
+                }
+                return Ok(worker);
+            }
+            freed.await;
+        }
+    }
+
+    /// A place on the worker holding fewest calls, if any takes one more; and whether it has
+    /// room for yet another.
+    fn take_place(&self) -> Option<(Arc<Worker>, bool)> {
+        let slots = lock(&self.slots);
+        let mut best: Option<(&Arc<Worker>, usize)> = None;
+        for worker in slots.iter().flatten() {
+            if !worker.alive.load(Ordering::Acquire) {
+                continue;
+            }
+            let calls = lock(&worker.calls);
+            if calls.takes_one_more() && best.is_none_or(|(_, held)| calls.held < held) {
+                best = Some((worker, calls.held));
+            }
+        }
+        let (worker, _) = best?;
+        let mut calls = lock(&worker.calls);
+        if calls.held == 0 {
+            // It starts this call as soon as it is sent.
+            calls.front_since = Instant::now();
+        }
+        calls.held += 1;
+        Some((worker.clone(), calls.held < DEPTH))
+    }
+
+    /// A place on `worker` is free again (its call was answered or given back).
+    fn release(&self, worker: &Worker) {
+        let mut calls = lock(&worker.calls);
+        calls.held = calls.held.saturating_sub(1);
+        drop(calls);
+        self.freed.notify_one();
     }
 
     /// No new calls: each worker runs the shutdown hook and exits when its calls are done.
@@ -892,7 +925,11 @@ async fn spawn_worker(
         pidfd,
         out,
         pending: Mutex::new(HashMap::new()),
-        calls: Mutex::new(std::collections::VecDeque::new()),
+        calls: Mutex::new(Calls {
+            sent: std::collections::VecDeque::new(),
+            held: 0,
+            front_since: Instant::now(),
+        }),
         alive: AtomicBool::new(true),
         exited: gone,
     });
@@ -1093,7 +1130,7 @@ async fn run_slot(set: Arc<Set>, first: Started) {
         let failed: Vec<(u64, Pending)> = lock(&worker.pending).drain().collect();
         // The call it was running is the first it had not answered; those behind it had not
         // started.
-        let running = lock(&worker.calls).front().copied();
+        let running = lock(&worker.calls).sent.front().copied();
         for (call, pending) in failed {
             let error = FunctionError::Crashed(message.clone());
             match pending {
@@ -1191,10 +1228,14 @@ fn dispatch(
             let pending = lock(&worker.pending).remove(&call);
             {
                 let mut calls = lock(&worker.calls);
-                if calls.front() != Some(&call) {
+                if calls.sent.front() != Some(&call) {
                     return Err(channel::Malformed("a reply out of order"));
                 }
-                calls.pop_front();
+                calls.sent.pop_front();
+                if !calls.sent.is_empty() {
+                    // The worker starts the next one now.
+                    calls.front_since = Instant::now();
+                }
             }
             if let Some(Pending::Reply { done, batch, .. }) = pending {
                 if let (1, Some(batch)) = (r.u8()?, batch) {
@@ -1202,8 +1243,28 @@ fn dispatch(
                 }
                 let _ = done.send(Outcome::Done(result));
             }
-            // Whether or not the caller still waits, the worker is free again.
-            set.release(worker.clone());
+            // Whether or not the caller still waits, the place is free again.
+            set.release(worker);
+        }
+        to_host::RETURNED => {
+            // The worker gives back a call it had not started (the one it runs blocks): it
+            // goes to another worker.
+            let pending = lock(&worker.pending).remove(&call);
+            {
+                let mut calls = lock(&worker.calls);
+                match calls.sent.iter().position(|&c| c == call) {
+                    Some(0) | None => {
+                        return Err(channel::Malformed("a call given back that was not waiting"));
+                    }
+                    Some(i) => {
+                        calls.sent.remove(i);
+                    }
+                }
+            }
+            if let Some(Pending::Reply { done, .. }) = pending {
+                let _ = done.send(Outcome::NotStarted);
+            }
+            set.release(worker);
         }
         to_host::METRIC => {
             let name = r.str()?;
