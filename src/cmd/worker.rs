@@ -2,7 +2,8 @@
 //! of the channel to the serving process (`function::worker`). It loads the library the
 //! start frame names with the same loader as in process, picks the function, runs the init
 //! hook, says hello, and then serves calls: request/reply calls one at a time on a call
-//! thread, streams as tasks on the thread that reads the channel (a frame for a stream wakes
+//! thread (giving back unstarted those queued behind one that has run past
+//! `channel::STALLED`, for another worker), streams as tasks on the thread that reads the channel (a frame for a stream wakes
 //! its task with no hand-off to another thread), each output sent only against the host's credits; the host forwards a window of
 //! inputs ahead (`channel::INPUT_WINDOW`), and credits go back (`TAKEN`) as the function takes
 //! them, every half window or when it waits for more. It exits when the serving process closes the channel or

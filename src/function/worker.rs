@@ -8,14 +8,15 @@
 //! has one task on the channel runtime (`io`: the serving runtime, see [`serve_channels_on`])
 //! that reads its frames and dispatches them to the calls waiting for them (a map of call id to
 //! [`Pending`]), and on its death fails those calls and starts the next worker in its slot; a
-//! thread of its own spawns the process and waits for it. Frames to a worker are written by the
-//! task that sends them (a non-blocking `write`); what the socket cannot take at once waits in
-//! a backlog that a second task flushes. A request/reply call takes a place on
-//! the worker holding fewest ([`DEPTH`] places each, waiting if all are taken) and gives it
-//! back when the reply arrives; a worker runs its calls one at a time in the order sent, so
-//! when it dies the host fails the one it was running and sends the rest elsewhere: a crash
-//! loses that call alone. Streams are spread over the
-//! workers round-robin and may share one.
+//! thread of its own spawns the process and waits for it. Frames to a worker are written by
+//! the task that sends them (a non-blocking `write`); what the socket cannot take at once
+//! waits in a backlog that a second task flushes. A request/reply call takes a place on the
+//! worker holding fewest ([`DEPTH`] places each, none behind a call that has run past
+//! `channel::STALLED`, waiting if none is free) and gives it back when the reply arrives, or
+//! when the worker gives it back unstarted (`RETURNED`) for another worker. A worker runs its
+//! calls one at a time in the order sent, so when it dies the host fails the one it was
+//! running and sends the rest elsewhere: a crash loses that call alone. Streams are spread
+//! over the workers round-robin and may share one.
 //!
 //! Bounds: frames queued for a worker are at most [`DEPTH`] `INVOKE`s (it runs one at a time,
 //! the others wait in it), `CANCEL`s, and per stream the credits the host granted and the inputs it forwarded
