@@ -264,6 +264,9 @@ struct Serving {
 struct CallQueue {
     waiting: std::collections::VecDeque<Invoke>,
     running: Option<Instant>,
+    /// The call thread waits on `queued` (a notification without a waiter is still a
+    /// system call: only this one needs it).
+    idle: bool,
 }
 
 /// A request/reply call for the call thread.
@@ -425,8 +428,11 @@ impl Serving {
         self.active.fetch_add(1, Ordering::AcqRel);
         queue.waiting.push_back(job);
         let behind = queue.running.is_some() || queue.waiting.len() > 1;
+        let idle = queue.idle;
         drop(queue);
-        self.queued.notify_one();
+        if idle {
+            self.queued.notify_one();
+        }
         // A call waits behind another: watch for that one blocking.
         if behind && !self.watching.swap(true, Ordering::AcqRel) {
             tokio::spawn(self.clone().watch_queue());
@@ -483,8 +489,10 @@ impl Serving {
                 loop {
                     if let Some(job) = queue.waiting.pop_front() {
                         queue.running = Some(Instant::now());
+                        queue.idle = false;
                         break job;
                     }
+                    queue.idle = true;
                     queue = self
                         .queued
                         .wait(queue)
