@@ -365,6 +365,9 @@ struct Worker {
     pidfd: Option<OwnedFd>,
     out: Arc<Out>,
     pending: Mutex<HashMap<u64, Pending>>,
+    /// Set, under `pending`'s lock, once its death has failed what was pending: a call added
+    /// later would wait for ever (see [`Worker::add_pending`]).
+    drained: AtomicBool,
     /// Its request/reply calls.
     calls: Mutex<Calls>,
     alive: AtomicBool,
@@ -451,6 +454,17 @@ impl Drop for Worker {
 }
 
 impl Worker {
+    /// Adds a call waiting for frames, unless the worker's death already failed what was
+    /// pending (a caller that chose it just before it died): then the call must go elsewhere.
+    fn add_pending(&self, call: u64, pending: Pending) -> bool {
+        let mut map = lock(&self.pending);
+        if self.drained.load(Ordering::Acquire) {
+            return false;
+        }
+        map.insert(call, pending);
+        true
+    }
+
     fn send(&self, frame: Bytes) {
         self.out.send(&frame);
     }
@@ -633,7 +647,7 @@ impl Workers {
                 ),
             };
             let (done, reply) = oneshot::channel();
-            lock(&worker.pending).insert(
+            let added = worker.add_pending(
                 call,
                 Pending::Reply {
                     done,
@@ -641,6 +655,10 @@ impl Workers {
                     batch: ctx.stateful.as_ref().map(|s| s.batch.clone()),
                 },
             );
+            if !added {
+                // It died after giving this call a place: another worker.
+                continue;
+            }
             {
                 // The queue's order is the order on the wire.
                 let mut calls = lock(&worker.calls);
@@ -932,6 +950,7 @@ async fn spawn_worker(
             front_since: Instant::now(),
         }),
         alive: AtomicBool::new(true),
+        drained: AtomicBool::new(false),
         exited: gone,
     });
     // The start frame: the library, the function, the configuration.
@@ -1128,7 +1147,11 @@ async fn run_slot(set: Arc<Set>, first: Started) {
             }
         };
         let message = format!("worker process {} died: {cause}", worker.pid);
-        let failed: Vec<(u64, Pending)> = lock(&worker.pending).drain().collect();
+        let failed: Vec<(u64, Pending)> = {
+            let mut pending = lock(&worker.pending);
+            worker.drained.store(true, Ordering::Release);
+            pending.drain().collect()
+        };
         // The call it was running is the first it had not answered; those behind it had not
         // started.
         let running = lock(&worker.calls).sent.front().copied();

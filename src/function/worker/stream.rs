@@ -194,21 +194,6 @@ pub(super) fn open(
     inputs: Vec<BoxInput>,
 ) -> Result<Vec<OutputStream>, FunctionError> {
     let set = &workers.handle.0;
-    let worker = {
-        let slots = lock(&set.slots);
-        let n = slots.len().max(1);
-        let start = set
-            .next_stream
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        (0..n)
-            .filter_map(|i| slots.get((start + i) % n).cloned().flatten())
-            .find(|w| w.alive.load(std::sync::atomic::Ordering::Acquire))
-    };
-    let Some(worker) = worker else {
-        return Err(FunctionError::Crashed(
-            "no worker process is up (they are restarting)".into(),
-        ));
-    };
     let outputs_len = set.hello.info.outputs.len();
     let inputs_len = inputs.len();
     let shared = Arc::new(Shared {
@@ -223,7 +208,22 @@ pub(super) fn open(
         }),
     });
     let call = ctx.call.id();
-    lock(&worker.pending).insert(call, Pending::Stream(shared.clone()));
+    let slots = lock(&set.slots).clone();
+    let n = slots.len().max(1);
+    let start = set
+        .next_stream
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    // The next worker up, round-robin; one that died since it was looked at (its death
+    // already failed what was pending) is passed over.
+    let worker = (0..n)
+        .filter_map(|i| slots.get((start + i) % n).cloned().flatten())
+        .filter(|w| w.alive.load(std::sync::atomic::Ordering::Acquire))
+        .find(|w| w.add_pending(call, Pending::Stream(shared.clone())));
+    let Some(worker) = worker else {
+        return Err(FunctionError::Crashed(
+            "no worker process is up (they are restarting)".into(),
+        ));
+    };
     worker.send(
         Frame::new(to_worker::OPEN, call)
             .i64(ctx.deadline_millis())
