@@ -232,6 +232,42 @@ async fn a_call_that_blocks_delays_no_call_while_another_worker_is_free() {
     blocked.abort();
 }
 
+/// A caller that goes away, and a deadline that passes, reach the function running in a
+/// worker as in process: its context says the call is cancelled.
+#[tokio::test]
+async fn cancellation_and_deadlines_reach_the_function_in_a_worker() {
+    // The caller goes away (no deadline): only the serving process can tell the worker.
+    let daemon = start_uri(&uri("context", Some("until_cancelled")), "1", &[]);
+    let mut client = daemon.client().await;
+    let abandoned = tokio::spawn(async move {
+        if let Ok(response) = client
+            .call(tokio_stream::iter(vec![msg("600000", &[])]))
+            .await
+        {
+            let _ = response.into_inner().message().await;
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    abandoned.abort();
+    common::wait_for_log(&daemon, "until_cancelled: saw the call cancelled").await;
+
+    // A deadline.
+    let daemon = start_uri(&uri("context", Some("until_cancelled")), "1", &[]);
+    let mut client = daemon.client().await;
+    let mut request = tonic::Request::new(tokio_stream::iter(vec![msg("600000", &[])]));
+    request.set_timeout(Duration::from_millis(300));
+    let status = match client.call(request).await {
+        Err(status) => status,
+        Ok(response) => response
+            .into_inner()
+            .message()
+            .await
+            .expect_err("the call ends with a status"),
+    };
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    common::wait_for_log(&daemon, "until_cancelled: saw the call cancelled").await;
+}
+
 #[tokio::test]
 async fn inputs_sent_ahead_to_a_worker_and_never_read_fail_the_call_as_in_process() {
     // The host forwards a window of inputs ahead of the worker's function: those it never

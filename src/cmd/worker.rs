@@ -54,6 +54,8 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<Exit> {
             .try_clone_to_owned()
             .context("the worker's channel (stdin)")?,
     );
+    // The request/reply socket comes first, before the start frame (see `receive_calls`).
+    let calls_socket = receive_calls(&socket)?;
     let writer = Arc::new(Writer(Mutex::new(
         socket.try_clone().context("the worker's channel")?,
     )));
@@ -108,19 +110,51 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<Exit> {
         instance_id: instance_id.into(),
         config: Arc::new(config),
         writer,
-        calls: Mutex::new(HashMap::new()),
+        calls_writer: Arc::new(Writer(Mutex::new(
+            calls_socket
+                .try_clone()
+                .context("the worker's request/reply channel")?,
+        ))),
+        calls_in: Mutex::new(FrameReader {
+            socket: calls_socket,
+            buf: BytesMut::with_capacity(64 * 1024),
+        }),
+        cancels: Mutex::default(),
         streams: Mutex::new(HashMap::new()),
         active: AtomicUsize::new(0),
         shutting_down: AtomicBool::new(false),
         library,
         queue: Mutex::default(),
-        queued: std::sync::Condvar::new(),
-        watching: AtomicBool::new(false),
     });
     worker.serve(reader)
 }
 
 type Loaded = (Library, Function, HashMap<String, String>, String);
+
+/// Receives the request/reply socket the serving process passes (`SCM_RIGHTS`, with one byte)
+/// over the channel before anything else: the call thread reads its calls there itself, with
+/// no hand-off from the thread that reads the channel.
+fn receive_calls(socket: &UnixStream) -> anyhow::Result<UnixStream> {
+    use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let mut byte = [0u8; 1];
+    rustix::net::recvmsg(
+        socket,
+        &mut [std::io::IoSliceMut::new(&mut byte)],
+        &mut control,
+        RecvFlags::CMSG_CLOEXEC,
+    )
+    .context("receiving the worker's request/reply channel")?;
+    for message in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(mut fds) = message
+            && let Some(fd) = fds.next()
+        {
+            return Ok(UnixStream::from(fd));
+        }
+    }
+    anyhow::bail!("the worker's channel did not begin with its request/reply channel")
+}
 
 /// Reads the start frame, loads the library, picks the function and runs the init hook.
 fn load(r: &mut Reader) -> Result<Result<Loaded, LiveError>, channel::Malformed> {
@@ -213,6 +247,46 @@ struct FrameReader {
 }
 
 impl FrameReader {
+    /// Reads what the socket has (blocking until something): false at its end.
+    fn fill(&mut self) -> anyhow::Result<bool> {
+        self.read_with(rustix::net::RecvFlags::empty())
+    }
+
+    /// Reads what the socket has now, without waiting: false if nothing (or at its end).
+    fn try_fill(&mut self) -> anyhow::Result<bool> {
+        self.read_with(rustix::net::RecvFlags::DONTWAIT)
+    }
+
+    fn read_with(&mut self, flags: rustix::net::RecvFlags) -> anyhow::Result<bool> {
+        if self.buf.capacity() - self.buf.len() < 16 * 1024 {
+            self.buf.reserve(64 * 1024);
+        }
+        let len = self.buf.len();
+        let cap = self.buf.capacity();
+        self.buf.resize(cap, 0);
+        loop {
+            match rustix::net::recv(&self.socket, &mut self.buf[len..], flags) {
+                Ok((0, _)) => {
+                    self.buf.truncate(len);
+                    return Ok(false);
+                }
+                Ok((n, _)) => {
+                    self.buf.truncate(len + n);
+                    return Ok(true);
+                }
+                Err(rustix::io::Errno::INTR) => {}
+                Err(rustix::io::Errno::AGAIN) => {
+                    self.buf.truncate(len);
+                    return Ok(false);
+                }
+                Err(e) => {
+                    self.buf.truncate(len);
+                    return Err(e).context("reading the worker's request/reply channel");
+                }
+            }
+        }
+    }
+
     /// The next frame; `None` when the serving process closed the channel.
     fn next(&mut self) -> anyhow::Result<Option<(u8, u64, Reader)>> {
         loop {
@@ -244,29 +318,42 @@ struct Serving {
     instance_id: Arc<str>,
     config: Arc<HashMap<String, String>>,
     writer: Arc<Writer>,
-    /// The calls running (for cancellation).
-    calls: Mutex<HashMap<u64, CallMeta>>,
+    /// The request/reply socket, for writing: replies, their metrics, calls given back.
+    calls_writer: Arc<Writer>,
+    /// The request/reply socket, for reading: the call thread reads it while it has no call,
+    /// `reclaim` (on the channel thread) while the call thread runs one that blocks.
+    calls_in: Mutex<FrameReader>,
+    /// The request/reply calls taken and not answered, and cancellations that came first.
+    cancels: Mutex<Cancels>,
     /// The streams open.
     streams: Mutex<HashMap<u64, Arc<StreamCtl>>>,
     /// Calls and streams in progress.
     active: AtomicUsize,
     shutting_down: AtomicBool,
     library: Library,
-    /// Request/reply calls for the call thread, which waits on `queued` for them.
+    /// The call thread's calls read and not started, and since when it runs its call.
     queue: Mutex<CallQueue>,
-    queued: std::sync::Condvar,
-    /// Whether a task watches the queue for a call that blocks (`watch_queue`).
-    watching: AtomicBool,
 }
 
-/// The call thread's work: the calls waiting, and since when it has run the one it runs.
+/// The call thread's work: the calls read and waiting, and since when it has run the one it
+/// runs.
 #[derive(Default)]
 struct CallQueue {
     waiting: std::collections::VecDeque<Invoke>,
     running: Option<Instant>,
-    /// The call thread waits on `queued` (a notification without a waiter is still a
-    /// system call: only this one needs it).
-    idle: bool,
+}
+
+/// How many cancellations of calls not yet read are remembered (`CANCEL` comes on the
+/// channel, its call on the request/reply socket, and may be read first).
+const EARLY_CANCELS: usize = 256;
+
+/// Request/reply calls for cancellation.
+#[derive(Default)]
+struct Cancels {
+    /// Taken (read by the call thread) and not answered.
+    calls: HashMap<u64, CallMeta>,
+    /// Cancelled before they were read: the oldest are forgotten past [`EARLY_CANCELS`].
+    early: std::collections::VecDeque<u64>,
 }
 
 /// A request/reply call for the call thread.
@@ -322,43 +409,20 @@ impl Serving {
         {
             match kind {
                 to_worker::INVOKE => {
-                    let deadline = deadline(r.i64()?);
-                    let media_type = r.u32()? as usize;
-                    let input = match r.u8()? {
-                        0 => None,
-                        _ => Some({
-                            let media_type = r.u32()? as usize;
-                            let headers = r.headers()?;
-                            let payload = r.bytes()?;
-                            InputMessage {
-                                payload,
-                                headers,
-                                media_type,
-                            }
-                        }),
-                    };
-                    let stateful = match r.u8()? {
-                        0 => None,
-                        _ => {
-                            let (self_address, caller, batch) = r.batch_in()?;
-                            Some(Stateful {
-                                self_address,
-                                caller,
-                                batch: Arc::new(Mutex::new(batch)),
-                            })
-                        }
-                    };
-                    let meta = CallMeta::with_id(call, deadline);
-                    self.enqueue(Invoke {
-                        call: meta,
-                        media_type,
-                        input,
-                        stateful,
-                    });
+                    anyhow::bail!("a request/reply call on the channel, not on its own socket")
                 }
+                to_worker::RECLAIM => self.reclaim(),
                 to_worker::CANCEL => {
-                    if let Some(meta) = lock(&self.calls).get(&call) {
-                        meta.cancel();
+                    let mut cancels = lock(&self.cancels);
+                    match cancels.calls.get(&call) {
+                        Some(meta) => meta.cancel(),
+                        None => {
+                            // Its call is still on the request/reply socket (or was answered).
+                            if cancels.early.len() == EARLY_CANCELS {
+                                cancels.early.pop_front();
+                            }
+                            cancels.early.push_back(call);
+                        }
                     }
                 }
                 to_worker::OPEN => {
@@ -392,12 +456,17 @@ impl Serving {
         }
     }
 
-    fn context(&self, call: CallMeta, headers: crate::function::Headers) -> CallContext {
+    fn context(
+        &self,
+        call: CallMeta,
+        headers: crate::function::Headers,
+        writer: &Arc<Writer>,
+    ) -> CallContext {
         CallContext {
             function_name: self.function.info().name.as_str().into(),
             instance_id: self.instance_id.clone(),
             metrics: Some(Arc::new(Metrics {
-                writer: self.writer.clone(),
+                writer: writer.clone(),
                 call: call.id(),
             })),
             call,
@@ -408,102 +477,151 @@ impl Serving {
         }
     }
 
-    /// Takes a request/reply call from the channel: queues it for the call thread, or, if
-    /// the call the thread runs has run past `channel::STALLED` (it blocks), gives it back to
-    /// the host at once, for another worker.
-    fn enqueue(self: &Arc<Self>, job: Invoke) {
-        let id = job.call.id();
+    /// Reads a request/reply `INVOKE` (from the request/reply socket): the call is taken.
+    fn take_call(&self, call: u64, mut r: Reader) -> anyhow::Result<Invoke> {
+        let deadline = deadline(r.i64()?);
+        let media_type = r.u32()? as usize;
+        let input = match r.u8()? {
+            0 => None,
+            _ => Some({
+                let media_type = r.u32()? as usize;
+                let headers = r.headers()?;
+                let payload = r.bytes()?;
+                InputMessage {
+                    payload,
+                    headers,
+                    media_type,
+                }
+            }),
+        };
+        let stateful = match r.u8()? {
+            0 => None,
+            _ => {
+                let (self_address, caller, batch) = r.batch_in()?;
+                Some(Stateful {
+                    self_address,
+                    caller,
+                    batch: Arc::new(Mutex::new(batch)),
+                })
+            }
+        };
+        let meta = CallMeta::with_id(call, deadline);
+        let mut cancels = lock(&self.cancels);
+        if let Some(i) = cancels.early.iter().position(|&c| c == call) {
+            cancels.early.remove(i);
+            meta.cancel();
+        }
+        cancels.calls.insert(call, meta.clone());
+        drop(cancels);
+        self.active.fetch_add(1, Ordering::AcqRel);
+        Ok(Invoke {
+            call: meta,
+            media_type,
+            input,
+            stateful,
+        })
+    }
+
+    /// Reads the request/reply socket until at least one call has come (blocking; the call
+    /// thread, with no call to run). `None` once the serving process has closed it.
+    fn read_calls(&self) -> anyhow::Result<Option<Vec<Invoke>>> {
+        let mut input = lock(&self.calls_in);
+        let mut jobs = Vec::new();
+        loop {
+            while let Some((kind, call, r)) = channel::next_frame(&mut input.buf)? {
+                match kind {
+                    to_worker::INVOKE => jobs.push(self.take_call(call, r)?),
+                    _ => anyhow::bail!("frame kind {kind} on the request/reply socket"),
+                }
+            }
+            if !jobs.is_empty() {
+                return Ok(Some(jobs));
+            }
+            if !input.fill()? {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// The host asks for the calls queued behind one that blocks (`RECLAIM`, on the channel
+    /// thread): if the call thread's call has run past `channel::STALLED`, every call read and
+    /// waiting, and every call still on the socket, goes back (`RETURNED`), for other workers.
+    fn reclaim(&self) {
         let mut queue = lock(&self.queue);
         if queue
             .running
-            .is_some_and(|since| since.elapsed() >= channel::STALLED)
+            .is_none_or(|since| since.elapsed() < channel::STALLED)
         {
-            // Written under the queue's lock: before the running call's reply (see
-            // `call_thread`), so the host never takes this call for the one running.
-            self.writer
-                .write(&Frame::new(to_host::RETURNED, id).finish());
+            // Not (or no longer) blocking: the host asks again if it still has calls waiting.
             return;
         }
-        lock(&self.calls).insert(id, job.call.clone());
-        self.active.fetch_add(1, Ordering::AcqRel);
-        queue.waiting.push_back(job);
-        let behind = queue.running.is_some() || queue.waiting.len() > 1;
-        let idle = queue.idle;
+        let mut given_back: Vec<u64> = queue.waiting.drain(..).map(|j| j.call.id()).collect();
+        let mut taken = 0;
+        // The call thread runs a call, so it is not reading: the socket is free.
+        if let Ok(mut input) = self.calls_in.try_lock() {
+            // Until nothing more now (or the host is gone: then nothing matters).
+            while let Ok(true) = input.try_fill() {}
+            // A partial frame stays for the call thread; anything else fails there.
+            while let Ok(Some((to_worker::INVOKE, call, _))) = channel::next_frame(&mut input.buf) {
+                given_back.push(call);
+                taken += 1;
+            }
+        }
+        if given_back.is_empty() {
+            return;
+        }
+        let mut frames = BytesMut::new();
+        for &call in &given_back {
+            frames.extend_from_slice(&Frame::new(to_host::RETURNED, call).finish());
+        }
+        // Written under the queue's lock: before the running call's reply (the call thread
+        // marks itself not running, under this lock, before it writes its reply), so the
+        // host never takes a call given back for the one running.
+        self.calls_writer.write(&frames);
         drop(queue);
-        if idle {
-            self.queued.notify_one();
+        let mut cancels = lock(&self.cancels);
+        for call in &given_back {
+            cancels.calls.remove(call);
         }
-        // A call waits behind another: watch for that one blocking.
-        if behind && !self.watching.swap(true, Ordering::AcqRel) {
-            tokio::spawn(self.clone().watch_queue());
-        }
+        drop(cancels);
+        // Those read from the socket here were never counted as taken.
+        self.active
+            .fetch_sub(given_back.len() - taken, Ordering::AcqRel);
+        self.maybe_exit();
     }
 
-    /// While calls wait behind the one the call thread runs: if that one runs past
-    /// `channel::STALLED`, gives them all back to the host, which sends them to other workers
-    /// (a call that blocks delays no call queued behind it). Runs on the channel thread.
-    async fn watch_queue(self: Arc<Self>) {
-        loop {
-            let check_at = {
-                let mut queue = lock(&self.queue);
-                if queue.waiting.is_empty() {
-                    self.watching.store(false, Ordering::Release);
-                    return;
-                }
-                match queue.running {
-                    Some(since) if since.elapsed() >= channel::STALLED => {
-                        let given_back: Vec<Invoke> = queue.waiting.drain(..).collect();
-                        let mut frames = BytesMut::new();
-                        for job in &given_back {
-                            frames.extend_from_slice(
-                                &Frame::new(to_host::RETURNED, job.call.id()).finish(),
-                            );
-                        }
-                        // Under the queue's lock, as in `enqueue`.
-                        self.writer.write(&frames);
-                        drop(queue);
-                        let mut calls = lock(&self.calls);
-                        for job in &given_back {
-                            calls.remove(&job.call.id());
-                        }
-                        drop(calls);
-                        self.active.fetch_sub(given_back.len(), Ordering::AcqRel);
-                        self.watching.store(false, Ordering::Release);
-                        self.maybe_exit();
-                        return;
-                    }
-                    Some(since) => since + channel::STALLED,
-                    // The call thread is about to start the first.
-                    None => Instant::now() + channel::STALLED,
-                }
-            };
-            tokio::time::sleep_until(check_at.into()).await;
-        }
-    }
-
-    /// The call thread: runs the queued request/reply calls one at a time, in order.
+    /// The call thread: reads the request/reply calls itself and runs them one at a time, in
+    /// the order sent.
     fn call_thread(&self) {
         loop {
             let job = {
                 let mut queue = lock(&self.queue);
-                loop {
-                    if let Some(job) = queue.waiting.pop_front() {
+                match queue.waiting.pop_front() {
+                    Some(job) => {
                         queue.running = Some(Instant::now());
-                        queue.idle = false;
-                        break job;
+                        job
                     }
-                    queue.idle = true;
-                    queue = self
-                        .queued
-                        .wait(queue)
-                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    None => {
+                        drop(queue);
+                        match self.read_calls() {
+                            Ok(Some(jobs)) => lock(&self.queue).waiting.extend(jobs),
+                            // The serving process is gone or going: the channel decides.
+                            Ok(None) => return,
+                            Err(e) => {
+                                // The host treats the worker's death as a crash.
+                                eprintln!("invoker worker: {e:#}");
+                                std::process::exit(2);
+                            }
+                        }
+                        continue;
+                    }
                 }
             };
             let reply = self.invoke(job);
             // Not running before the reply is written: a call given back while this one ran
-            // is on the channel before its reply (see `enqueue`).
+            // is on the socket before its reply (see `reclaim`).
             lock(&self.queue).running = None;
-            self.writer.write(&reply);
+            self.calls_writer.write(&reply);
             self.active.fetch_sub(1, Ordering::AcqRel);
             self.maybe_exit();
         }
@@ -516,12 +634,13 @@ impl Serving {
             (Some(input), true) => input.headers.clone(),
             _ => Vec::new(),
         };
-        let mut ctx = self.context(job.call, headers);
+        // Its metrics go on the request/reply socket, ahead of its reply.
+        let mut ctx = self.context(job.call, headers, &self.calls_writer);
         ctx.stateful = job.stateful;
         let result = self
             .function
             .invoke(&ctx, job.input.as_ref(), job.media_type);
-        lock(&self.calls).remove(&id);
+        lock(&self.cancels).calls.remove(&id);
         let frame = Frame::new(to_host::REPLY, id);
         let frame = match &result {
             Ok(Some(out)) => frame.u8(code::OK).headers(&out.headers).bytes(&out.payload),
@@ -571,7 +690,7 @@ impl Serving {
                 }) as BoxInput
             })
             .collect();
-        let ctx = self.context(meta, headers);
+        let ctx = self.context(meta, headers, &self.writer);
         let opened = self.function.open(&ctx, streams);
         let frame = Frame::new(to_host::OPENED, call);
         let outputs = match opened {

@@ -21,8 +21,8 @@ use super::{
 pub const MAX_FRAME: usize = 80 << 20;
 
 /// A request/reply call that has run this long in a worker counts as blocking (as in process,
-/// `engine::Blocking::THRESHOLD`): the host queues no more calls behind it, and the worker
-/// gives back those queued behind it (`RETURNED`), for another worker to run.
+/// `engine::Blocking::THRESHOLD`): the host queues no more calls behind it, and asks the worker
+/// (`RECLAIM`) to give back those queued behind it (`RETURNED`), for another worker to run.
 pub const STALLED: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// How many inputs of a stream's port the host forwards ahead of the worker's function
@@ -47,7 +47,9 @@ pub mod to_worker {
     /// Load a library, pick a function, run the init hook; the worker answers `HELLO` or
     /// `INIT_FAILED`.
     pub const START: u8 = 1;
-    /// Invoke the request/reply function once.
+    /// Invoke the request/reply function once. On the request/reply socket (the second socket
+    /// pair, whose worker end the host passes first thing on the channel), which the worker's
+    /// call thread reads itself; every other frame is on the channel.
     pub const INVOKE: u8 = 2;
     /// The call was cancelled (the caller went away, its deadline passed).
     pub const CANCEL: u8 = 3;
@@ -63,6 +65,9 @@ pub mod to_worker {
     pub const CLOSE: u8 = 8;
     /// Run the shutdown hook and exit.
     pub const SHUTDOWN: u8 = 9;
+    /// Calls wait behind one that has run past [`STALLED`](super::STALLED): the worker gives
+    /// back (`RETURNED`) every call it has not started, if its call is still running.
+    pub const RECLAIM: u8 = 10;
 }
 
 /// Frame kinds, worker to host.
@@ -89,7 +94,8 @@ pub mod to_host {
     pub const RELEASED: u8 = 72;
     /// A request/reply call the worker gives back without having started it, because the
     /// call it runs has run past [`STALLED`](super::STALLED): the host sends it to another
-    /// worker. Never the call the worker runs, and always before that call's `REPLY`.
+    /// worker. Never the call the worker runs, and always before that call's `REPLY`, on the
+    /// request/reply socket as `REPLY` and the calls' `METRIC`s.
     pub const RETURNED: u8 = 73;
 }
 

@@ -363,7 +363,10 @@ struct Worker {
     slot: usize,
     pid: u32,
     pidfd: Option<OwnedFd>,
+    /// The channel: everything but request/reply calls.
     out: Arc<Out>,
+    /// The request/reply socket: `INVOKE`s, which the worker's call thread reads itself.
+    calls_out: Arc<Out>,
     pending: Mutex<HashMap<u64, Pending>>,
     /// Set, under `pending`'s lock, once its death has failed what was pending: a call added
     /// later would wait for ever (see [`Worker::add_pending`]).
@@ -448,8 +451,9 @@ impl Out {
 
 impl Drop for Worker {
     fn drop(&mut self) {
-        // Ends the writer task, which holds the socket open.
+        // Ends the writer tasks, which hold the sockets open.
         self.out.close();
+        self.calls_out.close();
     }
 }
 
@@ -495,6 +499,8 @@ struct Calls {
     /// About when the first of `sent` started: when it was sent to a worker holding none, or
     /// when the reply before it came.
     front_since: Instant,
+    /// Whether a task watches for calls waiting behind one that blocks ([`watch_calls`]).
+    watched: bool,
 }
 
 impl Calls {
@@ -511,6 +517,7 @@ struct Started {
     worker: Arc<Worker>,
     hello: Hello,
     reader: UnixStream,
+    calls_reader: UnixStream,
     buf: BytesMut,
     exited: oneshot::Receiver<ExitStatus>,
 }
@@ -666,7 +673,12 @@ impl Workers {
                     calls.front_since = Instant::now();
                 }
                 calls.sent.push_back(call);
-                worker.send(frame.finish());
+                worker.calls_out.send(&frame.finish());
+                if calls.sent.len() > 1 && !calls.watched {
+                    // It waits behind another: watch for that one blocking.
+                    calls.watched = true;
+                    io().spawn(watch_calls(worker.clone()));
+                }
             }
             let mut guard = CancelOnDrop {
                 worker: Some(worker),
@@ -873,6 +885,9 @@ async fn spawn_worker(
     // Both ends are close-on-exec; the child's end becomes its stdin (fd 0), which `Command`
     // dup2s without the flag: nothing else of this process leaks into the worker.
     let (ours, theirs) = StdUnixStream::pair().map_err(|e| spawn_error(e.to_string()))?;
+    // The request/reply socket: its worker end goes over the channel, first thing.
+    let (calls_ours, calls_theirs) =
+        StdUnixStream::pair().map_err(|e| spawn_error(e.to_string()))?;
     let mut command = Command::new(&options.program);
     // A process group of its own: a signal to the serving process's group (Ctrl-C at a
     // terminal, a hangup) is the serving process's to handle, not a crash of every worker.
@@ -921,8 +936,27 @@ async fn spawn_worker(
     };
     let pidfd = rustix::process::Pid::from_raw(pid as i32)
         .and_then(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok());
+    pass_socket(&ours, &calls_theirs).map_err(|e| spawn_error(e.to_string()))?;
+    drop(calls_theirs);
     ours.set_nonblocking(true)
         .map_err(|e| spawn_error(e.to_string()))?;
+    calls_ours
+        .set_nonblocking(true)
+        .map_err(|e| spawn_error(e.to_string()))?;
+    let calls_direct = calls_ours
+        .try_clone()
+        .map_err(|e| spawn_error(e.to_string()))?;
+    let calls_writer = calls_ours
+        .try_clone()
+        .and_then(UnixStream::from_std)
+        .map_err(|e| spawn_error(e.to_string()))?;
+    let calls_reader = UnixStream::from_std(calls_ours).map_err(|e| spawn_error(e.to_string()))?;
+    let calls_out = Arc::new(Out {
+        socket: calls_direct,
+        state: Mutex::new(OutState::default()),
+        wake: tokio::sync::Notify::new(),
+    });
+    tokio::spawn(write_loop(calls_writer, calls_out.clone()));
     let direct = ours.try_clone().map_err(|e| spawn_error(e.to_string()))?;
     // The backlog's writer waits for room on a descriptor of its own: not a write half of the
     // reader's stream, whose drop (as when the serving runtime shuts down, before the workers
@@ -943,11 +977,13 @@ async fn spawn_worker(
         pid,
         pidfd,
         out,
+        calls_out,
         pending: Mutex::new(HashMap::new()),
         calls: Mutex::new(Calls {
             sent: std::collections::VecDeque::new(),
             held: 0,
             front_since: Instant::now(),
+            watched: false,
         }),
         alive: AtomicBool::new(true),
         drained: AtomicBool::new(false),
@@ -1025,9 +1061,30 @@ async fn spawn_worker(
         worker,
         hello,
         reader,
+        calls_reader,
         buf,
         exited,
     })
+}
+
+/// Passes the worker's end of the request/reply socket over the channel (`SCM_RIGHTS`, with
+/// one byte), before the start frame.
+fn pass_socket(channel: &StdUnixStream, calls: &StdUnixStream) -> std::io::Result<()> {
+    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+    use std::os::fd::AsFd;
+    let fds = [calls.as_fd()];
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !control.push(SendAncillaryMessage::ScmRights(&fds)) {
+        return Err(std::io::Error::other("no room for the descriptor"));
+    }
+    rustix::net::sendmsg(
+        channel,
+        &[std::io::IoSlice::new(&[0])],
+        &mut control,
+        SendFlags::NOSIGNAL,
+    )?;
+    Ok(())
 }
 
 fn read_hello(r: &mut Reader) -> Result<Hello, channel::Malformed> {
@@ -1130,6 +1187,18 @@ async fn run_slot(set: Arc<Set>, first: Started) {
     loop {
         let since = Instant::now();
         let worker = started.worker.clone();
+        // Replies (and their metrics, and calls given back) come on the request/reply socket.
+        let calls_loop = {
+            let (set, worker) = (set.clone(), worker.clone());
+            let reader = started.calls_reader;
+            tokio::spawn(async move {
+                let buf = BytesMut::with_capacity(64 * 1024);
+                if let Err(e) = read_loop(&set, &worker, reader, buf).await {
+                    tracing::error!(pid = worker.pid, "a worker's request/reply socket: {e}");
+                    worker.kill();
+                }
+            })
+        };
         let ended = read_loop(&set, &worker, started.reader, started.buf).await;
         worker.alive.store(false, Ordering::Release);
         set.up.fetch_sub(1, Ordering::AcqRel);
@@ -1146,6 +1215,9 @@ async fn run_slot(set: Arc<Set>, first: Started) {
                 format!("{e}; {}", cause_of(&worker, started.exited).await)
             }
         };
+        // The process is gone, so its request/reply socket has ended too: what it wrote there
+        // before it died is read before its pending calls fail.
+        let _ = calls_loop.await;
         let message = format!("worker process {} died: {cause}", worker.pid);
         let failed: Vec<(u64, Pending)> = {
             let mut pending = lock(&worker.pending);
@@ -1202,6 +1274,33 @@ async fn run_slot(set: Arc<Set>, first: Started) {
         set.options.monitor.restarts.fetch_add(1, Ordering::Relaxed);
         tracing::info!(slot, pid = started.worker.pid, "worker process restarted");
         set.serving(&started.worker);
+    }
+}
+
+/// While calls wait behind the one a worker runs: once that one has run past
+/// `channel::STALLED` (as the host knows it), asks the worker to give back those waiting
+/// (`RECLAIM`), and again every `STALLED` while some wait, until none does.
+async fn watch_calls(worker: Arc<Worker>) {
+    loop {
+        let check_at = {
+            let mut calls = lock(&worker.calls);
+            if calls.sent.len() < 2 || !worker.alive.load(Ordering::Acquire) {
+                calls.watched = false;
+                return;
+            }
+            calls.front_since + channel::STALLED
+        };
+        tokio::time::sleep_until(check_at.into()).await;
+        let stalled = {
+            let calls = lock(&worker.calls);
+            calls.sent.len() >= 2 && calls.front_since.elapsed() >= channel::STALLED
+        };
+        if stalled {
+            worker.send(Frame::new(to_worker::RECLAIM, 0).finish());
+            // The worker's clock may say not yet (it started the call a little later):
+            // ask again after a while, if calls still wait.
+            tokio::time::sleep(channel::STALLED).await;
+        }
     }
 }
 
