@@ -155,6 +155,9 @@ pub struct Current {
     pub generation: u64,
 }
 
+/// How long the end waits for a worker set to run its shutdown hook and exit.
+pub const WORKER_SHUTDOWN_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The served function and everything needed to replace it.
 #[derive(Debug)]
 pub struct Live {
@@ -412,11 +415,20 @@ impl Live {
         Ok(current)
     }
 
+    /// In worker processes: handles on its worker sets that do not keep them (for a caller
+    /// that must run their shutdown at the end without keeping them serving until then);
+    /// `None` in process.
+    pub fn worker_watches(&self) -> Option<Vec<worker::WorkersWatch>> {
+        self.isolation
+            .as_ref()
+            .map(|_| lock(&self.worker_sets).clone())
+    }
+
     /// Runs the shutdown hook of every library loaded, once each, newest first.
     pub fn shutdown(&self) {
         // Worker processes run their library's shutdown hook themselves.
         for set in lock(&self.worker_sets).iter().rev() {
-            set.shutdown(std::time::Duration::from_secs(5));
+            set.shutdown(WORKER_SHUTDOWN_WAIT);
         }
         let libraries = lock(&self.libraries);
         for library in libraries.iter().rev() {

@@ -416,6 +416,58 @@ fn results_that_are_not_dictionaries_and_panics_are_502_and_the_runtime_serves_o
     ow.wait_for_sentinels(4);
 }
 
+/// The worker processes among a process's children.
+fn workers_of(pid: u32) -> Vec<u32> {
+    let mut workers = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        for child in children
+            .split_whitespace()
+            .filter_map(|c| c.parse::<u32>().ok())
+        {
+            let cmdline = std::fs::read(format!("/proc/{child}/cmdline")).unwrap_or_default();
+            if cmdline.split(|&b| b == 0).any(|arg| arg == b"worker") {
+                workers.push(child);
+            }
+        }
+    }
+    workers
+}
+
+/// In process mode a `--debug` re-init starts workers on the new code and lets the old ones
+/// go (they run their shutdown hook and exit once their activations are done), as a reload
+/// does: re-inits do not pile up processes.
+#[test]
+fn a_debug_reinit_in_process_mode_lets_the_old_workers_go() {
+    let ow = Runtime::start(
+        &["--debug", "--isolation", "process", "--workers", "1"],
+        &[],
+    );
+    ow.init(&action_zip(), "greet", json!({})).expect(200);
+    let first = workers_of(ow.child.id());
+    assert_eq!(first.len(), 1, "{first:?}");
+    for _ in 0..3 {
+        ow.init(&action_zip(), "greet", json!({})).expect(200);
+        assert_eq!(
+            ow.run(json!({"name": "Ada"})).expect(200),
+            json!({"greeting": "Hello Ada"})
+        );
+    }
+    let started = Instant::now();
+    let workers = loop {
+        let workers = workers_of(ow.child.id());
+        if workers.len() == 1 || started.elapsed() > common::HANG {
+            break workers;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(workers.len(), 1, "workers left behind: {workers:?}");
+    assert!(!workers.contains(&first[0]), "the first worker still runs");
+}
+
 #[test]
 fn the_deadline_stops_the_action() {
     let ow = Runtime::start(&[], &[]);

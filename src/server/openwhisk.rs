@@ -91,6 +91,26 @@ pub struct Settings {
     pub isolation: Option<WorkerOptions>,
 }
 
+/// A function loaded, as the end of the runtime needs it: to run its shutdown hook.
+#[derive(Debug)]
+enum Loaded {
+    /// In process: the function (its library stays loaded until the end in any case).
+    InProcess(Arc<Live>),
+    /// In worker processes: handles that do not keep them, so that the workers of a function
+    /// a `--debug` re-init replaced run their hook and exit once their activations are done,
+    /// as after a reload, rather than at the end.
+    Workers(Vec<worker::WorkersWatch>),
+}
+
+impl Loaded {
+    fn of(live: &Arc<Live>) -> Loaded {
+        match live.worker_watches() {
+            Some(watches) => Loaded::Workers(watches),
+            None => Loaded::InProcess(live.clone()),
+        }
+    }
+}
+
 /// The action runtime: the function, once it is loaded, and the activations in flight.
 #[derive(Debug)]
 pub struct Runtime {
@@ -99,7 +119,7 @@ pub struct Runtime {
     /// The function serving `/run`; `None` until an `/init` (or `FUNCTION_URI`) loaded one.
     live: RwLock<Option<Arc<Live>>>,
     /// Every function loaded, for their shutdown hooks.
-    lives: Mutex<Vec<Arc<Live>>>,
+    lives: Mutex<Vec<Loaded>>,
     /// Whether an `/init` has succeeded (or found the function `FUNCTION_URI` loaded).
     initialized: AtomicBool,
     /// Serialises `/init`s.
@@ -114,7 +134,7 @@ impl Runtime {
         Runtime {
             settings,
             calls,
-            lives: Mutex::new(preloaded.iter().cloned().collect()),
+            lives: Mutex::new(preloaded.iter().map(Loaded::of).collect()),
             live: RwLock::new(preloaded),
             initialized: AtomicBool::new(false),
             init: tokio::sync::Mutex::new(()),
@@ -123,8 +143,15 @@ impl Runtime {
 
     /// Runs the shutdown hook of every function loaded, once each.
     pub fn shutdown(&self) {
-        for live in crate::sync::lock(&self.lives).iter().rev() {
-            live.shutdown();
+        for loaded in crate::sync::lock(&self.lives).iter().rev() {
+            match loaded {
+                Loaded::InProcess(live) => live.shutdown(),
+                Loaded::Workers(watches) => {
+                    for set in watches.iter().rev() {
+                        set.shutdown(crate::live::WORKER_SHUTDOWN_WAIT);
+                    }
+                }
+            }
         }
     }
 
@@ -217,7 +244,7 @@ impl Runtime {
                     sdk = %current.sdk_version,
                     "/init: function loaded"
                 );
-                crate::sync::lock(&self.lives).push(live.clone());
+                crate::sync::lock(&self.lives).push(Loaded::of(&live));
                 *self.live.write().unwrap_or_else(|p| p.into_inner()) = Some(live);
                 self.initialized.store(true, Ordering::Release);
                 ok()
