@@ -123,6 +123,7 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<Exit> {
         streams: Mutex::new(HashMap::new()),
         active: AtomicUsize::new(0),
         shutting_down: AtomicBool::new(false),
+        exiting: AtomicBool::new(false),
         library,
         queue: Mutex::default(),
     });
@@ -330,6 +331,8 @@ struct Serving {
     /// Calls and streams in progress.
     active: AtomicUsize,
     shutting_down: AtomicBool,
+    /// Set by the one thread that runs the shutdown hook and exits (see `maybe_exit`).
+    exiting: AtomicBool,
     library: Library,
     /// The call thread's calls read and not started, and since when it runs its call.
     queue: Mutex<CallQueue>,
@@ -438,7 +441,7 @@ impl Serving {
                     }
                 }
                 to_worker::SHUTDOWN => {
-                    self.shutting_down.store(true, Ordering::Release);
+                    self.shutting_down.store(true, Ordering::SeqCst);
                     self.maybe_exit();
                 }
                 _ => anyhow::bail!("unknown frame kind {kind} on the worker's channel"),
@@ -448,8 +451,18 @@ impl Serving {
     }
 
     /// Exits (after the shutdown hook) once asked to and nothing is in progress.
+    ///
+    /// Called by whichever thread ended the last piece of work (the call thread, the channel
+    /// thread) or set `shutting_down` (the channel thread), so two may see both conditions at
+    /// once: only the first runs the hook and exits, or the other's `exit` would cut the hook
+    /// short. The flag and the count are `SeqCst` (as is every decrement of `active`): with
+    /// weaker orderings each thread could read the other's variable from before its write, and
+    /// then neither would exit.
     fn maybe_exit(&self) {
-        if self.shutting_down.load(Ordering::Acquire) && self.active.load(Ordering::Acquire) == 0 {
+        if self.shutting_down.load(Ordering::SeqCst)
+            && self.active.load(Ordering::SeqCst) == 0
+            && !self.exiting.swap(true, Ordering::SeqCst)
+        {
             self.library.shutdown();
             crate::function::flush_panic_log();
             std::process::exit(0);
@@ -586,7 +599,7 @@ impl Serving {
         drop(cancels);
         // Those read from the socket here were never counted as taken.
         self.active
-            .fetch_sub(given_back.len() - taken, Ordering::AcqRel);
+            .fetch_sub(given_back.len() - taken, Ordering::SeqCst);
         self.maybe_exit();
     }
 
@@ -622,7 +635,7 @@ impl Serving {
             // is on the socket before its reply (see `reclaim`).
             lock(&self.queue).running = None;
             self.calls_writer.write(&reply);
-            self.active.fetch_sub(1, Ordering::AcqRel);
+            self.active.fetch_sub(1, Ordering::SeqCst);
             self.maybe_exit();
         }
     }
@@ -715,7 +728,7 @@ impl Serving {
 
     fn stream_done(&self, call: u64) {
         lock(&self.streams).remove(&call);
-        self.active.fetch_sub(1, Ordering::AcqRel);
+        self.active.fetch_sub(1, Ordering::SeqCst);
         self.maybe_exit();
     }
 
