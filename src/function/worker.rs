@@ -1348,7 +1348,8 @@ fn dispatch(
                 code::EMPTY => Ok(None),
                 other => Err(r.error(other)?),
             };
-            let pending = lock(&worker.pending).remove(&call);
+            // Checked before the call is taken from `pending`: a reply that is not the running
+            // call's (a stream's id, say) must leave that call for the death to fail.
             {
                 let mut calls = lock(&worker.calls);
                 if calls.sent.front() != Some(&call) {
@@ -1360,6 +1361,7 @@ fn dispatch(
                     calls.front_since = Instant::now();
                 }
             }
+            let pending = lock(&worker.pending).remove(&call);
             if let Some(Pending::Reply { done, batch, .. }) = pending {
                 if let (1, Some(batch)) = (r.u8()?, batch) {
                     r.batch_out(&mut lock(&batch))?;
@@ -1372,7 +1374,6 @@ fn dispatch(
         to_host::RETURNED => {
             // The worker gives back a call it had not started (the one it runs blocks): it
             // goes to another worker.
-            let pending = lock(&worker.pending).remove(&call);
             {
                 let mut calls = lock(&worker.calls);
                 match calls.sent.iter().position(|&c| c == call) {
@@ -1384,6 +1385,7 @@ fn dispatch(
                     }
                 }
             }
+            let pending = lock(&worker.pending).remove(&call);
             if let Some(Pending::Reply { done, .. }) = pending {
                 let _ = done.send(Outcome::NotStarted);
             }
