@@ -476,8 +476,11 @@ impl Worker {
     fn kill(&self) {
         let killed = match &self.pidfd {
             Some(fd) => rustix::process::pidfd_send_signal(fd, rustix::process::Signal::KILL),
+            // Without a pidfd, by pid while the process has not been reaped (its pid could be
+            // another's after): not `alive`, which a dead channel clears before `run_slot`
+            // kills the process it must then wait for.
             None => match rustix::process::Pid::from_raw(self.pid as i32) {
-                Some(pid) if self.alive.load(Ordering::Acquire) => {
+                Some(pid) if !self.exited.load(Ordering::Acquire) => {
                     rustix::process::kill_process(pid, rustix::process::Signal::KILL)
                 }
                 _ => Ok(()),
