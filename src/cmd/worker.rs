@@ -574,7 +574,8 @@ impl Serving {
         if let Ok(mut input) = self.calls_in.try_lock() {
             // Until nothing more now (or the host is gone: then nothing matters).
             while let Ok(true) = input.try_fill() {}
-            // A partial frame stays for the call thread; anything else fails there.
+            // A partial frame stays for the call thread. Only `INVOKE` travels here: anything
+            // else would end the loop, dropped (the call thread would exit on it).
             while let Ok(Some((to_worker::INVOKE, call, _))) = channel::next_frame(&mut input.buf) {
                 given_back.push(call);
                 taken += 1;

@@ -6,11 +6,12 @@
 //!
 //! Who owns what: a [`Workers`] set owns its worker processes and their channels. Each worker
 //! has one task on the channel runtime (`io`: the serving runtime, see [`serve_channels_on`])
-//! that reads its frames and dispatches them to the calls waiting for them (a map of call id to
-//! [`Pending`]), and on its death fails those calls and starts the next worker in its slot; a
-//! thread of its own spawns the process and waits for it. Frames to a worker are written by
-//! the task that sends them (a non-blocking `write`); what the socket cannot take at once
-//! waits in a backlog that a second task flushes. A request/reply call takes a place on the
+//! that reads its channel and dispatches frames to the calls waiting for them (a map of call id
+//! to [`Pending`]), and on its death (once a second task has read what the worker wrote on its
+//! request/reply socket) fails those calls and starts the next worker in its slot; a thread of
+//! its own spawns the process and waits for it. Frames to a worker are written by the task
+//! that sends them (a non-blocking `write`); what a socket cannot take at once waits in a
+//! backlog that a writer task per socket flushes. A request/reply call takes a place on the
 //! worker holding fewest ([`DEPTH`] places each, none behind a call that has run past
 //! `channel::STALLED`, waiting if none is free) and gives it back when the reply arrives, or
 //! when the worker gives it back unstarted (`RETURNED`) for another worker. A worker runs its
@@ -528,7 +529,9 @@ struct Started {
 impl Workers {
     /// Starts `options.workers` workers on `spec` and waits until each has loaded the library
     /// and run its init hook. Any failure stops them all and is returned. Blocks the calling
-    /// thread (the channel runtime does the work), so it may be called from anywhere.
+    /// thread while the channel runtime does the work: call it from outside that runtime's
+    /// workers (at start, or from a blocking thread, as reloads and `/init` do), since the
+    /// channel runtime is the serving runtime once [`serve_channels_on`] named it.
     pub fn start(spec: StartSpec, options: WorkerOptions) -> Result<Workers, StartError> {
         let (tx, rx) = std::sync::mpsc::channel();
         io().spawn(async move {
