@@ -268,6 +268,52 @@ async fn cancellation_and_deadlines_reach_the_function_in_a_worker() {
     common::wait_for_log(&daemon, "until_cancelled: saw the call cancelled").await;
 }
 
+/// Kills the processes whose command line is `sleep SECONDS`.
+fn kill_sleepers(seconds: &str) {
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+        if args.len() >= 2 && args[0].ends_with(b"sleep") && args[1] == seconds.as_bytes() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+/// A process the function starts (which inherits its open files, as `Command` does by
+/// default) does not hold the worker's channel open: the worker's crash is seen, and fails
+/// the call, although that process lives on. Before, the channel was the worker's stdin, the
+/// process inherited it, and the call waited for as long as the process lived.
+#[tokio::test]
+async fn a_process_the_function_starts_does_not_hide_its_crash() {
+    const ORPHAN_SLEEP: &str = "86400.25";
+    /// Kills the function's process at the end, whatever happens.
+    struct Reaper;
+    impl Drop for Reaper {
+        fn drop(&mut self) {
+            kill_sleepers(ORPHAN_SLEEP);
+        }
+    }
+    let _reaper = Reaper;
+    let daemon = start_uri(&uri("probe", Some("crash_on")), "1", &[]);
+    let mut client = daemon.client().await;
+    let out = call(&mut client, vec![msg("orphan", &[])]).await;
+    assert_eq!(out.code(), Code::Unavailable, "{out:?}");
+    assert!(
+        out.status
+            .message()
+            .starts_with("Invoker: Function Crashed"),
+        "{out:?}"
+    );
+    let out = call(&mut client, vec![msg("ok", &[])]).await;
+    assert_eq!(out.texts(), ["ok"], "{out:?}");
+}
+
 #[tokio::test]
 async fn inputs_sent_ahead_to_a_worker_and_never_read_fail_the_call_as_in_process() {
     // The host forwards a window of inputs ahead of the worker's function: those it never

@@ -54,6 +54,13 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<Exit> {
             .try_clone_to_owned()
             .context("the worker's channel (stdin)")?,
     );
+    // The channel stays open on this process's own descriptor (close-on-exec) only: fd 0
+    // becomes /dev/null, so a process the function starts (inheriting stdin, as `Command`
+    // does by default) cannot keep the channel open after this worker dies, which would hide
+    // the death from the serving process.
+    let null = std::fs::File::open("/dev/null").context("opening /dev/null")?;
+    rustix::stdio::dup2_stdin(&null).context("replacing the worker's stdin")?;
+    drop(null);
     // The request/reply socket comes first, before the start frame (see `receive_calls`).
     let calls_socket = receive_calls(&socket)?;
     let writer = Arc::new(Writer(Mutex::new(
