@@ -759,17 +759,24 @@ impl Drop for CancelOnDrop {
         worker.send(Frame::new(to_worker::CANCEL, self.call).finish());
         let call = self.call;
         io().spawn(async move {
-            // A call queued behind another starts later: its grace runs from its start.
+            // A call queued behind another starts later: its grace runs from its start (as
+            // the host knows it), and from the cancellation at the earliest.
+            let mut wait = CANCEL_GRACE;
             loop {
-                tokio::time::sleep(CANCEL_GRACE).await;
+                tokio::time::sleep(wait).await;
                 if !worker.alive.load(Ordering::Acquire)
                     || !lock(&worker.pending).contains_key(&call)
                 {
                     return;
                 }
-                if lock(&worker.calls).sent.front() == Some(&call) {
-                    break;
-                }
+                let calls = lock(&worker.calls);
+                wait = match calls.sent.front() == Some(&call) {
+                    true => match CANCEL_GRACE.checked_sub(calls.front_since.elapsed()) {
+                        None => break,
+                        Some(left) => left.max(Duration::from_millis(1)),
+                    },
+                    false => CANCEL_GRACE,
+                };
             }
             tracing::warn!(
                 pid = worker.pid,
