@@ -12,7 +12,7 @@
 //! handler logs the signal, function and call, and exits with 128 + the signal.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
@@ -270,8 +270,15 @@ impl FrameReader {
             self.buf.reserve(64 * 1024);
         }
         let len = self.buf.len();
-        let cap = self.buf.capacity();
-        self.buf.resize(cap, 0);
+        // The read goes into zeroed room: zero only what it may fill, the rest of a frame
+        // begun (its length is known) or a few KiB, not the whole spare capacity, which on
+        // the call thread would cost more per call than the read.
+        let rest_of_frame = <[u8; 4]>::try_from(self.buf.get(..4).unwrap_or_default())
+            .map_or(0, |n| {
+                (u32::from_le_bytes(n) as usize + 4).saturating_sub(len)
+            });
+        let room = rest_of_frame.max(8 * 1024).min(self.buf.capacity() - len);
+        self.buf.resize(len + room, 0);
         loop {
             match rustix::net::recv(&self.socket, &mut self.buf[len..], flags) {
                 Ok((0, _)) => {
@@ -289,7 +296,7 @@ impl FrameReader {
                 }
                 Err(e) => {
                     self.buf.truncate(len);
-                    return Err(e).context("reading the worker's request/reply channel");
+                    return Err(e).context("reading the worker's channel");
                 }
             }
         }
@@ -301,20 +308,8 @@ impl FrameReader {
             if let Some(frame) = channel::next_frame(&mut self.buf)? {
                 return Ok(Some(frame));
             }
-            if self.buf.capacity() - self.buf.len() < 16 * 1024 {
-                self.buf.reserve(64 * 1024);
-            }
-            let len = self.buf.len();
-            let cap = self.buf.capacity();
-            self.buf.resize(cap, 0);
-            match self.socket.read(&mut self.buf[len..]) {
-                Ok(0) => {
-                    self.buf.truncate(len);
-                    return Ok(None);
-                }
-                Ok(n) => self.buf.truncate(len + n),
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => self.buf.truncate(len),
-                Err(e) => return Err(e).context("reading the worker's channel"),
+            if !self.fill()? {
+                return Ok(None);
             }
         }
     }
