@@ -951,40 +951,8 @@ async fn spawn_worker(
         .and_then(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok());
     pass_socket(&ours, &calls_theirs).map_err(|e| spawn_error(e.to_string()))?;
     drop(calls_theirs);
-    ours.set_nonblocking(true)
-        .map_err(|e| spawn_error(e.to_string()))?;
-    calls_ours
-        .set_nonblocking(true)
-        .map_err(|e| spawn_error(e.to_string()))?;
-    let calls_direct = calls_ours
-        .try_clone()
-        .map_err(|e| spawn_error(e.to_string()))?;
-    let calls_writer = calls_ours
-        .try_clone()
-        .and_then(UnixStream::from_std)
-        .map_err(|e| spawn_error(e.to_string()))?;
-    let calls_reader = UnixStream::from_std(calls_ours).map_err(|e| spawn_error(e.to_string()))?;
-    let calls_out = Arc::new(Out {
-        socket: calls_direct,
-        state: Mutex::new(OutState::default()),
-        wake: tokio::sync::Notify::new(),
-    });
-    tokio::spawn(write_loop(calls_writer, calls_out.clone()));
-    let direct = ours.try_clone().map_err(|e| spawn_error(e.to_string()))?;
-    // The backlog's writer waits for room on a descriptor of its own: not a write half of the
-    // reader's stream, whose drop (as when the serving runtime shuts down, before the workers
-    // are asked to run their shutdown hook) would shut the socket down for writing.
-    let writer = ours
-        .try_clone()
-        .and_then(UnixStream::from_std)
-        .map_err(|e| spawn_error(e.to_string()))?;
-    let mut reader = UnixStream::from_std(ours).map_err(|e| spawn_error(e.to_string()))?;
-    let out = Arc::new(Out {
-        socket: direct,
-        state: Mutex::new(OutState::default()),
-        wake: tokio::sync::Notify::new(),
-    });
-    tokio::spawn(write_loop(writer, out.clone()));
+    let (mut reader, out) = host_end(ours).map_err(|e| spawn_error(e.to_string()))?;
+    let (calls_reader, calls_out) = host_end(calls_ours).map_err(|e| spawn_error(e.to_string()))?;
     let worker = Arc::new(Worker {
         slot,
         pid,
@@ -1078,6 +1046,23 @@ async fn spawn_worker(
         buf,
         exited,
     })
+}
+
+/// The host's end of one of a worker's sockets: non-blocking, read by the returned stream, and
+/// written through the returned [`Out`] (directly, and by a backlog writer task spawned here).
+fn host_end(socket: StdUnixStream) -> std::io::Result<(UnixStream, Arc<Out>)> {
+    socket.set_nonblocking(true)?;
+    let out = Arc::new(Out {
+        socket: socket.try_clone()?,
+        state: Mutex::new(OutState::default()),
+        wake: tokio::sync::Notify::new(),
+    });
+    // The backlog's writer waits for room on a descriptor of its own: not a write half of the
+    // reader's stream, whose drop (as when the serving runtime shuts down, before the workers
+    // are asked to run their shutdown hook) would shut the socket down for writing.
+    let writer = socket.try_clone().and_then(UnixStream::from_std)?;
+    tokio::spawn(write_loop(writer, out.clone()));
+    Ok((UnixStream::from_std(socket)?, out))
 }
 
 /// Passes the worker's end of the request/reply socket over the channel (`SCM_RIGHTS`, with
