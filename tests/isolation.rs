@@ -191,6 +191,18 @@ async fn request_reply_and_streaming_work_in_process_mode() {
     assert_eq!(out.texts(), ["a", "b"], "{out:?}");
 }
 
+/// Starts a call of `payload` that waits for its reply (so it is not cancelled) until the
+/// returned task is aborted (which drops the call, as a caller that goes away).
+async fn call_in_background(daemon: &Daemon, payload: &str) -> tokio::task::JoinHandle<()> {
+    let mut client = daemon.client().await;
+    let message = msg(payload, &[]);
+    tokio::spawn(async move {
+        if let Ok(response) = client.call(tokio_stream::iter(vec![message])).await {
+            let _ = response.into_inner().message().await;
+        }
+    })
+}
+
 /// A call that blocks in one worker delays no other call while another worker is free: the
 /// calls queued behind it go back to the host and on to the other worker, and no new call
 /// queues behind it. Before, calls queued behind the blocked one as soon as the free worker
@@ -198,16 +210,7 @@ async fn request_reply_and_streaming_work_in_process_mode() {
 #[tokio::test]
 async fn a_call_that_blocks_delays_no_call_while_another_worker_is_free() {
     let daemon = start_uri(&uri("probe", Some("sleep_ms")), "2", &[]);
-    let mut client = daemon.client().await;
-    let blocked = tokio::spawn(async move {
-        // Waits for the reply: the call is not cancelled.
-        if let Ok(response) = client
-            .call(tokio_stream::iter(vec![msg("3600000", &[])]))
-            .await
-        {
-            let _ = response.into_inner().message().await;
-        }
-    });
+    let blocked = call_in_background(&daemon, "3600000").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     // Calls of 2 ms, more at once than one worker runs: they pile up on the free worker.
     let mut good = Vec::new();
@@ -238,15 +241,7 @@ async fn a_call_that_blocks_delays_no_call_while_another_worker_is_free() {
 async fn cancellation_and_deadlines_reach_the_function_in_a_worker() {
     // The caller goes away (no deadline): only the serving process can tell the worker.
     let daemon = start_uri(&uri("context", Some("until_cancelled")), "1", &[]);
-    let mut client = daemon.client().await;
-    let abandoned = tokio::spawn(async move {
-        if let Ok(response) = client
-            .call(tokio_stream::iter(vec![msg("600000", &[])]))
-            .await
-        {
-            let _ = response.into_inner().message().await;
-        }
-    });
+    let abandoned = call_in_background(&daemon, "600000").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     abandoned.abort();
     common::wait_for_log(&daemon, "until_cancelled: saw the call cancelled").await;
