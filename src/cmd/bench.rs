@@ -306,6 +306,19 @@ async fn request_reply(
             Ok::<_, anyhow::Error>(latencies)
         })
     });
+    let (latencies, elapsed) = gather(workers).await?;
+    Ok((
+        latencies.len() as f64 / elapsed,
+        quantile(&latencies, 0.50),
+        quantile(&latencies, 0.99),
+    ))
+}
+
+/// Waits for a run's tasks, spawned just before, each with the latencies of its calls: every
+/// latency, sorted, and the seconds the wait took (the run's length).
+async fn gather(
+    workers: impl IntoIterator<Item = tokio::task::JoinHandle<anyhow::Result<Vec<Duration>>>>,
+) -> anyhow::Result<(Vec<Duration>, f64)> {
     let started = Instant::now();
     let mut latencies = Vec::new();
     for worker in futures_util::future::join_all(workers).await {
@@ -313,13 +326,15 @@ async fn request_reply(
     }
     let elapsed = started.elapsed().as_secs_f64();
     latencies.sort();
-    let pct = |p: f64| {
-        latencies
-            .get(((latencies.len() as f64 - 1.0) * p) as usize)
-            .copied()
-            .unwrap_or_default()
-    };
-    Ok((latencies.len() as f64 / elapsed, pct(0.50), pct(0.99)))
+    Ok((latencies, elapsed))
+}
+
+/// The `p` quantile (0 to 1) of sorted latencies; zero if there are none.
+fn quantile(sorted: &[Duration], p: f64) -> Duration {
+    sorted
+        .get(((sorted.len() as f64 - 1.0) * p) as usize)
+        .copied()
+        .unwrap_or_default()
 }
 
 /// Messages on `streams` concurrent streams, each sending payloads for `duration` (and at

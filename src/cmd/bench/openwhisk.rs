@@ -282,20 +282,12 @@ impl Client {
             };
             workers.push(worker);
         }
-        let started = Instant::now();
-        let mut latencies = Vec::new();
-        for worker in futures_util::future::join_all(workers).await {
-            latencies.extend(worker??);
-        }
-        let elapsed = started.elapsed().as_secs_f64();
-        latencies.sort();
-        let pct = |p: f64| {
-            latencies
-                .get(((latencies.len() as f64 - 1.0) * p) as usize)
-                .copied()
-                .unwrap_or_default()
-        };
-        Ok((latencies.len() as f64 / elapsed, pct(0.50), pct(0.99)))
+        let (latencies, elapsed) = super::gather(workers).await?;
+        Ok((
+            latencies.len() as f64 / elapsed,
+            super::quantile(&latencies, 0.50),
+            super::quantile(&latencies, 0.99),
+        ))
     }
 }
 

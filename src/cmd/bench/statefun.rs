@@ -224,17 +224,8 @@ async fn drive(
             Ok::<_, anyhow::Error>(latencies)
         }));
     }
-    let started = Instant::now();
-    let mut latencies = Vec::new();
-    for worker in futures_util::future::join_all(workers).await {
-        latencies.extend(worker??);
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    latencies.sort();
-    let p50 = latencies
-        .get(latencies.len() / 2)
-        .copied()
-        .unwrap_or_default();
+    let (latencies, elapsed) = super::gather(workers).await?;
+    let p50 = super::quantile(&latencies, 0.50);
     let invocations = (latencies.len() * size) as f64;
     Ok((invocations / elapsed, invocations, p50))
 }
