@@ -505,7 +505,34 @@ struct Figure {
     reference: f64,
 }
 
+/// Prints a table of figures side by side with their ratio: `header` names the figures' column
+/// and the two sides; a row is a name, the two values and a unit. No ratio (`n/a`) to a second
+/// side not measured (`--server`) or measured as nothing.
+fn print_table<'a>(
+    header: [&str; 3],
+    rows: impl IntoIterator<Item = (&'a str, f64, f64, &'a str)>,
+) {
+    let [figure, first, second] = header;
+    println!("{figure:<30} {first:>14} {second:>14} {:>8}  unit", "ratio");
+    for (name, a, b, unit) in rows {
+        let ratio = a / b;
+        let ratio = match ratio.is_finite() {
+            true => format!("{ratio:.2}"),
+            false => "n/a".to_owned(),
+        };
+        println!("{name:<30} {a:>14.1} {b:>14.1} {ratio:>8}  {unit}");
+    }
+}
+
 impl Figure {
+    /// The rows of [`print_table`] of the figures measured.
+    fn rows(figures: &[Figure]) -> impl Iterator<Item = (&'static str, f64, f64, &'static str)> {
+        figures
+            .iter()
+            .filter(|f| !f.invoker.is_nan())
+            .map(|f| (f.name, f.invoker, f.reference, f.unit))
+    }
+
     fn keep_best(&mut self, side: Side, value: f64) {
         let slot = match side {
             Side::Invoker => &mut self.invoker,
@@ -804,60 +831,31 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<Exit> {
         }
         Ok::<_, anyhow::Error>(())
     })?;
-    println!(
-        "{:<30} {:>14} {:>14} {:>8}  unit",
-        "figure", "invoker", "reference", "ratio"
-    );
-    for f in figures.iter().filter(|f| !f.invoker.is_nan()) {
-        let ratio = f.invoker / f.reference;
-        // No ratio to a reference that was not measured (--server) or measured as nothing.
-        let ratio = if ratio.is_finite() {
-            format!("{ratio:.2}")
-        } else {
-            "n/a".to_owned()
-        };
-        println!(
-            "{:<30} {:>14.1} {:>14.1} {:>8}  {}",
-            f.name, f.invoker, f.reference, ratio, f.unit
-        );
-    }
+    print_table(["figure", "invoker", "reference"], Figure::rows(&figures));
     if !socket_figures[0][0].is_nan() {
         println!();
-        println!(
-            "{:<30} {:>14} {:>14} {:>8}  unit",
-            "the invoker on", "unix socket", "tcp loopback", "ratio"
-        );
-        for ((name, unit), [socket, tcp]) in [
+        let names = [
             ("socket: request/reply, 1 in flight", "calls/s"),
             ("socket:   p50 latency, 1 in flight", "µs"),
             ("socket:   p99 latency, 1 in flight", "µs"),
-        ]
-        .into_iter()
-        .zip(socket_figures)
-        {
-            println!(
-                "{name:<30} {socket:>14.1} {tcp:>14.1} {:>8.2}  {unit}",
-                socket / tcp
-            );
-        }
+        ];
+        print_table(
+            ["the invoker on", "unix socket", "tcp loopback"],
+            names
+                .into_iter()
+                .zip(socket_figures)
+                .map(|((name, unit), [socket, tcp])| (name, socket, tcp, unit)),
+        );
     }
     if !isolation_figures[0][0].is_nan() {
         println!();
-        println!(
-            "{:<30} {:>14} {:>14} {:>8}  unit",
-            "the invoker with", "process (2)", "in-process", "ratio"
+        print_table(
+            ["the invoker with", "process (2)", "in-process"],
+            ISOLATION_FIGURES
+                .into_iter()
+                .zip(isolation_figures)
+                .map(|((name, unit, _), [process, in_process])| (name, process, in_process, unit)),
         );
-        for ((name, unit, _), [process, in_process]) in
-            ISOLATION_FIGURES.into_iter().zip(isolation_figures)
-        {
-            let ratio = process / in_process;
-            let ratio = if ratio.is_finite() {
-                format!("{ratio:.2}")
-            } else {
-                "n/a".to_owned()
-            };
-            println!("{name:<30} {process:>14.1} {in_process:>14.1} {ratio:>8}  {unit}");
-        }
     }
     if run("openwhisk") {
         openwhisk.print();

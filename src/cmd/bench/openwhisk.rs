@@ -112,22 +112,10 @@ impl OpenWhiskBench {
     /// Prints the group's table, in `invoker bench`'s format.
     pub(super) fn print(&self) {
         println!();
-        println!(
-            "{:<30} {:>14} {:>14} {:>8}  unit",
-            "openwhisk /run vs gRPC Call", "openwhisk", "grpc call", "ratio"
+        super::print_table(
+            ["openwhisk /run vs gRPC Call", "openwhisk", "grpc call"],
+            super::Figure::rows(&self.figures),
         );
-        for f in self.figures.iter().filter(|f| !f.invoker.is_nan()) {
-            let ratio = f.invoker / f.reference;
-            let ratio = if ratio.is_finite() {
-                format!("{ratio:.2}")
-            } else {
-                "n/a".to_owned()
-            };
-            println!(
-                "{:<30} {:>14.1} {:>14.1} {:>8}  {}",
-                f.name, f.invoker, f.reference, ratio, f.unit
-            );
-        }
     }
 }
 
