@@ -95,7 +95,13 @@ impl Server {
         for (k, v) in env {
             command.env(k, v);
         }
-        let mut child = command.spawn().context("cannot start a server")?;
+        let child = command.spawn().context("cannot start a server")?;
+        Ok((Server::listening(child, "the server")?, started))
+    }
+
+    /// A server started with its stdout piped, once it says where it listens (`what` names it
+    /// in the error if it ends first); the rest of its stdout is read to the end.
+    fn listening(mut child: Child, what: &str) -> anyhow::Result<Server> {
         let stdout = child.stdout.take().context("no stdout")?;
         let mut lines = BufReader::new(stdout).lines();
         let addr = loop {
@@ -105,12 +111,12 @@ impl Server {
                         break addr.to_owned();
                     }
                 }
-                _ => bail!("the server exited before listening"),
+                _ => bail!("{what} exited before listening"),
             }
         };
         std::thread::spawn(move || for _ in lines {});
         let child = Some(child);
-        Ok((Server { child, addr }, started))
+        Ok(Server { child, addr })
     }
 
     /// The child's process id: figures read from /proc need one.

@@ -8,7 +8,6 @@
 //! request/reply figures are. The client writes one pre-built request and reads one answer by
 //! its Content-Length, so that it costs little beside the server it measures.
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -139,20 +138,7 @@ fn start_openwhisk(setup: &Setup) -> anyhow::Result<(Server, Instant)> {
         .context("cannot start invoker openwhisk")?;
     let stderr = child.stderr.take().context("no stderr")?;
     std::thread::spawn(move || std::io::copy(&mut { stderr }, &mut std::io::sink()));
-    let mut lines = BufReader::new(child.stdout.take().context("no stdout")?).lines();
-    let addr = loop {
-        match lines.next() {
-            Some(Ok(line)) => {
-                if let Some(addr) = line.strip_prefix("listening on ") {
-                    break addr.to_owned();
-                }
-            }
-            _ => bail!("invoker openwhisk exited before listening"),
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    let child = Some(child);
-    Ok((Server { child, addr }, started))
+    Ok((Server::listening(child, "invoker openwhisk")?, started))
 }
 
 /// The library zipped and in base64, as `wsk action create --docker IMAGE ACTION.zip` sends it.
