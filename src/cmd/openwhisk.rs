@@ -13,6 +13,7 @@ use crate::engine::pool::{Limits as PoolLimits, Pool};
 use crate::function::uri::FunctionUri;
 use crate::live::Live;
 use crate::server::drain::Calls;
+use crate::server::listener::bind_tcp;
 use crate::server::openwhisk::{Runtime, Settings, serve};
 use crate::stats::Stats;
 
@@ -66,17 +67,7 @@ pub fn openwhisk(args: OpenWhiskArgs) -> anyhow::Result<Exit> {
     let terminate = CancellationToken::new();
     watch_for_termination(terminate.clone(), args.grace_period)?;
     let served = tokio.block_on(async {
-        let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
-            .await
-            .map_err(|e| {
-                let hint = match e.kind() {
-                    std::io::ErrorKind::AddrInUse => {
-                        "; choose another port with --port (0 picks a free one)"
-                    }
-                    _ => "",
-                };
-                anyhow::anyhow!("cannot listen on {}:{}: {e}{hint}", args.host, args.port)
-            })?;
+        let listener = bind_tcp(&args.host, args.port, "", "--port").await?;
         serve(listener, runtime.clone(), terminate.cancelled_owned()).await
     });
     // As `serve`: a call still blocked in the function after the grace period is left behind.

@@ -15,6 +15,7 @@ use crate::function::uri::FunctionUri;
 use crate::live::Live;
 use crate::server::admin::{AdminService, bind_admin_socket, reload_uri, serve_admin};
 use crate::server::drain::Calls;
+use crate::server::listener::bind_tcp;
 use crate::server::metrics::serve_metrics;
 use crate::server::socket::{SocketSpec, bind_grpc_socket};
 use crate::server::{ServeOptions, serve as serve_grpc};
@@ -58,17 +59,13 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<Exit> {
         // Every listener is bound before the gRPC port prints `listening on`; one that cannot
         // be bound fails start-up here, before that line.
         if let Some(port) = args.metrics_port {
-            let listener = tokio::net::TcpListener::bind((args.host.as_str(), port))
-                .await
-                .map_err(|e| {
-                    let hint = match e.kind() {
-                        std::io::ErrorKind::AddrInUse => {
-                            "; choose another port with --metrics-port or METRICS_PORT (0 picks a free one)"
-                        }
-                        _ => "",
-                    };
-                    anyhow::anyhow!("cannot listen for /metrics on {}:{port}: {e}{hint}", args.host)
-                })?;
+            let listener = bind_tcp(
+                &args.host,
+                port,
+                " for /metrics",
+                "--metrics-port or METRICS_PORT",
+            )
+            .await?;
             println!("metrics on http://{}/metrics", listener.local_addr()?);
             let stopped = stop.clone().cancelled_owned();
             helpers.spawn(serve_metrics(

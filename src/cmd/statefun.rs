@@ -23,6 +23,7 @@ use crate::function::uri::FunctionUri;
 use crate::function::worker::{Select, Source, StartSpec, Workers, WorkersWatch};
 use crate::function::{Function, Library};
 use crate::server::drain::Calls;
+use crate::server::listener::bind_tcp;
 use crate::server::statefun::{Functions, StatefunOptions, serve_statefun};
 use crate::stats::Stats;
 
@@ -161,17 +162,7 @@ pub fn statefun(args: StatefunArgs) -> anyhow::Result<Exit> {
     super::serve::watch_for_termination(terminate.clone(), args.grace_period)?;
     let functions = Arc::new(functions);
     let served = runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
-            .await
-            .map_err(|e| {
-                let hint = match e.kind() {
-                    std::io::ErrorKind::AddrInUse => {
-                        "; choose another port with --port or STATEFUN_PORT (0 picks a free one)"
-                    }
-                    _ => "",
-                };
-                anyhow::anyhow!("cannot listen on {}:{}: {e}{hint}", args.host, args.port)
-            })?;
+        let listener = bind_tcp(&args.host, args.port, "", "--port or STATEFUN_PORT").await?;
         let calls = Arc::new(Calls::with_max(args.max_calls as usize));
         serve_statefun(
             listener,

@@ -434,3 +434,25 @@ pub fn incoming(
         Some((Ok(conn), acceptor))
     })
 }
+
+/// Binds a TCP port, or says why not: `what` says what for (after "listen", as " for
+/// /metrics", or empty) and `flags` how to choose another (as "--port or GRPC_PORT"), added
+/// when the port is taken.
+pub async fn bind_tcp(
+    host: &str,
+    port: u16,
+    what: &str,
+    flags: &str,
+) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind((host, port))
+        .await
+        .map_err(|e| {
+            let hint = match e.kind() {
+                io::ErrorKind::AddrInUse => {
+                    format!("; choose another port with {flags} (0 picks a free one)")
+                }
+                _ => String::new(),
+            };
+            anyhow::anyhow!("cannot listen{what} on {host}:{port}: {e}{hint}")
+        })
+}

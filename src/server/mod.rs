@@ -106,21 +106,8 @@ pub async fn serve(
         };
         return serve_on(listeners, &options, live, calls, signal).await;
     }
-    let listener = TcpListener::bind((options.host.as_str(), options.port))
-        .await
-        .map_err(|e| {
-            let hint = match e.kind() {
-                std::io::ErrorKind::AddrInUse => {
-                    "; choose another port with --port or GRPC_PORT (0 picks a free one)"
-                }
-                _ => "",
-            };
-            anyhow::anyhow!(
-                "cannot listen on {}:{}: {e}{hint}",
-                options.host,
-                options.port
-            )
-        })?;
+    let listener =
+        listener::bind_tcp(&options.host, options.port, "", "--port or GRPC_PORT").await?;
     let listeners = Listeners {
         tcp: Some(listener),
         unix: socket,
